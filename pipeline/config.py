@@ -1,0 +1,326 @@
+"""Typed schema of `params.yaml`: validation before any compute, and the dotted keys DVC shows.
+
+Every section is a strict pydantic model (unknown keys are errors), so a typo in `params.yaml`
+fails in milliseconds with the dotted key and a close-match suggestion, instead of after a teacher
+has trained. `ConfigError` carries one readable line; stages print it and exit non-zero.
+"""
+from __future__ import annotations
+
+import json
+import re
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.data import DATASETS
+from pipeline.data.augment import KINDS as AUGMENTATIONS
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+TEACHER_METHODS = ("simclr", "moco", "proxy_anchor")
+TRANSFER_EMBEDDINGS = ("projection", "backbone", "embedding")
+# The control student: trained with its teacher's own objective (NT-Xent / MoCo / Proxy-Anchor), no teacher signal.
+TEACHER_OBJECTIVE = "teacher_objective"
+
+
+class ConfigError(ValueError):
+    """params.yaml is invalid; the message is one line naming the dotted key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _backbones() -> tuple[str, ...]:
+    from pipeline.models import BACKBONES
+
+    return tuple(BACKBONES)
+
+
+def _loss_names() -> tuple[str, ...]:
+    from pipeline.losses import NAMES
+
+    return tuple(NAMES)
+
+
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        hint = get_close_matches(value, allowed, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ValueError(f"unknown {what} {value!r}{suggestion}; allowed: {', '.join(allowed)}")
+    return value
+
+
+class DataConfig(Strict):
+    name: str
+    root: str = "data"
+    download: bool = False
+    image_size: PositiveInt
+    load_size: PositiveInt | None = None
+    protocol: Literal["retrieval", "classification"] = "retrieval"
+    workers: Annotated[int, Field(ge=0)] = 2
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _choice(value, DATASETS, "dataset")
+
+
+class ModelConfig(Strict):
+    backbone: str
+    widths: tuple[PositiveInt, ...] | None = None
+    embedding_dim: PositiveInt
+    weights_path: str | None = None
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        return _choice(value, _backbones(), "backbone")
+
+    @model_validator(mode="after")
+    def _widths_only_for_small_nets(self) -> "ModelConfig":
+        if self.widths is not None and self.backbone != "small_resnet":
+            raise ValueError(f"widths applies to backbone 'small_resnet' only, not {self.backbone!r}")
+        return self
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: PositiveFloat
+    weight_decay: NonNegativeFloat = 0.0
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    warmup_epochs: NonNegativeFloat = 0.0
+
+
+class TrainConfig(Strict):
+    epochs: PositiveInt
+    max_steps: PositiveInt | None = None
+    batch_size: Annotated[int, Field(ge=2)]
+    optimizer: OptimizerConfig
+    checkpoint_every_steps: PositiveInt | None = None
+    amp: Literal["bf16", "fp16", "off"] = "bf16"
+
+
+class MocoConfig(Strict):
+    queue_size: PositiveInt = 4096
+    momentum: Annotated[float, Field(gt=0, lt=1)] = 0.99
+
+
+class ProxyAnchorConfig(Strict):
+    margin: NonNegativeFloat = 0.1
+    alpha: PositiveFloat = 32.0
+    proxy_lr_multiplier: PositiveFloat = 100.0
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    frozen_bn: bool = False
+    classes_per_batch: PositiveInt | None = None
+    samples_per_class: PositiveInt = 2
+
+
+class TeacherConfig(Strict):
+    method: Literal["simclr", "moco", "proxy_anchor"]
+    model: ModelConfig
+    projection_dim: PositiveInt = 128
+    augmentation: str
+    temperature: PositiveFloat = 0.5
+    moco: MocoConfig = MocoConfig()
+    proxy_anchor: ProxyAnchorConfig = ProxyAnchorConfig()
+    train_classes: tuple[Annotated[int, Field(ge=0)], ...] | None = None
+    transfer_embedding: Literal["projection", "backbone", "embedding"] = "projection"
+    train: TrainConfig
+
+    @field_validator("augmentation")
+    @classmethod
+    def _known_augmentation(cls, value: str) -> str:
+        return _choice(value, AUGMENTATIONS, "augmentation")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TeacherConfig":
+        if self.method == "proxy_anchor" and self.transfer_embedding == "projection":
+            raise ValueError("a proxy_anchor teacher has no projection head: set transfer_embedding to 'embedding'")
+        return self
+
+
+class StudentConfig(Strict):
+    model: ModelConfig
+
+
+class LossConfig(Strict):
+    name: str
+    params: dict[str, Union[bool, int, float, str]] = {}
+    proxy_anchor_weight: NonNegativeFloat = 0.0
+
+    @field_validator("name")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        return _choice(value, (*_loss_names(), TEACHER_OBJECTIVE), "loss")
+
+
+class GridConfig(Strict):
+    teacher: tuple[str, ...]
+    student: tuple[str, ...]
+    loss: tuple[str, ...]
+
+
+class TransferConfig(Strict):
+    augmentation: str
+    train: TrainConfig
+    grid: GridConfig
+    metric_grid: GridConfig | None = None
+
+    @field_validator("augmentation")
+    @classmethod
+    def _known_augmentation(cls, value: str) -> str:
+        return _choice(value, AUGMENTATIONS, "augmentation")
+
+
+class ProbeConfig(Strict):
+    train_samples: PositiveInt | None = None
+    val_fraction: Fraction = 0.1
+    weight_decays: tuple[NonNegativeFloat, ...] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+class KnnConfig(Strict):
+    enabled: bool = True
+    k: PositiveInt = 200
+    temperature: PositiveFloat = 0.1
+
+
+class RetrievalConfig(Strict):
+    ks: tuple[PositiveInt, ...] = (1, 2, 4, 8)
+    distance: Literal["euclidean", "cosine"] = "euclidean"
+    memory_budget_mb: PositiveInt = 512
+
+
+class EvaluationConfig(Strict):
+    batch_size: PositiveInt = 512
+    probe: ProbeConfig = ProbeConfig()
+    knn: KnnConfig = KnnConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+
+
+class MlflowConfig(Strict):
+    experiment: str = "embedding-transfer"
+
+
+class Params(Strict):
+    seed: Annotated[int, Field(ge=0)] = 0
+    data: DataConfig
+    teachers: dict[str, TeacherConfig]
+    students: dict[str, StudentConfig]
+    losses: dict[str, LossConfig]
+    transfer: TransferConfig
+    evaluation: EvaluationConfig = EvaluationConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> "Params":
+        for section in ("teachers", "students", "losses"):
+            for name in getattr(self, section):
+                if not NAME_PATTERN.match(name):
+                    raise ValueError(f"{section}.{name}: names must match {NAME_PATTERN.pattern} (they become paths)")
+        for grid_key in ("grid", "metric_grid"):
+            grid = getattr(self.transfer, grid_key)
+            if grid is None:
+                continue
+            for field, section in (("teacher", "teachers"), ("student", "students"), ("loss", "losses")):
+                for name in getattr(grid, field):
+                    if name not in getattr(self, section):
+                        raise ValueError(
+                            f"transfer.{grid_key}.{field}: {name!r} is not in {section} "
+                            f"(declared: {', '.join(getattr(self, section)) or 'none'})"
+                        )
+            for teacher in grid.teacher:
+                method = self.teachers[teacher].method
+                if (grid_key == "metric_grid") != (method == "proxy_anchor"):
+                    expected = "proxy_anchor" if grid_key == "metric_grid" else "simclr or moco"
+                    raise ValueError(f"transfer.{grid_key}.teacher: {teacher!r} is a {method} teacher; this grid takes {expected}")
+        for name, teacher in self.teachers.items():
+            if teacher.train_classes is not None:
+                bad = [c for c in teacher.train_classes if c >= 1000]
+                if bad or len(set(teacher.train_classes)) != len(teacher.train_classes):
+                    raise ValueError(f"teachers.{name}.train_classes: duplicate or implausible class ids {teacher.train_classes}")
+        return self
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model that sits at `loc` (for close-match suggestions on unknown keys)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            current = field.annotation
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        else:
+            return []
+        while get_origin(current) is Union or str(get_origin(current)) == "types.UnionType":
+            options = [a for a in get_args(current) if a is not type(None)]
+            current = options[0]
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _describe(error: dict) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or "<top level>"
+    if error["type"] == "extra_forbidden":
+        known = _fields_at(Params, loc[:-1])
+        hint = get_close_matches(str(loc[-1]), known, n=1)
+        suggestion = f"; did you mean {'.'.join([*map(str, loc[:-1]), hint[0]])!r}?" if hint else ""
+        return f"{key}: unknown key{suggestion} (allowed here: {', '.join(known)})"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    return f"{key}: {message}{shown}"
+
+
+def validate_params(raw: dict, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping; raise ConfigError with the first problem on one line."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = [_describe(e) for e in err.errors()]
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise ConfigError(f"{source}: {problems[0]}{more}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; every error is a ConfigError naming the file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read parameters file ({err.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return validate_params(raw, str(path))
+
+
+def flatten(params: Params | dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys as `dvc params diff` / `dvc exp show` print them; lists become JSON strings."""
+    data = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        elif isinstance(value, (list, dict)):
+            flat[dotted] = json.dumps(value)
+        else:
+            flat[dotted] = value
+    return flat

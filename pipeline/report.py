@@ -1,0 +1,88 @@
+"""The results report: the paper's Table 1 shape, built only from the metrics files of one run."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    # (metrics key, column title, format)
+    ("probe_top1", "Probe top-1", "pct"),
+    ("knn_top1", "kNN top-1", "pct"),
+    ("recall@1", "R@1", "pct"),
+    ("recall@2", "R@2", "pct"),
+    ("recall@4", "R@4", "pct"),
+    ("recall@8", "R@8", "pct"),
+    ("map@r", "MAP@R", "pct"),
+    ("embedding_dim", "Dim", "int"),
+    ("parameters", "Params", "params"),
+    ("ms_per_image", "ms/img", "ms"),
+)
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One model's line in a table: `section` groups rows (one teacher and its students)."""
+
+    section: str
+    label: str
+    metrics: dict[str, Any]
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A stage's flat metrics.json; a missing file is an error naming it (the report never guesses)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"report: metrics file {path} is missing; run its stage first (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def _cell(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{100 * float(value):.2f}"
+    if kind == "int":
+        return str(int(value))
+    if kind == "params":
+        return f"{int(value) / 1e6:.2f}M" if int(value) >= 1e5 else f"{int(value) / 1e3:.1f}k"
+    return f"{float(value):.3f}"
+
+
+def results_table(rows: Sequence[ResultRow], columns: Sequence[tuple[str, str, str]] = COLUMNS) -> str:
+    """A Markdown table: one row per model, a bold section line where the section changes."""
+    shown = [c for c in columns if any(c[0] in r.metrics for r in rows)]
+    lines = ["| Model | " + " | ".join(title for _, title, _ in shown) + " |",
+             "|---|" + "|".join("---:" for _ in shown) + "|"]
+    section = None
+    for row in rows:
+        if row.section != section:
+            section = row.section
+            lines.append(f"| **{section}** |" + "|".join("" for _ in shown) + "|")
+        cells = [_cell(row.metrics.get(key), kind) for key, _, kind in shown]
+        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def recall_at_k_figure(path: str | Path, rows: Sequence[ResultRow], title: str) -> None:
+    """Recall@K curves of every row, one line each, so the methods can be compared at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        ks = sorted(int(k.split("@")[1]) for k in row.metrics if k.startswith("recall@"))
+        if ks:
+            ax.plot(ks, [100 * row.metrics[f"recall@{k}"] for k in ks], marker="o", label=f"{row.section}: {row.label}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,125 @@
+"""params.yaml schema: the shipped file validates; bad input fails on one line naming the dotted key."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, flatten, load_params, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def broken(edit) -> dict:
+    raw = copy.deepcopy(SHIPPED)
+    edit(raw)
+    return raw
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_params(raw)
+    message = str(info.value)
+    assert "\n" not in message, "the error must be one readable line"
+    return message
+
+
+def test_shipped_params_validate():
+    params = load_params(ROOT / "params.yaml")
+    assert params.data.name == "fashion_mnist"
+    assert set(params.transfer.grid.teacher) <= set(params.teachers)
+
+
+@pytest.mark.parametrize("profile", sorted((ROOT / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
+def test_paper_scale_profiles_validate(profile):
+    load_params(profile)
+
+
+def test_misspelt_key_names_dotted_path_and_suggests():
+    def edit(raw):
+        raw["teachers"]["simclr"]["trian"] = raw["teachers"]["simclr"].pop("train")
+
+    message = error_of(broken(edit))
+    assert "teachers.simclr.trian: unknown key" in message
+    assert "did you mean 'teachers.simclr.train'" in message
+
+
+def test_wrong_type_names_key():
+    message = error_of(broken(lambda raw: raw["transfer"]["train"].update(batch_size="big")))
+    assert "transfer.train.batch_size" in message and "'big'" in message
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda raw: raw["teachers"]["moco"]["train"]["optimizer"].update(lr=-0.1), "teachers.moco.train.optimizer.lr"),
+        (lambda raw: raw["losses"]["relaxed"].update(proxy_anchor_weight=-1), "losses.relaxed.proxy_anchor_weight"),
+        (lambda raw: raw["transfer"]["train"].update(batch_size=1), "transfer.train.batch_size"),
+        (lambda raw: raw["teachers"]["moco"]["moco"].update(momentum=1.5), "teachers.moco.moco.momentum"),
+        (lambda raw: raw["evaluation"]["probe"].update(val_fraction=1.0), "evaluation.probe.val_fraction"),
+    ],
+)
+def test_out_of_range_values_name_key(edit, key):
+    assert error_of(broken(edit)).startswith(f"params.yaml: {key}:")
+
+
+@pytest.mark.parametrize(
+    "edit, key, suggestion",
+    [
+        (lambda raw: raw["data"].update(name="fashion_minst"), "data.name", "fashion_mnist"),
+        (lambda raw: raw["students"]["small"]["model"].update(backbone="small_resnt"), "students.small.model.backbone", "small_resnet"),
+        (lambda raw: raw["losses"]["rkd"].update(name="rkdd"), "losses.rkd.name", "rkd"),
+        (lambda raw: raw["transfer"].update(augmentation="simclr2"), "transfer.augmentation", "simclr"),
+    ],
+)
+def test_unknown_names_list_allowed_values(edit, key, suggestion):
+    message = error_of(broken(edit))
+    assert key in message and f"did you mean {suggestion!r}" in message and "allowed:" in message
+
+
+def test_grid_pointing_at_undeclared_teacher():
+    message = error_of(broken(lambda raw: raw["transfer"]["grid"].update(teacher=["simclr", "byol"])))
+    assert "transfer.grid.teacher" in message and "'byol'" in message
+
+
+def test_metric_grid_refuses_ssl_teacher():
+    message = error_of(broken(lambda raw: raw["transfer"]["metric_grid"].update(teacher=["simclr"])))
+    assert "transfer.metric_grid.teacher" in message and "proxy_anchor" in message
+
+
+def test_names_that_would_escape_output_folder_are_refused():
+    message = error_of(broken(lambda raw: raw["students"].update({"../evil": raw["students"]["small"]})))
+    assert "students.../evil" in message
+
+
+def test_missing_required_key():
+    message = error_of(broken(lambda raw: raw["data"].pop("image_size")))
+    assert "data.image_size: required key is missing" in message
+
+
+def test_yaml_syntax_error_reports_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: 0\ndata: {name: digits\n")
+    with pytest.raises(ConfigError, match=r"invalid YAML at line \d+"):
+        load_params(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read parameters file"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_flatten_matches_dvc_dotted_keys():
+    """Every key `dvc params diff` shows for params.yaml appears under the same dotted name and value."""
+    from dvc.utils.flatten import flatten as dvc_flatten
+
+    ours = flatten(load_params(ROOT / "params.yaml"))
+    theirs = dvc_flatten(SHIPPED)
+    scalars = {k: v for k, v in theirs.items() if not isinstance(v, (list, dict))}
+    assert scalars, "params.yaml should have scalar keys"
+    for key, value in scalars.items():
+        assert key in ours, key
+        assert ours[key] == value, key
