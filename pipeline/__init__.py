@@ -1,1 +1,1 @@
-"""Embedding transfer with the relaxed contrastive loss: library code used by the DVC stages."""
+"""Embedding transfer with the relaxed contrastive loss: the reusable, testable library."""

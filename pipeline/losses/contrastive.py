@@ -1,0 +1,61 @@
+"""The label-based contrastive loss on normalised distances, and the weighted form it shares with
+the relaxed contrastive loss (which replaces the 0/1 labels by teacher similarities)."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.distributed import gather_batch
+from pipeline.losses.distances import off_diagonal, pairwise_distances
+from pipeline.losses.validation import check_choice, check_embeddings, check_labels, check_positive
+
+NORMALIZATIONS = ("row", "global", "none")
+
+
+def normalized_student_distances(student: Tensor, normalize: str, student_l2: bool) -> Tensor:
+    """Student distances divided by their row mean ("row": mean over all n entries of the row, zero
+    diagonal included, as published), by the mean of the whole matrix ("global"), or left raw ("none").
+    The gradient flows through the normaliser, as in the authors' code."""
+    if student_l2:
+        student = F.normalize(student, dim=1)
+    distances = pairwise_distances(student)
+    if normalize == "row":
+        return distances / distances.mean(dim=1, keepdim=True).clamp_min(1e-12)
+    if normalize == "global":
+        return distances / distances.mean().clamp_min(1e-12)
+    return distances
+
+
+def weighted_contrastive(distances: Tensor, weights: Tensor, delta: float) -> Tensor:
+    """(1/n) * sum_{i != j} [w_ij d_ij^2 + (1 - w_ij) relu(delta - d_ij)^2]."""
+    n = distances.shape[0]
+    per_pair = weights * distances.pow(2) + (1 - weights) * torch.relu(delta - distances).pow(2)
+    return per_pair[off_diagonal(n, distances.device)].sum() / n
+
+
+class ContrastiveLoss(nn.Module):
+    """Label-based contrastive loss, `loss(student, labels)`: w_ij = 1 for same class, else 0.
+
+    The hard-label counterpart of RelaxedContrastiveLoss, with identical distance normalisation, so
+    an ablation can swap soft teacher weights for labels and change nothing else.
+    Under torch.distributed the loss is computed over the all-gathered global batch.
+    """
+
+    def __init__(self, delta: float = 1.0, normalize: str = "row", student_l2: bool = False):
+        super().__init__()
+        check_positive("delta", delta)
+        check_choice("normalize", normalize, NORMALIZATIONS)
+        self.delta = delta
+        self.normalize = normalize
+        self.student_l2 = student_l2
+
+    def forward(self, student: Tensor, labels: Tensor) -> Tensor:
+        check_embeddings("student", student)
+        check_labels("labels", labels, student.shape[0])
+        student, labels = gather_batch(student), gather_batch(labels)
+        distances = normalized_student_distances(student, self.normalize, self.student_l2)
+        weights = (labels[:, None] == labels[None, :]).to(distances.dtype)
+        return weighted_contrastive(distances, weights, self.delta)
+
+    def extra_repr(self) -> str:
+        return f"delta={self.delta}, normalize={self.normalize!r}, student_l2={self.student_l2}"

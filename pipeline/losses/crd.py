@@ -1,0 +1,107 @@
+"""Contrastive Representation Distillation (Tian et al., ICLR 2020), NCE form with memory banks,
+following the official RepDistiller code that the label-relaxation paper reused."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.losses.validation import check_non_negative, check_pair, check_positive
+
+
+class L2Head(nn.Module):
+    """Linear projection followed by L2 normalisation (CRD's `Embed`)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return F.normalize(self.linear(features.flatten(1)), dim=1)
+
+
+def nce_loss(scores: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:
+    """CRD's Eq. 18: column 0 holds the positive's score, the rest the negatives' (noise = uniform)."""
+    noise = (scores.shape[1] - 1) / n_data
+    log_positive = torch.log(scores[:, 0] / (scores[:, 0] + noise + eps))
+    log_negative = torch.log(noise / (scores[:, 1:] + noise + eps))
+    return -(log_positive.sum() + log_negative.sum()) / scores.shape[0]
+
+
+class CRDLoss(nn.Module):
+    """`loss(student, teacher, index[, contrast_index])` with `index` the dataset indices of the rows.
+
+    Both sides get a 128-d linear + L2 head (trainable: put `loss.parameters()` in the optimiser).
+    Each memory bank holds one momentum-averaged embedding per training sample; each row is contrasted
+    with its own bank entry and `num_negatives` uniformly drawn entries of the other side's bank.
+    The banks are updated in training mode only (`eval()` freezes them), and the normalising constants
+    Z are estimated once, on the first batch, as in the official code.  Banks and Z are buffers, so
+    they are checkpointed with `state_dict()`.  Not gathered across ranks.  The paper adds a
+    Proxy-Anchor term in training (see `pipeline.losses.NEEDS_PROXY_ANCHOR`).
+    """
+
+    def __init__(
+        self,
+        student_dim: int,
+        teacher_dim: int,
+        n_data: int,
+        feat_dim: int = 128,
+        num_negatives: int = 4096,
+        temperature: float = 0.07,
+        momentum: float = 0.5,
+    ):
+        super().__init__()
+        for name, value in (("student_dim", student_dim), ("teacher_dim", teacher_dim), ("n_data", n_data),
+                            ("feat_dim", feat_dim), ("num_negatives", num_negatives), ("temperature", temperature)):
+            check_positive(name, value)
+        check_non_negative("momentum", momentum)
+        if momentum >= 1:
+            raise ValueError(f"momentum must be < 1, got {momentum}")
+        self.n_data = n_data
+        self.num_negatives = num_negatives
+        self.temperature = temperature
+        self.momentum = momentum
+        self.student_head = L2Head(student_dim, feat_dim)
+        self.teacher_head = L2Head(teacher_dim, feat_dim)
+        bound = 1.0 / math.sqrt(feat_dim / 3)
+        self.register_buffer("student_memory", torch.empty(n_data, feat_dim).uniform_(-bound, bound))
+        self.register_buffer("teacher_memory", torch.empty(n_data, feat_dim).uniform_(-bound, bound))
+        self.register_buffer("normalizers", torch.full((2,), -1.0))  # Z for student / teacher anchors
+
+    def forward(
+        self, student: Tensor, teacher: Tensor, index: Tensor, contrast_index: Tensor | None = None
+    ) -> Tensor:
+        check_pair(student.flatten(1), teacher.flatten(1), min_rows=1)
+        n = student.shape[0]
+        if index.shape != (n,) or index.is_floating_point():
+            raise ValueError(f"index must be an integer tensor of shape ({n},), got {tuple(index.shape)}")
+        if index.min() < 0 or index.max() >= self.n_data:
+            raise ValueError(f"index must lie in [0, n_data={self.n_data})")
+        if contrast_index is None:
+            contrast_index = torch.randint(0, self.n_data, (n, self.num_negatives), device=index.device)
+        elif contrast_index.shape != (n, self.num_negatives):
+            raise ValueError(f"contrast_index must have shape ({n}, {self.num_negatives}), got {tuple(contrast_index.shape)}")
+        student_emb = self.student_head(student)
+        teacher_emb = self.teacher_head(teacher.detach())
+        candidates = torch.cat([index[:, None], contrast_index], dim=1)  # positive first
+        student_scores = self._scores(self.teacher_memory, candidates, student_emb, 0)
+        teacher_scores = self._scores(self.student_memory, candidates, teacher_emb, 1)
+        loss = nce_loss(student_scores, self.n_data) + nce_loss(teacher_scores, self.n_data)
+        if self.training:
+            self._update(self.student_memory, index, student_emb)
+            self._update(self.teacher_memory, index, teacher_emb)
+        return loss
+
+    def _scores(self, memory: Tensor, candidates: Tensor, anchors: Tensor, slot: int) -> Tensor:
+        """exp(<bank entry, anchor> / T) / Z for each candidate; Z fixed from the first batch."""
+        bank = memory[candidates].detach().to(anchors.dtype)  # (n, K+1, feat)
+        scores = torch.exp(torch.einsum("nkf,nf->nk", bank, anchors) / self.temperature)
+        if self.normalizers[slot] < 0:
+            self.normalizers[slot] = scores.detach().mean() * self.n_data
+        return scores / self.normalizers[slot].to(scores.dtype)
+
+    @torch.no_grad()
+    def _update(self, memory: Tensor, index: Tensor, embeddings: Tensor) -> None:
+        mixed = memory[index] * self.momentum + embeddings.detach().to(memory.dtype) * (1 - self.momentum)
+        memory[index] = F.normalize(mixed, dim=1)

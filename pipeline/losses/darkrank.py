@@ -1,0 +1,77 @@
+"""Hard DarkRank (Chen et al., AAAI 2018) with the triplet term the label-relaxation paper added."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.distributed import gather_batch
+from pipeline.losses.distances import pairwise_distances
+from pipeline.losses.triplet import triplet_margin_loss
+from pipeline.losses.validation import check_labels, check_non_negative, check_pair, check_positive
+
+
+def plackett_luce_log_likelihood(scores: Tensor) -> Tensor:
+    """Per-row log-probability of the order given by the columns: sum_k [s_k - logsumexp(s_k..s_end)]."""
+    tail_logsumexp = torch.logcumsumexp(scores.flip(1), dim=1).flip(1)
+    return (scores - tail_logsumexp).sum(dim=1)
+
+
+class HardDarkRankLoss(nn.Module):
+    """`loss(student, teacher, labels)`: teacher's top-`list_length` neighbour list of each sample,
+    scored by the student (score = -alpha * ||s_i - s_j||^beta on L2-normalised rows) under the
+    Plackett-Luce model; minus the mean log-likelihood, plus `triplet_weight` * triplet loss
+    (margin 0.2) on the L2-normalised student with class labels.
+
+    The triplet term follows the label-relaxation code (its HardDarkRank adds a labelled triplet loss,
+    following RKD's setting): it needs `labels`.  With `triplet_weight=0` the loss is label-free and
+    `labels` may be omitted.  Under torch.distributed the loss is computed over the all-gathered batch.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 3.0,
+        beta: float = 3.0,
+        list_length: int = 4,
+        triplet_margin: float = 0.2,
+        triplet_weight: float = 1.0,
+    ):
+        super().__init__()
+        check_positive("alpha", alpha)
+        check_positive("beta", beta)
+        check_positive("list_length", list_length)
+        check_non_negative("triplet_margin", triplet_margin)
+        check_non_negative("triplet_weight", triplet_weight)
+        self.alpha = alpha
+        self.beta = beta
+        self.list_length = list_length
+        self.triplet_margin = triplet_margin
+        self.triplet_weight = triplet_weight
+
+    def teacher_lists(self, teacher: Tensor) -> Tensor:
+        """(n, list_length) indices of each row's nearest other rows, nearest first."""
+        with torch.no_grad():
+            distances = pairwise_distances(F.normalize(teacher, dim=1))
+            distances.fill_diagonal_(float("inf"))
+            return distances.topk(self.list_length, dim=1, largest=False).indices
+
+    def forward(self, student: Tensor, teacher: Tensor, labels: Tensor | None = None) -> Tensor:
+        check_pair(student, teacher, min_rows=self.list_length + 1)
+        if labels is None and self.triplet_weight > 0:
+            raise ValueError("labels are required when triplet_weight > 0 (pass labels or triplet_weight=0)")
+        if labels is not None:
+            check_labels("labels", labels, student.shape[0])
+            labels = gather_batch(labels)
+        student, teacher = gather_batch(student), gather_batch(teacher.detach())
+        student_unit = F.normalize(student, dim=1)
+        scores = -self.alpha * pairwise_distances(student_unit).pow(self.beta)
+        ranked_scores = scores.gather(1, self.teacher_lists(teacher))
+        loss = -plackett_luce_log_likelihood(ranked_scores).mean()
+        if self.triplet_weight > 0:
+            loss = loss + self.triplet_weight * triplet_margin_loss(student_unit, labels, self.triplet_margin)
+        return loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, beta={self.beta}, list_length={self.list_length}, "
+            f"triplet_margin={self.triplet_margin}, triplet_weight={self.triplet_weight}"
+        )

@@ -1,0 +1,87 @@
+"""Relational Knowledge Distillation (Park et al., CVPR 2019): distance + angle terms."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.distributed import gather_batch
+from pipeline.losses.distances import off_diagonal, pairwise_distances
+from pipeline.losses.validation import check_non_negative, check_pair, check_positive
+
+
+def mean_normalized_distances(embeddings: Tensor) -> Tensor:
+    """Distances divided by the mean of the off-diagonal distances (RKD's scale normalisation)."""
+    distances = pairwise_distances(embeddings)
+    return distances / distances[off_diagonal(len(distances), distances.device)].mean()
+
+
+def triplet_angles(embeddings: Tensor, anchors: Tensor, eps: float = 1e-12) -> Tensor:
+    """(r, n, n) cosines of the angle at vertex anchors[r] between x_j and x_k; 0 where j or k is the
+    anchor itself (the original code normalises that zero difference vector to 0).
+
+    Hand-written from the Gram matrix: <x_j - x_i, x_k - x_i> = G_jk - G_ij - G_ik + G_ii costs
+    O(r n^2) after one O(n^2 d) product, where the original (n, n, d) difference tensor and its bmm
+    cost O(n^3 d) (2.3 s at n = 512 on this CPU); the batch is centred first to limit cancellation.
+    """
+    if embeddings.dtype in (torch.float16, torch.bfloat16):
+        embeddings = embeddings.float()
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        centred = embeddings - embeddings.mean(dim=0, keepdim=True)
+        gram = centred @ centred.T
+        anchor_gram = gram[anchors]  # (r, n): G_ij
+        self_gram = anchor_gram.gather(1, anchors[:, None])  # (r, 1): G_ii
+        squared_norms = gram.diagonal()
+        lengths = (self_gram + squared_norms[None, :] - 2 * anchor_gram).clamp_min(eps).sqrt()  # |x_j - x_i|
+        inner = gram[None] - anchor_gram[:, :, None] - anchor_gram[:, None, :] + self_gram[:, :, None]
+        cosines = inner / (lengths[:, :, None] * lengths[:, None, :])
+        is_anchor = torch.arange(len(embeddings), device=embeddings.device)[None, :] == anchors[:, None]
+        return cosines.masked_fill(is_anchor[:, :, None] | is_anchor[:, None, :], 0.0)
+
+
+class RKDLoss(nn.Module):
+    """`loss(student, teacher)` = distance_weight * smooth-L1(distances) + angle_weight * smooth-L1(angles).
+
+    Each side's distances are divided by its own mean off-diagonal distance; both smooth-L1 terms are
+    means over all entries (n^2 and r n^2), as in the RKD and label-relaxation code.  The angle term
+    looks at every triplet (O(n^3) memory); `angle_max_rows=r` keeps r random anchor rows instead,
+    an unbiased estimate that makes large CPU batches affordable.  Under torch.distributed the loss is
+    computed over the all-gathered global batch (ranks draw their anchor rows independently).
+    """
+
+    def __init__(
+        self, distance_weight: float = 1.0, angle_weight: float = 2.0, angle_max_rows: int | None = None
+    ):
+        super().__init__()
+        check_non_negative("distance_weight", distance_weight)
+        check_non_negative("angle_weight", angle_weight)
+        if angle_max_rows is not None:
+            check_positive("angle_max_rows", angle_max_rows)
+        self.distance_weight = distance_weight
+        self.angle_weight = angle_weight
+        self.angle_max_rows = angle_max_rows
+
+    def angle_anchors(self, n: int, device: torch.device) -> Tensor:
+        if self.angle_max_rows is None or self.angle_max_rows >= n:
+            return torch.arange(n, device=device)
+        return torch.randperm(n, device=device)[: self.angle_max_rows]
+
+    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        check_pair(student, teacher)
+        student, teacher = gather_batch(student), gather_batch(teacher.detach())
+        with torch.no_grad():
+            teacher_distances = mean_normalized_distances(teacher)
+        student_distances = mean_normalized_distances(student)
+        loss = self.distance_weight * F.smooth_l1_loss(student_distances, teacher_distances.to(student_distances.dtype))
+        if self.angle_weight > 0:
+            anchors = self.angle_anchors(len(student), student.device)
+            with torch.no_grad():
+                teacher_angles = triplet_angles(teacher, anchors)
+            student_angles = triplet_angles(student, anchors)
+            loss = loss + self.angle_weight * F.smooth_l1_loss(student_angles, teacher_angles.to(student_angles.dtype))
+        return loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"distance_weight={self.distance_weight}, angle_weight={self.angle_weight}, "
+            f"angle_max_rows={self.angle_max_rows}"
+        )
