@@ -37,7 +37,8 @@ class RelaxedContrastiveLoss(nn.Module):
     def teacher_weights(self, teacher: Tensor) -> Tensor:
         """Soft pair labels w_ij in (0, 1], 1 on the diagonal; never carries gradient."""
         with torch.no_grad():
-            squared = pairwise_distances(F.normalize(teacher.detach(), dim=1), squared=True)
+            # eps=0: no gradient to protect, and coincident teachers must get w = 1 exactly.
+            squared = pairwise_distances(F.normalize(teacher.detach(), dim=1), squared=True, eps=0.0)
             return torch.exp(-squared / self.sigma)
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
