@@ -27,10 +27,12 @@ def _find(root: str | Path | None, marker: str, subdirs: tuple[str, ...], name: 
     raise DatasetNotFoundError(f"{name}: {marker} not found under {base} (tried {[str(base / s) for s in subdirs]}); {how}")
 
 
-def _make(name: str, folder: Path, rel_paths: list[str], labels: list[int]) -> FileImageSet:
+def _make(name: str, folder: Path, rel_paths: list[str], labels: list[int], split_classes: set[int]) -> FileImageSet:
+    """Labels become ranks in `split_classes`, every class of this split in the archive (not only those
+    selected), so train and test of the classification protocol number a class alike."""
     if not rel_paths:
         raise ValueError(f"{name}: no images selected under {folder}")
-    classes = sorted(set(labels))
+    classes = sorted(split_classes)
     lookup = {c: i for i, c in enumerate(classes)}
     return FileImageSet(
         name=name,
@@ -55,10 +57,12 @@ def load_cub200(split: str, root: str | Path | None = None, protocol: str = "ret
     classes = {i: int(c) for i, c in _read_rows(folder / "image_class_labels.txt")}
     if protocol == "retrieval":
         keep = [i for i in paths if (classes[i] <= 100) == (split == "train")]
+        split_classes = {classes[i] for i in keep}
     else:
         is_train = {i: f == "1" for i, f in _read_rows(folder / "train_test_split.txt")}
         keep = [i for i in paths if is_train[i] == (split == "train")]
-    return _make("cub200", folder / "images", [paths[i] for i in keep], [classes[i] for i in keep])
+        split_classes = set(classes.values())
+    return _make("cub200", folder / "images", [paths[i] for i in keep], [classes[i] for i in keep], split_classes)
 
 
 def load_cars196(split: str, root: str | Path | None = None, protocol: str = "retrieval") -> FileImageSet:
@@ -68,9 +72,10 @@ def load_cars196(split: str, root: str | Path | None = None, protocol: str = "re
     folder = _find(root, "cars_annos.mat", ("cars196", "stanford_cars"), "cars196",
                    "download car_ims.tgz and cars_annos.mat from the Stanford Cars site and unpack them under data.root")
     annotations = loadmat(folder / "cars_annos.mat")["annotations"][0]
-    rel_paths, labels = [], []
+    rel_paths, labels, all_labels = [], [], set()
     for record in annotations:
         label = int(record["class"].squeeze())
+        all_labels.add(label)
         if protocol == "retrieval":
             wanted = (label <= 98) == (split == "train")
         else:
@@ -78,7 +83,8 @@ def load_cars196(split: str, root: str | Path | None = None, protocol: str = "re
         if wanted:
             rel_paths.append(str(record["relative_im_path"].squeeze()))
             labels.append(label)
-    return _make("cars196", folder, rel_paths, labels)
+    split_classes = set(labels) if protocol == "retrieval" else all_labels
+    return _make("cars196", folder, rel_paths, labels, split_classes)
 
 
 def load_sop(split: str, root: str | Path | None = None, protocol: str = "retrieval") -> FileImageSet:
@@ -88,4 +94,5 @@ def load_sop(split: str, root: str | Path | None = None, protocol: str = "retrie
     folder = _find(root, "Ebay_train.txt", ("Stanford_Online_Products",), "sop",
                    "download Stanford_Online_Products.zip and unpack it under data.root")
     rows = _read_rows(folder / ("Ebay_train.txt" if split == "train" else "Ebay_test.txt"), skip_header=True)
-    return _make("sop", folder, [r[3] for r in rows], [int(r[1]) for r in rows])
+    labels = [int(r[1]) for r in rows]
+    return _make("sop", folder, [r[3] for r in rows], labels, set(labels))
