@@ -45,6 +45,7 @@ class EmbeddingModel(nn.Module):
             else build_projection_head(projection, num_features, projection_dim, projection_hidden_dim)
         )
         self.embedding_dim = num_features if embedding_dim is None else embedding_dim
+        self.projection_dim = None if projection is None else projection_dim
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         return global_pool(self.backbone(x), self.pooling)

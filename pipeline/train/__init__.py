@@ -1,0 +1,1 @@
+"""Training: one loop (``fit``) and one objective per recipe."""

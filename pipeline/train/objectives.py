@@ -1,0 +1,262 @@
+"""What one training step computes, for each recipe; the loop (``loop.py``) is shared.
+
+An objective is an ``nn.Module`` holding everything that is trained or carried between steps (model,
+momentum encoder, MoCo queue, proxies, loss regressors), so its ``state_dict`` is the model part of a
+checkpoint. ``forward(images, labels, indices)`` takes this rank's uint8 batch on the training device,
+augments it there, and returns the loss of the global batch (batch-wise losses see embeddings
+all-gathered over DDP ranks; see ``pipeline/distributed.py`` for why no gradient factor is needed).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import torch
+from lightly.models.utils import update_momentum
+from lightly.utils.scheduler import cosine_schedule
+from torch import nn
+
+from pipeline import losses
+from pipeline.distributed import gather_batch
+from pipeline.models import TEACHER_EMBEDDINGS, EmbeddingModel, global_pool, teacher_embedding
+
+
+def full_precision(device: torch.device):
+    """Losses run in float32 even under AMP: exp / log-sum-exp over similarities overflow in fp16."""
+    return torch.autocast(device.type, enabled=False) if device.type == "cuda" else nullcontext()
+
+
+class Objective(nn.Module):
+    """Base: augmentation on the device, optional channels_last, parameter groups with lr scales."""
+
+    find_unused_parameters = False
+
+    def __init__(self, augment: nn.Module) -> None:
+        super().__init__()
+        self.augment = augment
+        self.memory_format = torch.contiguous_format
+
+    def view(self, images: torch.Tensor) -> torch.Tensor:
+        return self.augment(images).contiguous(memory_format=self.memory_format)
+
+    def two_views(self, images: torch.Tensor) -> torch.Tensor:
+        """(2n, C, H, W): first view of every image, then the second; both drawn on the device."""
+        return torch.cat([self.view(images), self.view(images)])
+
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for recipes that change what trains per epoch (Proxy-Anchor warm-up)."""
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Hook for state updated outside autograd (MoCo's momentum encoder)."""
+
+    def setup(self, device: torch.device) -> None:
+        """Move state the module tree does not own (the frozen teacher) to ``device``."""
+
+    @property
+    def model(self) -> EmbeddingModel:
+        raise NotImplementedError
+
+
+class SimCLRObjective(Objective):
+    """NT-Xent on the projections of two views; both views go through one forward pass."""
+
+    def __init__(self, model: EmbeddingModel, augment: nn.Module, temperature: float = 0.5) -> None:
+        super().__init__(augment)
+        if model.projection_head is None:
+            raise ValueError("SimCLR needs a model with a projection head (projection='simclr')")
+        self.encoder = model
+        self.criterion = losses.build("ntxent", temperature=temperature)
+
+    @property
+    def model(self) -> EmbeddingModel:
+        return self.encoder
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        z0, z1 = self.encoder.projection(self.two_views(images)).chunk(2)
+        with full_precision(images.device):
+            return self.criterion(z0.float(), z1.float())
+
+
+class MoCoObjective(Objective):
+    """MoCo v2: momentum key encoder (cosine schedule from ``momentum_base`` to 1 over the run), a queue
+    of negative keys (checkpointed through the loss's state), symmetric InfoNCE.
+
+    The symmetric loss is one call on the stacked pairs (q0, k1) and (q1, k0): the mean over the 2n rows
+    equals 0.5 * (L(q0, k1) + L(q1, k0)), and both halves score against the same queue. Two calls would
+    enqueue k1 in between, so the second call would count k1 (q1's own view) among q1's negatives.
+    """
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        augment: nn.Module,
+        queue_size: int = 4096,
+        temperature: float = 0.2,
+        momentum_base: float = 0.99,
+    ) -> None:
+        super().__init__(augment)
+        if model.projection_head is None:
+            raise ValueError("MoCo needs a model with a projection head (projection='mocov2')")
+        self.encoder = model
+        self.key_encoder = copy.deepcopy(model)
+        self.key_encoder.requires_grad_(False)
+        self.momentum_base = momentum_base
+        self.criterion = losses.build(
+            "moco", embedding_dim=model.projection_dim, queue_size=queue_size, temperature=temperature
+        )
+
+    @property
+    def model(self) -> EmbeddingModel:
+        return self.encoder
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        views = self.two_views(images)
+        q0, q1 = self.encoder.projection(views).chunk(2)
+        with torch.no_grad():
+            k0, k1 = self.key_encoder.projection(views).chunk(2)
+        with full_precision(images.device):
+            return self.criterion(torch.cat([q0, q1]).float(), torch.cat([k1, k0]).float())
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        momentum = cosine_schedule(step, total_steps, self.momentum_base, 1.0)
+        update_momentum(self.encoder, self.key_encoder, m=momentum)
+
+
+class ProxyAnchorObjective(Objective):
+    """Proxy-Anchor teacher with the original recipe's options: proxies at ``proxy_lr_multiplier`` x lr,
+    the first ``warmup_epochs`` training only the embedding head and the proxies, frozen BatchNorm."""
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        augment: nn.Module,
+        loss: nn.Module,
+        proxy_lr_multiplier: float = 100.0,
+        warmup_epochs: int = 0,
+        freeze_batchnorm: bool = False,
+    ) -> None:
+        super().__init__(augment)
+        if model.head is None:
+            raise ValueError("Proxy-Anchor needs a model with an embedding head (embedding_dim set)")
+        if not hasattr(loss, "proxies"):
+            raise ValueError("loss must expose its proxies as `.proxies` (pipeline.losses 'proxy_anchor')")
+        self.encoder = model
+        self.criterion = loss
+        self.proxy_lr_multiplier = proxy_lr_multiplier
+        self.warmup_epochs = warmup_epochs
+        self.freeze_batchnorm = freeze_batchnorm
+        self.find_unused_parameters = warmup_epochs > 0
+        if freeze_batchnorm:
+            for module in self._batchnorms():
+                module.requires_grad_(False)
+
+    @property
+    def model(self) -> EmbeddingModel:
+        return self.encoder
+
+    def _batchnorms(self):
+        return [m for m in self.encoder.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True) -> ProxyAnchorObjective:
+        super().train(mode)
+        if self.freeze_batchnorm:
+            for module in self._batchnorms():
+                module.eval()
+        return self
+
+    def parameter_groups(self) -> list[dict]:
+        frozen = {id(p) for m in self._batchnorms() for p in m.parameters()} if self.freeze_batchnorm else set()
+        backbone = [p for p in self.encoder.backbone.parameters() if id(p) not in frozen]
+        return [
+            {"params": backbone, "lr_scale": 1.0},
+            {"params": list(self.encoder.head.parameters()), "lr_scale": 1.0},
+            {"params": list(self.criterion.parameters()), "lr_scale": self.proxy_lr_multiplier},
+        ]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        trains_backbone = epoch >= self.warmup_epochs
+        frozen = {id(p) for m in self._batchnorms() for p in m.parameters()} if self.freeze_batchnorm else set()
+        for parameter in self.encoder.backbone.parameters():
+            if id(parameter) not in frozen:
+                parameter.requires_grad_(trains_backbone)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        embeddings = self.encoder(self.view(images))
+        with full_precision(images.device):
+            return self.criterion(gather_batch(embeddings.float()), gather_batch(labels))
+
+
+STAGE_LOSSES = ("fitnet", "attention")
+INDEXED_LOSSES = ("crd",)
+LABELLED_LOSSES = ("darkrank",)
+
+
+class TransferObjective(Objective):
+    """Student transfer: the teacher frozen in eval mode, two views of every image, both seen by teacher
+    and student, ``loss(student, teacher[, index | labels])``; optional auxiliary label loss on the
+    student embedding (the paper's FitNet / Attention / CRD baselines add Proxy-Anchor).
+
+    The transfer losses all-gather over DDP ranks themselves (``pipeline.losses``), so local rows are
+    passed; the auxiliary Proxy-Anchor term does not, so its inputs are gathered here.
+    The teacher is kept out of the module tree on purpose: it is not trained, not checkpointed, not
+    synchronised by DDP, and ``train()`` on the objective must not switch it out of eval mode.
+    """
+
+    def __init__(
+        self,
+        student: EmbeddingModel,
+        teacher: EmbeddingModel,
+        augment: nn.Module,
+        loss: nn.Module,
+        loss_name: str,
+        teacher_embedding_kind: str = "projection",
+        auxiliary_loss: nn.Module | None = None,
+        auxiliary_weight: float = 1.0,
+    ) -> None:
+        super().__init__(augment)
+        if teacher_embedding_kind not in TEACHER_EMBEDDINGS:
+            raise ValueError(f"teacher_embedding must be one of {TEACHER_EMBEDDINGS}, got {teacher_embedding_kind!r}")
+        self.student = student
+        self.criterion = loss
+        self.loss_name = loss_name
+        self.teacher_embedding_kind = teacher_embedding_kind
+        self.auxiliary = auxiliary_loss
+        self.auxiliary_weight = auxiliary_weight
+        teacher.eval().requires_grad_(False)
+        self.__dict__["teacher"] = teacher
+
+    @property
+    def model(self) -> EmbeddingModel:
+        return self.student
+
+    def setup(self, device: torch.device) -> None:
+        self.teacher.to(device=device, memory_format=self.memory_format)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        views = self.two_views(images)
+        view_labels, view_indices = torch.cat([labels, labels]), torch.cat([indices, indices])
+        if self.loss_name in STAGE_LOSSES:
+            student_stages = self.student.stage_features(views)
+            with torch.no_grad():
+                teacher_stages = self.teacher.stage_features(views)
+            with full_precision(images.device):
+                loss = self.criterion([s.float() for s in student_stages], [t.float() for t in teacher_stages])
+            student = self.student.embed_pooled(global_pool(student_stages[-1], self.student.pooling))
+        else:
+            student = self.student(views)
+            with torch.no_grad():
+                teacher = teacher_embedding(self.teacher, views, self.teacher_embedding_kind)
+            extra = (view_indices,) if self.loss_name in INDEXED_LOSSES else ()
+            extra = (view_labels,) if self.loss_name in LABELLED_LOSSES else extra
+            with full_precision(images.device):
+                loss = self.criterion(student.float(), teacher.float(), *extra)
+        if self.auxiliary is not None:
+            with full_precision(images.device):
+                loss = loss + self.auxiliary_weight * self.auxiliary(
+                    gather_batch(student.float()), gather_batch(view_labels)
+                )
+        return loss
