@@ -1,0 +1,161 @@
+"""FitNet, attention transfer, CRD, Hinton KD, Proxy-Anchor, NT-Xent and MoCo against numpy
+re-derivations of their formulas and, for Proxy-Anchor, pytorch-metric-learning."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning import losses as pml_losses
+
+from pipeline.losses import (
+    AttentionTransferLoss,
+    CRDLoss,
+    FitNetLoss,
+    HintonKDLoss,
+    MoCoLoss,
+    NTXentLoss,
+    ProxyAnchorLoss,
+)
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def test_fitnet_is_summed_mse_of_regressed_student_maps():
+    generator = torch.Generator().manual_seed(0)
+    student = [torch.randn(2, 3, 4, 4, generator=generator), torch.randn(2, 5, 2, 2, generator=generator)]
+    teacher = [torch.randn(2, 6, 4, 4, generator=generator), torch.randn(2, 4, 2, 2, generator=generator)]
+    loss = FitNetLoss([3, 5], [6, 4])
+    weights = [r.weight.detach().numpy()[:, :, 0, 0] for r in loss.regressors]
+    assert all(np.abs(w).max() <= 0.005 for w in weights)
+    expected = sum(
+        np.mean((np.einsum("oc,nchw->nohw", w, s.numpy()) - t.numpy()) ** 2)
+        for w, s, t in zip(weights, student, teacher)
+    )
+    assert loss(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="stages"):
+        loss(student[:1], teacher[:1])
+
+
+def test_attention_transfer_matches_formula_and_resizes_student():
+    generator = torch.Generator().manual_seed(1)
+    student = [torch.randn(3, 4, 5, 5, generator=generator)]
+    teacher = [torch.randn(3, 7, 5, 5, generator=generator)]
+
+    def attention(x):
+        a = (x.numpy() ** 2).mean(axis=1).reshape(len(x), -1)
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    expected = np.mean((attention(student[0]) - attention(teacher[0])) ** 2)
+    assert AttentionTransferLoss()(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+    # Student at half resolution: its energy map is bilinearly resized to the teacher's 6x6.
+    small, big = torch.randn(3, 4, 3, 3, generator=generator), torch.randn(3, 2, 6, 6, generator=generator)
+    energy = F.interpolate(small.pow(2).mean(1, keepdim=True), size=(6, 6), mode="bilinear").flatten(1).numpy()
+    energy /= np.linalg.norm(energy, axis=1, keepdims=True)
+    expected = np.mean((energy - attention(big)) ** 2)
+    assert AttentionTransferLoss()([small], [big]).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_hinton_kd_is_t_squared_batchmean_kl():
+    generator = torch.Generator().manual_seed(2)
+    student, teacher = torch.randn(5, 10, generator=generator), torch.randn(5, 10, generator=generator)
+    p_t, p_s = softmax(teacher.numpy() / 4), softmax(student.numpy() / 4)
+    expected = 16 * np.sum(p_t * np.log(p_t / p_s)) / 5
+    assert HintonKDLoss()(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_proxy_anchor_matches_pytorch_metric_learning():
+    generator = torch.Generator().manual_seed(3)
+    embeddings = torch.randn(16, 8, generator=generator, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 0, 1, 2, 3, 4, 4, 0, 1])  # class 5 absent
+    loss = ProxyAnchorLoss(num_classes=6, embedding_dim=8).double()
+    oracle = pml_losses.ProxyAnchorLoss(num_classes=6, embedding_size=8, margin=0.1, alpha=32)
+    oracle.proxies.data = loss.proxies.detach().clone()
+    assert loss(embeddings, labels).item() == pytest.approx(oracle(embeddings, labels).item(), rel=1e-9)
+    assert ProxyAnchorLoss.LR_MULTIPLIER == 100
+    with pytest.raises(ValueError, match="labels must lie"):
+        loss(embeddings, labels + 2)
+
+
+def test_ntxent_matches_simclr_formula():
+    generator = torch.Generator().manual_seed(4)
+    view0, view1 = torch.randn(6, 5, generator=generator), torch.randn(6, 5, generator=generator)
+    z = np.concatenate([view0.numpy(), view1.numpy()])
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(view0)
+    total = 0.0
+    for i in range(2 * n):
+        positive = (i + n) % (2 * n)
+        logits = np.array([z[i] @ z[k] / 0.5 for k in range(2 * n) if k != i])
+        others = [k for k in range(2 * n) if k != i]
+        total += -(logits[others.index(positive)] - np.log(np.exp(logits).sum()))
+    assert NTXentLoss()(view0, view1).item() == pytest.approx(total / (2 * n), rel=1e-5)
+
+
+def test_moco_scores_queue_enqueues_keys_and_restores_state():
+    generator = torch.Generator().manual_seed(5)
+    loss = MoCoLoss(embedding_dim=4, queue_size=8, temperature=0.2)
+    saved = loss.queue_state()
+    query = torch.randn(3, 4, generator=generator, requires_grad=True)
+    key = torch.randn(3, 4, generator=generator)
+    q = F.normalize(query.detach(), dim=1).numpy()
+    k = F.normalize(key, dim=1).numpy()
+    bank = saved["queue"].numpy()
+    logits = np.concatenate([np.sum(q * k, axis=1, keepdims=True), q @ bank.T], axis=1) / 0.2
+    expected = np.mean(-logits[:, 0] + np.log(np.exp(logits).sum(axis=1)))
+    assert loss(query, key).item() == pytest.approx(expected, rel=1e-5)
+    state = loss.queue_state()
+    np.testing.assert_allclose(state["queue"][:3].numpy(), k, rtol=1e-6)  # keys enqueued at the pointer
+    assert int(state["pointer"]) == 3
+    # Restoring the saved queue (directly or through state_dict) reproduces the first loss.
+    restored = MoCoLoss(embedding_dim=4, queue_size=8, temperature=0.2)
+    restored.load_state_dict({"_extra_state": saved})
+    assert restored(query, key).item() == pytest.approx(expected, rel=1e-5)
+    loss.load_queue_state(saved)
+    assert torch.equal(loss.queue_state()["queue"], saved["queue"])
+    with pytest.raises(ValueError, match="queue state has shape"):
+        loss.load_queue_state({"queue": torch.zeros(2, 4), "pointer": torch.zeros(1, dtype=torch.long)})
+
+
+def reference_crd(student_emb, teacher_emb, student_memory, teacher_memory, candidates, n_data, t=0.07):
+    """Eq. 18 of CRD with both anchor directions, from the embeddings and the memory banks."""
+
+    def nce(anchor, memory):
+        scores = np.exp(np.einsum("nkf,nf->nk", memory[candidates], anchor) / t)
+        scores = scores / (scores.mean() * n_data)  # Z from this (first) batch
+        noise = (scores.shape[1] - 1) / n_data
+        return -(np.log(scores[:, 0] / (scores[:, 0] + noise + 1e-7)).sum()
+                 + np.log(noise / (scores[:, 1:] + noise + 1e-7)).sum()) / len(anchor)
+
+    return nce(student_emb, teacher_memory) + nce(teacher_emb, student_memory)
+
+
+def test_crd_matches_nce_formula_and_updates_memory_in_training_only():
+    generator = torch.Generator().manual_seed(6)
+    loss = CRDLoss(student_dim=5, teacher_dim=7, n_data=20, feat_dim=4, num_negatives=6).double()
+    student = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(3, 7, generator=generator, dtype=torch.float64)
+    index = torch.tensor([2, 11, 17])
+    contrast = torch.randint(0, 20, (3, 6), generator=generator)
+    student_emb = F.normalize(loss.student_head.linear(student), dim=1).detach().numpy()
+    teacher_emb = F.normalize(loss.teacher_head.linear(teacher), dim=1).detach().numpy()
+    student_memory = loss.student_memory.clone().numpy()
+    teacher_memory = loss.teacher_memory.clone().numpy()
+    candidates = np.concatenate([index.numpy()[:, None], contrast.numpy()], axis=1)
+    expected = reference_crd(student_emb, teacher_emb, student_memory, teacher_memory, candidates, 20)
+    assert loss(student, teacher, index, contrast).item() == pytest.approx(expected, rel=1e-9)
+    mixed = 0.5 * student_memory[index.numpy()] + 0.5 * student_emb
+    np.testing.assert_allclose(
+        loss.student_memory[index].numpy(), mixed / np.linalg.norm(mixed, axis=1, keepdims=True), rtol=1e-9
+    )
+    untouched = [i for i in range(20) if i not in (2, 11, 17)]
+    np.testing.assert_array_equal(loss.student_memory[untouched].numpy(), student_memory[untouched])
+    loss.eval()
+    frozen = loss.teacher_memory.clone()
+    loss(student, teacher, index, contrast)
+    assert torch.equal(loss.teacher_memory, frozen)
+    assert "student_memory" in loss.state_dict() and "normalizers" in loss.state_dict()
+    with pytest.raises(ValueError, match="index must lie"):
+        loss(student, teacher, torch.tensor([0, 1, 20]))
