@@ -166,7 +166,7 @@ def test_darkrank_matches_brute_force_with_triplet_term():
 def test_darkrank_needs_labels_for_its_triplet_term():
     with pytest.raises(ValueError, match="labels"):
         HardDarkRankLoss()(torch.randn(6, 3), torch.randn(6, 3))
-    with pytest.raises(ValueError, match="at least 5 rows"):
+    with pytest.raises(ValueError, match="more than list_length=4 rows"):
         HardDarkRankLoss(triplet_weight=0.0)(torch.randn(4, 3), torch.randn(4, 3))
 
 

@@ -55,13 +55,15 @@ class HardDarkRankLoss(nn.Module):
             return distances.topk(self.list_length, dim=1, largest=False).indices
 
     def forward(self, student: Tensor, teacher: Tensor, labels: Tensor | None = None) -> Tensor:
-        check_pair(student, teacher, min_rows=self.list_length + 1)
+        check_pair(student, teacher, min_rows=1)
         if labels is None and self.triplet_weight > 0:
             raise ValueError("labels are required when triplet_weight > 0 (pass labels or triplet_weight=0)")
         if labels is not None:
             check_labels("labels", labels, student.shape[0])
             labels = gather_batch(labels)
         student, teacher = gather_batch(student), gather_batch(teacher.detach())
+        if len(student) <= self.list_length:
+            raise ValueError(f"the (global) batch needs more than list_length={self.list_length} rows, got {len(student)}")
         student_unit = F.normalize(student, dim=1)
         scores = -self.alpha * pairwise_distances(student_unit).pow(self.beta)
         ranked_scores = scores.gather(1, self.teacher_lists(teacher))
