@@ -118,8 +118,7 @@ class ProxyAnchorConfig(Strict):
     proxy_lr_multiplier: PositiveFloat = 100.0
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
     frozen_bn: bool = False
-    classes_per_batch: PositiveInt | None = None
-    samples_per_class: PositiveInt = 2
+    samples_per_class: PositiveInt | None = None  # None: random batches (the original recipe); K: P x K batches
 
 
 class TeacherConfig(Strict):
@@ -167,9 +166,15 @@ class GridConfig(Strict):
     loss: tuple[str, ...]
 
 
+class BalancedSamplerConfig(Strict):
+    classes_per_batch: PositiveInt
+    samples_per_class: PositiveInt
+
+
 class TransferConfig(Strict):
     augmentation: str
     train: TrainConfig
+    sampler: BalancedSamplerConfig | None = None  # P classes x K images per batch (the metric-learning recipe)
     grid: GridConfig
     metric_grid: GridConfig | None = None
 
@@ -199,6 +204,7 @@ class RetrievalConfig(Strict):
 
 class EvaluationConfig(Strict):
     batch_size: PositiveInt = 512
+    tsne_points: Annotated[int, Field(ge=0)] = 1000  # 0 skips the t-SNE map (seconds per model on CPU)
     probe: ProbeConfig = ProbeConfig()
     knn: KnnConfig = KnnConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
@@ -235,6 +241,11 @@ class Params(Strict):
                             f"transfer.{grid_key}.{field}: {name!r} is not in {section} "
                             f"(declared: {', '.join(getattr(self, section)) or 'none'})"
                         )
+            if self.transfer.sampler is not None:
+                batch = self.transfer.sampler.classes_per_batch * self.transfer.sampler.samples_per_class
+                if batch != self.transfer.train.batch_size:
+                    raise ValueError(f"transfer.sampler: classes_per_batch x samples_per_class = {batch} "
+                                     f"must equal transfer.train.batch_size ({self.transfer.train.batch_size})")
             for teacher in grid.teacher:
                 method = self.teachers[teacher].method
                 if (grid_key == "metric_grid") != (method == "proxy_anchor"):
@@ -290,7 +301,9 @@ def validate_params(raw: dict, source: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        problems = [_describe(e) for e in err.errors()]
+        # A misspelt key also makes its correct spelling "missing": report the misspelling first.
+        errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        problems = [_describe(e) for e in errors]
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise ConfigError(f"{source}: {problems[0]}{more}") from None
 

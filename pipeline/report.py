@@ -86,3 +86,51 @@ def recall_at_k_figure(path: str | Path, rows: Sequence[ResultRow], title: str) 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _label(teacher: str, student: str, loss: str, loss_names: dict[str, str]) -> str:
+    return f"{student} student, {loss} ({loss_names.get(loss, loss)})"
+
+
+def build_report(params, eval_root: Path, out_dir: Path) -> tuple[str, dict[str, float]]:
+    """Markdown report and a flat summary from the evaluation metrics of every model in the grids.
+
+    Sections: one per teacher, holding raw pixels, the teacher, then each student of the grid.
+    """
+    loss_names = {name: loss.name for name, loss in params.losses.items()}
+    sections: list[tuple[str, list[ResultRow]]] = []
+    summary: dict[str, float] = {}
+    for grid in (params.transfer.grid, params.transfer.metric_grid):
+        if grid is None:
+            continue
+        for teacher in grid.teacher:
+            t = params.teachers[teacher]
+            if t.train_classes is None:
+                title = f"{teacher} teacher ({t.method}), all classes"
+            else:
+                title = f"{teacher} teacher ({t.method}), trained on classes {list(t.train_classes)}, evaluated on the others"
+            rows = [ResultRow(title, "raw pixels", read_metrics(eval_root / f"pixels-{teacher}" / "metrics.json")),
+                    ResultRow(title, f"teacher ({t.model.backbone}, {t.model.embedding_dim}-d)",
+                              read_metrics(eval_root / f"teacher-{teacher}" / "metrics.json"))]
+            for student in grid.student:
+                for loss in grid.loss:
+                    model_id = f"{teacher}-{student}-{loss}"
+                    rows.append(ResultRow(title, _label(teacher, student, loss, loss_names),
+                                          read_metrics(eval_root / model_id / "metrics.json")))
+            sections.append((teacher, rows))
+            for row, model_id in zip(rows, [f"pixels-{teacher}", f"teacher-{teacher}"] + [
+                    f"{teacher}-{s}-{l}" for s in grid.student for l in grid.loss]):
+                for key in ("recall@1", "map@r", "probe_top1"):
+                    if key in row.metrics:
+                        summary[f"{model_id}.{key}"] = float(row.metrics[key])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = ["# Results", "",
+             f"Dataset `{params.data.name}`; retrieval distance `{params.evaluation.retrieval.distance}`; "
+             "percentages on the test split, final epoch of every model (no test-set model selection). "
+             "Probe and kNN are fitted on a seeded subsample of the train split "
+             f"({params.evaluation.probe.train_samples or 'all'} images).", ""]
+    for teacher, rows in sections:
+        figure = out_dir / f"recall_{teacher}.png"
+        recall_at_k_figure(figure, rows, rows[0].section)
+        parts += [f"## {rows[0].section}", "", results_table(rows), "", f"![Recall@K]({figure.relative_to(out_dir.parent)})", ""]
+    return "\n".join(parts), summary

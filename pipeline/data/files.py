@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
-from pipeline.data.imageset import FileImageSet
+from pipeline.data.imageset import FileImageSet, ImageSet
 
 
 class DecodedImages(Dataset):
@@ -50,3 +50,18 @@ def decoded_loader(
         return DataLoader(DecodedImages(dataset, load_size), batch_sampler=batch_sampler, **common)
     return DataLoader(DecodedImages(dataset, load_size), batch_size=batch_size, shuffle=shuffle,
                       generator=generator, drop_last=shuffle, **common)
+
+
+def materialize(dataset: FileImageSet, load_size: int, workers: int = 4, batch_size: int = 256) -> ImageSet:
+    """Decode a file dataset once into an in-memory `ImageSet` at `load_size` (uint8, (N, 3, S, S)).
+
+    At 256 px this is 1.2 GB for CUB's 6k training images and 11.8 GB for SOP's 60k: affordable on a
+    GPU host, and it lets every recipe share the in-memory training loop with random crops on device.
+    """
+    loader = decoded_loader(dataset, load_size, batch_size=batch_size, workers=workers)
+    images = torch.empty((len(dataset), 3, load_size, load_size), dtype=torch.uint8)
+    cursor = 0
+    for batch, _ in loader:
+        images[cursor: cursor + len(batch)] = batch
+        cursor += len(batch)
+    return ImageSet(dataset.name, images, dataset.labels.clone(), dataset.num_classes, dataset.mean, dataset.std)

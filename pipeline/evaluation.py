@@ -1,0 +1,78 @@
+"""Evaluate one embedding model (or raw pixels) the same way for every row of the report.
+
+Protocol: features of the test split (restricted to the classes the teacher never saw, in the
+metric-learning setting) give Recall@K, MAP@R, R-Precision and NMI; a linear probe and a weighted kNN
+are fitted on a seeded subsample of the train split (same classes) and scored on the test split.
+Nothing is selected on the test split: the probe's weight decay is chosen on a validation split of train.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pipeline import config as cfg
+from pipeline.data import ImageSet
+from pipeline.data.augment import build_augmentation
+from pipeline.eval import extract_features, knn_classify, linear_probe, retrieval_metrics
+
+
+def subsample(images: ImageSet, count: int | None, seed: int) -> ImageSet:
+    """A seeded random subset (the probe on 10k of 60k train images costs seconds instead of a minute)."""
+    if count is None or count >= len(images):
+        return images
+    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    return ImageSet(images.name, images.images[keep], images.labels[keep], images.num_classes, images.mean, images.std)
+
+
+def pixel_features(images: ImageSet, preprocess: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Raw pixels (normalised, flattened): the baseline every learned embedding must beat."""
+    return torch.cat([preprocess(images.images[i: i + 4096]).flatten(1) for i in range(0, len(images), 4096)])
+
+
+def evaluate(
+    model: torch.nn.Module | None,
+    train: ImageSet,
+    test: ImageSet,
+    evaluation: cfg.EvaluationConfig,
+    image_size: int,
+    seed: int,
+    figures_dir: Path | None = None,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """All metrics of one model as a flat dict, and the test embeddings (for figures). `model=None`: pixels."""
+    preprocess = build_augmentation("none", image_size, test.channels, test.mean, test.std)
+    train = subsample(train, evaluation.probe.train_samples, seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    started = time.perf_counter()
+    if model is None:
+        test_x = pixel_features(test, preprocess)
+    else:
+        test_x, _ = extract_features(model, test.images, batch_size=evaluation.batch_size, device=device,
+                                     preprocess=preprocess)
+    ms_per_image = 1000 * (time.perf_counter() - started) / len(test)
+    if model is None:
+        train_x = pixel_features(train, preprocess)
+    else:
+        train_x, _ = extract_features(model, train.images, batch_size=evaluation.batch_size, device=device,
+                                      preprocess=preprocess)
+    train_x, test_x = train_x.float().cpu(), test_x.float().cpu()
+
+    metrics: dict[str, float] = {"embedding_dim": int(test_x.shape[1]), "ms_per_image": ms_per_image,
+                                 "num_test": len(test), "num_classes": int(test.labels.unique().numel())}
+    retrieval = evaluation.retrieval
+    metrics.update(retrieval_metrics(test_x, test.labels, ks=retrieval.ks, distance=retrieval.distance,
+                                     memory_budget_bytes=retrieval.memory_budget_mb * 2**20, seed=seed))
+    metrics.update(linear_probe(train_x, train.labels, test_x, test.labels, val_fraction=evaluation.probe.val_fraction,
+                                weight_decays=evaluation.probe.weight_decays, seed=seed))
+    if evaluation.knn.enabled:
+        metrics.update(knn_classify(train_x, train.labels, test_x, test.labels, k=evaluation.knn.k,
+                                    temperature=evaluation.knn.temperature))
+    if model is not None:
+        from pipeline.recipes import count_parameters
+
+        metrics["parameters"] = count_parameters(model)
+    else:
+        metrics["parameters"] = 0
+    return metrics, test_x

@@ -1,0 +1,68 @@
+"""What every stage shares: where outputs go, reading params.yaml, and turning failures into one line.
+
+A failure before training (bad params, a missing dataset, a wrong checkpoint) prints one line naming the
+key, file or value and exits 2; an interrupted run exits 128+signal after saving; a non-finite loss
+exits 1. Nothing here is worth unit-testing on its own: the stage tests drive it end to end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+OUTPUTS = Path("outputs")
+PARAMS_FILE = Path("params.yaml")
+
+
+def teacher_dir(name: str) -> Path:
+    return OUTPUTS / "teachers" / name
+
+
+def student_id(teacher: str, student: str, loss: str) -> str:
+    return f"{teacher}-{student}-{loss}"
+
+
+def student_dir(teacher: str, student: str, loss: str) -> Path:
+    return OUTPUTS / "students" / student_id(teacher, student, loss)
+
+
+def eval_dir(model_id: str) -> Path:
+    return OUTPUTS / "eval" / model_id
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomic write, so a metrics file that exists is always complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def load():
+    """Validated params.yaml (the import is here so `--help` and errors stay fast)."""
+    from pipeline.config import load_params
+
+    return load_params(PARAMS_FILE)
+
+
+def run_stage(main: Callable[[list[str]], None]) -> None:
+    """Run a stage's main, mapping known failures to one readable line and a non-zero exit code."""
+    from pipeline.config import ConfigError
+    from pipeline.data import DatasetNotFoundError
+    from pipeline.train.runtime import NonFiniteLossError, TrainingInterrupted
+
+    try:
+        main(sys.argv[1:])
+    except TrainingInterrupted as stop:
+        print(f"error: interrupted by signal {stop.signum}; checkpoint saved, re-run the stage to resume",
+              file=sys.stderr)
+        raise
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except (ConfigError, DatasetNotFoundError, FileNotFoundError, ValueError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,33 @@
+"""DVC stage `report`: reports/results.md (the paper's Table 1 shape) from this run's metrics files."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from stages.common import OUTPUTS, load, run_stage, write_json
+
+REPORTS = Path("reports")
+
+
+def main(argv: list[str]) -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args(argv)
+    params = load()
+
+    from pipeline import tracking
+    from pipeline.config import flatten
+    from pipeline.report import build_report
+
+    with tracking.start_run("report", experiment=params.mlflow.experiment,
+                            params=flatten({"transfer": {"grid": params.transfer.grid.model_dump(mode="json")}})) as run:
+        markdown, summary = build_report(params, OUTPUTS / "eval", REPORTS / "figures")
+        tmp = REPORTS / "results.md.tmp"
+        tmp.write_text(markdown + "\n")
+        tmp.replace(REPORTS / "results.md")
+        run.log_artifact(REPORTS / "results.md")
+        for figure in sorted((REPORTS / "figures").glob("*.png")):
+            run.log_artifact(figure)
+    write_json(REPORTS / "summary.json", summary)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,43 @@
+"""DVC stage `teacher@NAME`: pretrain teacher NAME (SimCLR, MoCo v2 or Proxy-Anchor) from params.yaml."""
+from __future__ import annotations
+
+import argparse
+import time
+
+from stages.common import load, run_stage, teacher_dir, write_json
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("name", help="a key of the `teachers` section of params.yaml")
+    args = parser.parse_args(argv)
+    params = load()
+    if args.name not in params.teachers:
+        raise KeyError(f"teachers.{args.name} is not in params.yaml (declared: {', '.join(params.teachers)})")
+
+    from pipeline import recipes, tracking
+    from pipeline.config import flatten
+    from pipeline.models import save_model
+    from pipeline.train.loop import fit
+
+    teacher = params.teachers[args.name]
+    stage = f"teacher@{args.name}"
+    with tracking.start_run(stage, experiment=params.mlflow.experiment,
+                            params=flatten({"seed": params.seed, "data": params.data.model_dump(mode="json"),
+                                            "teachers": {args.name: teacher.model_dump(mode="json")}})) as run:
+        images = recipes.load_images(params.data, "train", teacher.train_classes)
+        objective, spec = recipes.teacher_objective(params, args.name, images)
+        settings = recipes.train_settings(teacher.train, params.seed, len(images),
+                                          samples_per_class=recipes.teacher_sampler(params, args.name))
+        out = teacher_dir(args.name)
+        started = time.perf_counter()
+        result = fit(objective, images, settings, checkpoint_dir=out / "checkpoints", logger=run, description=stage)
+        seconds = time.perf_counter() - started
+        save_model(objective.model, spec, out / "model.pt")
+        metrics = tracking.training_summary(result, seconds, settings.batch_size)
+        run.log_training_result(result, metrics)
+    write_json(out / "metrics.json", metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,54 @@
+"""DVC stage `transfer@TEACHER-STUDENT-LOSS`: train a student from a frozen teacher with one transfer loss."""
+from __future__ import annotations
+
+import argparse
+import time
+
+from stages.common import load, run_stage, student_dir, teacher_dir, write_json
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--student", required=True)
+    parser.add_argument("--loss", required=True)
+    args = parser.parse_args(argv)
+    params = load()
+    for section, name in (("teachers", args.teacher), ("students", args.student), ("losses", args.loss)):
+        if name not in getattr(params, section):
+            raise KeyError(f"{section}.{name} is not in params.yaml (declared: {', '.join(getattr(params, section))})")
+
+    from pipeline import recipes, tracking
+    from pipeline.config import flatten
+    from pipeline.models import load_model, save_model
+    from pipeline.train.loop import fit
+
+    teacher_cfg = params.teachers[args.teacher]
+    stage = f"transfer@{args.teacher}-{args.student}-{args.loss}"
+    section = {
+        "seed": params.seed,
+        "data": params.data.model_dump(mode="json"),
+        "teachers": {args.teacher: teacher_cfg.model_dump(mode="json")},
+        "students": {args.student: params.students[args.student].model_dump(mode="json")},
+        "losses": {args.loss: params.losses[args.loss].model_dump(mode="json")},
+        "transfer": params.transfer.model_dump(mode="json", exclude={"grid", "metric_grid"}),
+    }
+    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(section)) as run:
+        teacher, _ = recipes.load_teacher(teacher_dir(args.teacher) / "model.pt", teacher_cfg)
+        images = recipes.load_images(params.data, "train", teacher_cfg.train_classes)
+        objective, spec = recipes.transfer_objective(params, args.teacher, args.student, args.loss, teacher, images)
+        sampler = params.transfer.sampler
+        settings = recipes.train_settings(params.transfer.train, params.seed, len(images),
+                                          samples_per_class=sampler.samples_per_class if sampler else None)
+        out = student_dir(args.teacher, args.student, args.loss)
+        started = time.perf_counter()
+        result = fit(objective, images, settings, checkpoint_dir=out / "checkpoints", logger=run, description=stage)
+        seconds = time.perf_counter() - started
+        save_model(objective.model, spec, out / "model.pt")
+        metrics = tracking.training_summary(result, seconds, settings.batch_size)
+        run.log_training_result(result, metrics)
+    write_json(out / "metrics.json", metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main)
