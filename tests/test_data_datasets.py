@@ -151,12 +151,13 @@ def test_idx_reader_hand_made_file_and_bad_magic(tmp_path):
         read_idx(path)
 
 
-def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+def test_fashion_mnist_missing_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "env-dir"))
     monkeypatch.setattr(small_sets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-such-dir")
     with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist") as info:
         load_dataset("fashion_mnist", "train", root=tmp_path / "empty")
-    assert str(tmp_path / "empty") in str(info.value)
+    for looked_in in ("empty", "empty/fashion-mnist", "empty/FashionMNIST/raw", "env-dir", "no-such-dir"):
+        assert f"'{tmp_path / looked_in}'" in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------- digits

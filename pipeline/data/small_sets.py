@@ -41,15 +41,19 @@ def load_digits(split: str, root: str | Path | None = None, download: bool = Fal
     )
 
 
-def _fashion_mnist_dir(root: str | Path | None) -> Path | None:
-    """The first folder that holds the four IDX files, gzipped or not."""
+def _fashion_mnist_candidates(root: str | Path | None) -> list[Path]:
+    """Where the IDX files may lie, in order of preference: `root` layouts, FASHION_MNIST_DIR, Debian's folder."""
     candidates = []
     if root is not None:
         candidates += [Path(root), Path(root) / "fashion-mnist", Path(root) / "FashionMNIST" / "raw"]
     if env := os.environ.get("FASHION_MNIST_DIR"):
         candidates.append(Path(env))
-    candidates.append(FASHION_MNIST_SYSTEM_DIR)
-    for folder in candidates:
+    return candidates + [FASHION_MNIST_SYSTEM_DIR]
+
+
+def _fashion_mnist_dir(root: str | Path | None) -> Path | None:
+    """The first folder that holds the four IDX files, gzipped or not."""
+    for folder in _fashion_mnist_candidates(root):
         names = [n for pair in _FASHION_FILES.values() for n in pair]
         if all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in names):
             return folder
@@ -68,8 +72,7 @@ def load_fashion_mnist(split: str, root: str | Path | None = None, download: boo
         folder = _fashion_mnist_dir(target)
     if folder is None:
         raise DatasetNotFoundError(
-            "fashion_mnist: IDX files not found in "
-            f"{[str(p) for p in ([Path(root)] if root else [])] + [str(FASHION_MNIST_SYSTEM_DIR)]}; "
+            f"fashion_mnist: IDX files not found in {[str(p) for p in _fashion_mnist_candidates(root)]}; "
             "install them with `apt-get install dataset-fashion-mnist`, or set FASHION_MNIST_DIR, "
             "or set data.download: true where the network allows"
         )

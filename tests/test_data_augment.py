@@ -1,0 +1,142 @@
+"""Batched kornia augmentations: shapes, ranges, per-sample randomness, seeding, the exact "none" transform, CUDA.
+
+References are computed here: (x / 255 - mean) / std in float64 and plain tensor slicing / flipping.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.data.augment import KINDS, build_augmentation
+
+MEAN = {1: (0.3,), 3: (0.5, 0.4, 0.3)}
+STD = {1: (0.35,), 3: (0.2, 0.25, 0.3)}
+
+
+def make(kind: str, size: int, channels: int, **kwargs):
+    return build_augmentation(kind, size, channels, MEAN[channels], STD[channels], **kwargs)
+
+
+def noise_batch(batch: int, channels: int, size: int, seed: int = 0, device: str = "cpu") -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=generator).to(device)
+
+
+def unnormalise(y: torch.Tensor, channels: int) -> torch.Tensor:
+    mean = torch.tensor(MEAN[channels], device=y.device).view(1, -1, 1, 1)
+    std = torch.tensor(STD[channels], device=y.device).view(1, -1, 1, 1)
+    return y * std + mean
+
+
+CASES = [(kind, channels, size) for kind in KINDS for channels in (1, 3) for size in (16,)]
+CASES += [("simclr", 3, 64), ("mocov2", 1, 64)]  # 64 px and up adds the Gaussian blur
+
+
+@pytest.mark.parametrize("kind, channels, size", CASES)
+def test_shapes_dtype_and_value_range(kind, channels, size):
+    torch.manual_seed(0)
+    x = noise_batch(4, channels, size + 4)
+    y = make(kind, size, channels)(x)
+    assert y.shape == (4, channels, size, size) and y.dtype == torch.float32
+    pixels = unnormalise(y, channels)
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    assert pixels.std() > 0.05  # an image came out, not a constant
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float_input_in_unit_range_equals_uint8_input(kind):
+    x = noise_batch(4, 3, 20)
+    augment = make(kind, 16, 3)
+    torch.manual_seed(3)
+    from_uint8 = augment(x)
+    torch.manual_seed(3)
+    from_float = augment(x.float() / 255)
+    torch.testing.assert_close(from_float, from_uint8, rtol=0, atol=1e-5)
+
+
+def test_none_is_exactly_normalisation_on_same_size_batch():
+    x = noise_batch(5, 3, 16)
+    mean = torch.tensor(MEAN[3], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(STD[3], dtype=torch.float64).view(1, 3, 1, 1)
+    expected = (x.double() / 255 - mean) / std
+    torch.testing.assert_close(make("none", 16, 3)(x).double(), expected, rtol=0, atol=1e-6)
+
+
+def test_none_centre_crops_a_larger_batch():
+    x = noise_batch(3, 1, 20)
+    expected = (x[..., 2:18, 2:18].double() / 255 - MEAN[1][0]) / STD[1][0]  # (20 - 16) / 2 = 2 each side
+    torch.testing.assert_close(make("none", 16, 1)(x).double(), expected, rtol=0, atol=1e-6)
+
+
+def test_full_scale_metric_crop_is_identity_or_mirror_per_sample():
+    """With crop scale (1, 1) the crop is the whole image, so each output is the image or its mirror."""
+    torch.manual_seed(0)
+    x = noise_batch(1, 3, 16).expand(32, 3, 16, 16)
+    y = unnormalise(make("metric", 16, 3, crop_scale=(1.0, 1.0))(x), 3)
+    image = x[0].float() / 255
+    plain = [torch.allclose(v, image, atol=1e-5) for v in y]
+    mirrored = [torch.allclose(v, image.flip(-1), atol=1e-5) for v in y]
+    assert all(p != m for p, m in zip(plain, mirrored))
+    assert 4 <= sum(mirrored) <= 28  # p = 0.5 over 32 samples; outside this band has probability < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["simclr", "mocov2", "metric"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_two_views_differ_and_identical_images_get_different_crops(kind, channels):
+    torch.manual_seed(0)
+    x = noise_batch(1, channels, 20).expand(8, channels, 20, 20)
+    augment = make(kind, 16, channels)
+    first, second = augment(x), augment(x)
+    assert not torch.allclose(first, second)
+    # Same input image in every row: differences between rows come only from per-sample parameters.
+    distinct = {tuple(row.flatten()[:64].tolist()) for row in first}
+    assert len(distinct) == 8
+
+
+@pytest.mark.parametrize("kind", ["simclr", "mocov2", "metric"])
+def test_determinism_under_manual_seed(kind):
+    x = noise_batch(6, 3, 20)
+    augment = make(kind, 16, 3)
+    torch.manual_seed(123)
+    first = augment(x)
+    torch.manual_seed(123)
+    again = augment(x)
+    torch.manual_seed(124)
+    other = augment(x)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 16, 16), (2, 4, 16, 16), (3, 16, 16)])
+def test_wrong_channel_count_or_rank_raises(shape):
+    with pytest.raises(ValueError, match=r"expected a batch \(B, 3, H, W\)"):
+        make("metric", 16, 3)(torch.zeros(shape, dtype=torch.uint8))
+
+
+def test_bad_build_arguments_raise():
+    with pytest.raises(ValueError, match=r"unknown augmentation 'simclrr'"):
+        build_augmentation("simclrr", 16, 3, MEAN[3], STD[3])
+    with pytest.raises(ValueError, match="mean/std need 3 entries, got 1/3"):
+        build_augmentation("metric", 16, 3, MEAN[1], STD[3])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmentations_run_on_cuda(kind, channels):
+    x = noise_batch(8, channels, 72, device="cuda")
+    augment = make(kind, 64, channels).to("cuda")
+    torch.manual_seed(7)
+    y = augment(x)
+    torch.manual_seed(7)
+    again = augment(x)
+    assert y.device.type == "cuda" and y.shape == (8, channels, 64, 64) and y.dtype == torch.float32
+    assert torch.equal(y, again)
+    pixels = unnormalise(y, channels)
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    if kind == "none":
+        expected = make("none", 64, channels)(x.cpu())
+        torch.testing.assert_close(y.cpu(), expected, rtol=0, atol=1e-5)
+    else:
+        assert not torch.allclose(y, augment(x))
