@@ -1,0 +1,316 @@
+"""MLflow in one place: where runs are stored, how they are opened, tagged, grouped and closed.
+
+- Store: ``MLFLOW_TRACKING_URI`` when set, else SQLite at the repository root addressed absolutely
+  (root from ``DVC_ROOT``, else the git root, else the working directory), so ``dvc exp run --queue``
+  copies in temporary folders write to the same database. Artifacts go next to it (``mlartifacts/``).
+- SQLite concurrency: connections wait up to ``SQLITE_TIMEOUT_S`` for the write lock instead of failing
+  at once, database creation and parent lookup are serialised by a file lock, and writes retry.
+- Grouping: runs of one pipeline invocation hang under one parent run, found by a run-group id:
+  ``PIPELINE_RUN_GROUP`` when set, else the ``dvc`` process that spawned this stage (its pid and start
+  time, so the stages of one ``dvc repro`` share it while two invocations never do), else a fresh id.
+- Status: FINISHED on success, KILLED on KeyboardInterrupt / SIGTERM / non-zero SystemExit, else FAILED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+SQLITE_TIMEOUT_S = 60
+RUN_GROUP_ENV = "PIPELINE_RUN_GROUP"
+RUN_GROUP_TAG = "pipeline.run_group"
+PARENT_TAG = "pipeline.parent"
+DEFAULT_EXPERIMENT = "embedding-transfer"
+T = TypeVar("T")
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking store cannot be reached; raised before any training starts."""
+
+
+def repository_root() -> Path:
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5,
+                             check=True)
+        return Path(out.stdout.strip()).resolve()
+    except (OSError, subprocess.SubprocessError):
+        return Path.cwd().resolve()
+
+
+def tracking_uri() -> str:
+    """The store this process writes to; SQLite URIs get a busy timeout unless they carry options."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root() / 'mlflow.db'}"
+    if uri.startswith("sqlite:") and "?" not in uri:
+        uri += f"?timeout={SQLITE_TIMEOUT_S}"
+    return uri
+
+
+def check_tracking_store(uri: str, timeout_s: float = 3.0) -> None:
+    """Fail fast, with the URI in the message, when the store is unreachable."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+                return
+        except OSError as err:
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {uri} is unreachable ({err}); start it or unset MLFLOW_TRACKING_URI"
+            ) from err
+    if parsed.scheme == "sqlite":
+        folder = Path(parsed.path).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingUnavailableError(f"MLflow SQLite store {uri}: folder {folder} is missing or not writable")
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts to DVC's dotted keys (``teacher.optim.lr``); lists stay one value."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def run_group_id() -> str:
+    """The group is stored in ``PIPELINE_RUN_GROUP`` once chosen, so later runs of this process and the
+    processes it starts (torchrun workers, sub-stages) join the same parent."""
+    if not os.environ.get(RUN_GROUP_ENV):
+        dvc = _dvc_ancestor()
+        group = f"dvc-{dvc.pid}-{int(dvc.create_time())}" if dvc is not None else f"process-{uuid.uuid4().hex[:12]}"
+        os.environ[RUN_GROUP_ENV] = group
+    return os.environ[RUN_GROUP_ENV]
+
+
+def _dvc_ancestor():
+    import psutil
+
+    try:
+        for process in psutil.Process().parents():
+            cmdline = process.cmdline()
+            if any(Path(part).name == "dvc" for part in cmdline[:2]) or process.name() == "dvc":
+                return process
+    except (psutil.Error, OSError):
+        return None
+    return None
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def with_retries(action: Callable[[], T], attempts: int = 5, delay_s: float = 0.5) -> T:
+    """Retry on 'database is locked' style errors that outlast SQLite's busy timeout."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as err:  # MLflow wraps the driver's OperationalError in its own exceptions
+            if "locked" not in str(err).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(delay_s * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialises database creation and parent-run lookup between processes on this machine."""
+    name = hashlib.sha1(uri.encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"pipeline-mlflow-{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class RunLogger:
+    """Buffered metric logging for one run (one SQLite transaction per flush, not per value), and the
+    loss curve drawn at the end."""
+
+    def __init__(self, client: MlflowClient, run_id: str, flush_every: int = 200) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self._buffer: list[Metric] = []
+        self.history: dict[str, list[tuple[int, float]]] = {}
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            self._buffer.append(Metric(key, float(value), now, int(step)))
+            self.history.setdefault(key, []).append((int(step), float(value)))
+        if len(self._buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
+            with_retries(lambda: self.client.log_batch(self.run_id, metrics=chunk))
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        flat = flatten_params(params)
+        items = [mlflow.entities.Param(k, v[:6000]) for k, v in flat.items()]
+        for start in range(0, len(items), 100):
+            with_retries(lambda: self.client.log_batch(self.run_id, params=items[start : start + 100]))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            with_retries(lambda: self.client.set_tag(self.run_id, key, str(value)))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_loss_curve(self, key: str = "train/loss", file_name: str = "loss_curve.png") -> None:
+        points = self.history.get(key)
+        if not points:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(6, 3.5))
+        axis.plot([s for s, _ in points], [v for _, v in points], linewidth=1)
+        axis.set_xlabel("step")
+        axis.set_ylabel(key)
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        self.client.log_figure(self.run_id, figure, file_name)
+        plt.close(figure)
+
+
+@contextlib.contextmanager
+def start_run(
+    stage: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    system_metrics: bool = True,
+    system_metrics_interval_s: float = 10.0,
+) -> Iterator[RunLogger]:
+    """Open the MLflow run of one stage, nested under the pipeline invocation's parent run.
+
+    ``params`` may be nested; they are logged under DVC's dotted keys. Yields a ``RunLogger`` whose
+    ``log_metrics(metrics, step)`` the training loop calls. The loss curve is logged on every exit.
+    """
+    uri = tracking_uri()
+    check_tracking_store(uri)
+    root = repository_root()
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        experiment_id = _experiment_id(client, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+                                       or DEFAULT_EXPERIMENT, uri, root)
+        group = run_group_id()
+        parent_id = _parent_run(client, experiment_id, group)
+    run_tags = {
+        "dvc.stage": stage,
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "git.commit": git_commit(root),
+        "device": device_name(),
+        RUN_GROUP_TAG: group,
+        "mlflow.parentRunId": parent_id,
+        **{k: str(v) for k, v in (tags or {}).items()},
+    }
+    run = with_retries(lambda: client.create_run(experiment_id, run_name=run_name or stage, tags=run_tags))
+    run_id = run.info.run_id
+    logger = RunLogger(client, run_id)
+    monitor = _start_system_metrics(run_id, uri, system_metrics_interval_s) if system_metrics else None
+    previous_term = _raise_on_sigterm()
+    status = "FINISHED"
+    try:
+        if params:
+            logger.log_params(params)
+        yield logger
+    except (KeyboardInterrupt, SystemExit) as stop:
+        status = "KILLED" if not isinstance(stop, SystemExit) or stop.code not in (0, None) else "FINISHED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+        if monitor is not None:
+            monitor.finish()
+        with contextlib.suppress(Exception):
+            logger.flush()
+            logger.log_loss_curve()
+        with_retries(lambda: client.set_terminated(run_id, status))
+        with_retries(lambda: client.update_run(parent_id, status="FINISHED" if status == "FINISHED" else status))
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str, root: Path) -> str:
+    found = with_retries(lambda: client.get_experiment_by_name(name))
+    if found is not None:
+        return found.experiment_id
+    # Default artifact roots are relative to the working directory, which for queued DVC experiments is
+    # a temporary copy; anchor them next to the SQLite database instead.
+    location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _parent_run(client: MlflowClient, experiment_id: str, group: str) -> str:
+    query = f"tags.`{RUN_GROUP_TAG}` = '{group}' and tags.`{PARENT_TAG}` = 'true'"
+    found = with_retries(lambda: client.search_runs([experiment_id], query, max_results=1))
+    if found:
+        parent_id = found[0].info.run_id
+        with_retries(lambda: client.update_run(parent_id, status="RUNNING"))
+        return parent_id
+    name = os.environ.get("DVC_EXP_NAME") or f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    tags = {RUN_GROUP_TAG: group, PARENT_TAG: "true", "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "")}
+    return with_retries(lambda: client.create_run(experiment_id, run_name=name, tags=tags)).info.run_id
+
+
+def _start_system_metrics(run_id: str, uri: str, interval_s: float):
+    """MLflow's own monitor (psutil; GPUs through nvidia-ml-py when installed), sampling in a thread."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, samples_before_logging=1,
+                                   tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def _raise_on_sigterm():
+    """Outside the training loop (which checkpoints first), SIGTERM ends the run as KILLED."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        return None
