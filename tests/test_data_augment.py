@@ -22,6 +22,11 @@ def noise_batch(batch: int, channels: int, size: int, seed: int = 0, device: str
     return torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=generator).to(device)
 
 
+def seeded(augment, x: torch.Tensor, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return augment(x)
+
+
 def unnormalise(y: torch.Tensor, channels: int) -> torch.Tensor:
     mean = torch.tensor(MEAN[channels], device=y.device).view(1, -1, 1, 1)
     std = torch.tensor(STD[channels], device=y.device).view(1, -1, 1, 1)
@@ -47,11 +52,7 @@ def test_shapes_dtype_and_value_range(kind, channels, size):
 def test_float_input_in_unit_range_equals_uint8_input(kind):
     x = noise_batch(4, 3, 20)
     augment = make(kind, 16, 3)
-    torch.manual_seed(3)
-    from_uint8 = augment(x)
-    torch.manual_seed(3)
-    from_float = augment(x.float() / 255)
-    torch.testing.assert_close(from_float, from_uint8, rtol=0, atol=1e-5)
+    torch.testing.assert_close(seeded(augment, x.float() / 255, 3), seeded(augment, x, 3), rtol=0, atol=1e-5)
 
 
 def test_none_is_exactly_normalisation_on_same_size_batch():
@@ -97,12 +98,7 @@ def test_two_views_differ_and_identical_images_get_different_crops(kind, channel
 def test_determinism_under_manual_seed(kind):
     x = noise_batch(6, 3, 20)
     augment = make(kind, 16, 3)
-    torch.manual_seed(123)
-    first = augment(x)
-    torch.manual_seed(123)
-    again = augment(x)
-    torch.manual_seed(124)
-    other = augment(x)
+    first, again, other = seeded(augment, x, 123), seeded(augment, x, 123), seeded(augment, x, 124)
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
 
@@ -127,10 +123,7 @@ def test_bad_build_arguments_raise():
 def test_augmentations_run_on_cuda(kind, channels):
     x = noise_batch(8, channels, 72, device="cuda")
     augment = make(kind, 64, channels).to("cuda")
-    torch.manual_seed(7)
-    y = augment(x)
-    torch.manual_seed(7)
-    again = augment(x)
+    y, again = seeded(augment, x, 7), seeded(augment, x, 7)
     assert y.device.type == "cuda" and y.shape == (8, channels, 64, 64) and y.dtype == torch.float32
     assert torch.equal(y, again)
     pixels = unnormalise(y, channels)
