@@ -76,3 +76,19 @@ def evaluate(
     else:
         metrics["parameters"] = 0
     return metrics, test_x
+
+
+def evaluation_figures(out_dir: Path, test: ImageSet, embeddings: torch.Tensor, params: cfg.Params) -> list[Path]:
+    """The retrieval grid and (unless `tsne_points` is 0) the t-SNE map of one model's test embeddings."""
+    from pipeline.eval.plots import embedding_map_png, retrieval_grid_png
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid = out_dir / "retrieval_grid.png"
+    retrieval_grid_png(grid, test.images, embeddings, test.labels, n_queries=8, k=5,
+                       distance=params.evaluation.retrieval.distance)
+    figures = [grid]
+    if params.evaluation.tsne_points:
+        tsne = out_dir / "tsne.png"
+        embedding_map_png(tsne, embeddings, test.labels, max_points=params.evaluation.tsne_points, seed=params.seed)
+        figures.append(tsne)
+    return figures

@@ -66,3 +66,16 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def training_metrics(result, seconds: float, batch_size: int) -> dict[str, float]:
+    """The flat summary a training stage writes: final loss (mean of the last 10 steps), steps, speed."""
+    tail = [loss for _, loss in result.losses[-10:]]
+    trained = result.steps - result.resumed_from_step
+    return {
+        "final_loss": sum(tail) / len(tail) if tail else float("nan"),
+        "steps": result.steps,
+        "resumed_from_step": result.resumed_from_step,
+        "train_seconds": seconds,
+        "images_per_second": trained * batch_size / seconds if seconds > 0 and trained else 0.0,
+    }

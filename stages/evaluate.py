@@ -21,7 +21,7 @@ def main(argv: list[str]) -> None:
 
     from pipeline import recipes, tracking
     from pipeline.config import flatten
-    from pipeline.evaluation import evaluate
+    from pipeline.evaluation import evaluate, evaluation_figures
     from pipeline.models import load_model
 
     if args.kind == "teacher":
@@ -45,8 +45,8 @@ def main(argv: list[str]) -> None:
         train = recipes.load_images(params.data, "train", classes)
         test = recipes.load_images(params.data, "test", classes)
         metrics, test_embeddings = evaluate(model, train, test, params.evaluation, params.data.image_size, params.seed)
-        figures = recipes.evaluation_figures(out, test, test_embeddings, metrics, params)
-        run.log_metrics(metrics)
+        figures = evaluation_figures(out / "figures", test, test_embeddings, params)
+        run.log_metrics(metrics, step=0)
         for figure in figures:
             run.log_artifact(figure)
     write_json(out / "recall.json", [{"k": int(k.split("@")[1]), "recall": v}

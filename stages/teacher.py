@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from stages.common import load, run_stage, teacher_dir, write_json
+from stages.common import load, run_stage, training_metrics, teacher_dir, write_json
 
 
 def main(argv: list[str]) -> None:
@@ -18,24 +18,26 @@ def main(argv: list[str]) -> None:
     from pipeline import recipes, tracking
     from pipeline.config import flatten
     from pipeline.models import save_model
+    from pipeline.train.fingerprint import claim_checkpoint_dir
     from pipeline.train.loop import fit
 
     teacher = params.teachers[args.name]
     stage = f"teacher@{args.name}"
-    with tracking.start_run(stage, experiment=params.mlflow.experiment,
-                            params=flatten({"seed": params.seed, "data": params.data.model_dump(mode="json"),
-                                            "teachers": {args.name: teacher.model_dump(mode="json")}})) as run:
+    section = {"seed": params.seed, "data": params.data.model_dump(mode="json"),
+               "teachers": {args.name: teacher.model_dump(mode="json")}}
+    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(section)) as run:
         images = recipes.load_images(params.data, "train", teacher.train_classes)
         objective, spec = recipes.teacher_objective(params, args.name, images)
         settings = recipes.train_settings(teacher.train, params.seed, len(images),
                                           samples_per_class=recipes.teacher_sampler(params, args.name))
         out = teacher_dir(args.name)
+        claim_checkpoint_dir(out / "checkpoints", section)
         started = time.perf_counter()
         result = fit(objective, images, settings, checkpoint_dir=out / "checkpoints", logger=run, description=stage)
         seconds = time.perf_counter() - started
         save_model(objective.model, spec, out / "model.pt")
-        metrics = tracking.training_summary(result, seconds, settings.batch_size)
-        run.log_training_result(result, metrics)
+        metrics = training_metrics(result, seconds, settings.batch_size)
+        run.log_metrics(metrics, step=result.steps)
     write_json(out / "metrics.json", metrics)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from stages.common import load, run_stage, student_dir, teacher_dir, write_json
+from stages.common import load, run_stage, training_metrics, student_dir, teacher_dir, write_json
 
 
 def main(argv: list[str]) -> None:
@@ -21,6 +21,7 @@ def main(argv: list[str]) -> None:
     from pipeline import recipes, tracking
     from pipeline.config import flatten
     from pipeline.models import load_model, save_model
+    from pipeline.train.fingerprint import claim_checkpoint_dir, file_sha256
     from pipeline.train.loop import fit
 
     teacher_cfg = params.teachers[args.teacher]
@@ -34,19 +35,22 @@ def main(argv: list[str]) -> None:
         "transfer": params.transfer.model_dump(mode="json", exclude={"grid", "metric_grid"}),
     }
     with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(section)) as run:
-        teacher, _ = recipes.load_teacher(teacher_dir(args.teacher) / "model.pt", teacher_cfg)
+        teacher_path = teacher_dir(args.teacher) / "model.pt"
+        teacher, _ = recipes.load_teacher(teacher_path, teacher_cfg)
         images = recipes.load_images(params.data, "train", teacher_cfg.train_classes)
         objective, spec = recipes.transfer_objective(params, args.teacher, args.student, args.loss, teacher, images)
         sampler = params.transfer.sampler
         settings = recipes.train_settings(params.transfer.train, params.seed, len(images),
                                           samples_per_class=sampler.samples_per_class if sampler else None)
         out = student_dir(args.teacher, args.student, args.loss)
+        # A retrained teacher invalidates a half-trained student, so the teacher file is part of the fingerprint.
+        claim_checkpoint_dir(out / "checkpoints", {**section, "teacher_sha256": file_sha256(teacher_path)})
         started = time.perf_counter()
         result = fit(objective, images, settings, checkpoint_dir=out / "checkpoints", logger=run, description=stage)
         seconds = time.perf_counter() - started
         save_model(objective.model, spec, out / "model.pt")
-        metrics = tracking.training_summary(result, seconds, settings.batch_size)
-        run.log_training_result(result, metrics)
+        metrics = training_metrics(result, seconds, settings.batch_size)
+        run.log_metrics(metrics, step=result.steps)
     write_json(out / "metrics.json", metrics)
 
 

@@ -1,0 +1,45 @@
+"""Tie a checkpoint folder to the settings that produced it.
+
+DVC keeps checkpoint folders across runs (`persist: true`) so an interrupted stage resumes; without a
+fingerprint, a stage re-run after a parameter change would resume the *old* run (or find it finished).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def claim_checkpoint_dir(folder: str | Path, settings: dict[str, Any]) -> bool:
+    """Make `folder` hold checkpoints of `settings` only; returns True when an existing run can resume.
+
+    A folder written under other settings is emptied (its checkpoints are of a different experiment).
+    """
+    folder = Path(folder)
+    expected = fingerprint(settings)
+    marker = folder / FINGERPRINT_FILE
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == expected:
+        return any(p.suffix == ".pt" for p in folder.iterdir())
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps({"fingerprint": expected, "settings": settings}, sort_keys=True, default=str, indent=1))
+    tmp.replace(marker)
+    return False
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

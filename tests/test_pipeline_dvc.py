@@ -1,0 +1,145 @@
+"""The real `dvc repro` on a tiny profile (digits, two steps per model) in a temporary git repository.
+
+Checks what users rely on: the chain completes; metrics files, the report and the MLflow runs agree;
+a second repro runs nothing; a parameter change re-runs only its branch; `dvc exp run -S` shows up in
+`dvc exp show` and in MLflow with the matching param and `dvc.exp_name`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def make_repo(root: Path) -> dict:
+    """A git + DVC repository holding the project's pipeline code, dvc.yaml and the tiny params."""
+    for folder in ("pipeline", "stages"):
+        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(ROOT / "tests" / "assets" / "tiny_params.yaml", root / "params.yaml")
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n/outputs/**/checkpoints\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "PIPELINE_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", OMP_NUM_THREADS="1")
+    run(["git", "init", "-q"], root, env)
+    run([str(BIN / "dvc"), "init", "-q"], root, env)
+    run([str(BIN / "dvc"), "config", "core.analytics", "false"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "init"], root, env)
+    return env
+
+
+def stage_names(root: Path, env: dict) -> set[str]:
+    out = run([str(BIN / "dvc"), "stage", "list", "--name-only"], root, env).stdout
+    return set(out.split())
+
+
+def changed_stages(root: Path, env: dict) -> set[str]:
+    status = json.loads(run([str(BIN / "dvc"), "status", "--json"], root, env).stdout or "{}")
+    return {name.split(":")[-1] for name in status}
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    env = make_repo(root)
+    first = run([str(BIN / "dvc"), "repro"], root, env)
+    return root, env, first
+
+
+def mlflow_runs(root: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("pipeline-test")
+    assert experiment is not None, "the pipeline wrote no MLflow experiment"
+    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_repro_writes_metrics_report_and_mlflow_runs_that_agree(repro):
+    root, env, _ = repro
+    stages = stage_names(root, env)
+    assert "teacher@simclr" in stages and "transfer@simclr-small-relaxed" in stages
+    assert "metric_transfer@proxy_anchor-small-relaxed" in stages and "report" in stages
+
+    evaluation = json.loads((root / "outputs/eval/simclr-small-relaxed/metrics.json").read_text())
+    for key in ("recall@1", "recall@8", "map@r", "r_precision", "nmi", "probe_top1", "knn_top1", "parameters"):
+        assert key in evaluation, key
+    assert 0.0 <= evaluation["recall@1"] <= evaluation["recall@8"] <= 1.0
+
+    report = (root / "reports/results.md").read_text()
+    assert f"{100 * evaluation['recall@1']:.2f}" in report
+    assert "proxy_anchor teacher" in report and "raw pixels" in report
+
+    client, runs = mlflow_runs(root)
+    parents = [r for r in runs if r.data.tags.get("pipeline.parent") == "true"]
+    children = [r for r in runs if "dvc.stage" in r.data.tags]
+    assert len(parents) == 1, "one dvc repro must make exactly one parent run"
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.data.tags["dvc.stage"] for r in children} == stages
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+    child = next(r for r in children if r.data.tags["dvc.stage"] == "evaluate@simclr-small-relaxed")
+    assert child.data.metrics["recall@1"] == pytest.approx(evaluation["recall@1"])
+    transfer = next(r for r in children if r.data.tags["dvc.stage"] == "transfer@simclr-small-relaxed")
+    assert transfer.data.params["losses.relaxed.params.sigma"] == "1.0"
+    assert transfer.data.params["transfer.train.max_steps"] == "2"
+    history = client.get_metric_history(transfer.info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2]
+
+
+def test_second_repro_runs_nothing(repro):
+    root, env, _ = repro
+    before = len(mlflow_runs(root)[1])
+    second = run([str(BIN / "dvc"), "repro"], root, env)
+    assert "Running stage" not in second.stdout
+    assert len(mlflow_runs(root)[1]) == before
+
+
+def test_changing_one_loss_parameter_invalidates_only_its_branch(repro):
+    root, env, _ = repro
+    params_path = root / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["losses"]["relaxed"]["params"]["sigma"] = 0.5
+    params_path.write_text(yaml.safe_dump(params))
+    try:
+        changed = changed_stages(root, env)
+    finally:
+        params_path.write_text(original)
+    assert changed == {"transfer@simclr-small-relaxed", "metric_transfer@proxy_anchor-small-relaxed"}
+
+
+def test_exp_run_is_visible_in_dvc_and_mlflow(repro):
+    root, env, _ = repro
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline results"], root, env)
+    run([str(BIN / "dvc"), "exp", "run", "-n", "sigma-half", "-S", "losses.relaxed.params.sigma=0.5"], root, env)
+
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], root, env).stdout)
+    names = json.dumps(shown)
+    assert "sigma-half" in names
+
+    _, runs = mlflow_runs(root)
+    tagged = [r for r in runs if r.data.tags.get("dvc.exp_name") == "sigma-half"]
+    stages = {r.data.tags.get("dvc.stage") for r in tagged}
+    assert "transfer@simclr-small-relaxed" in stages
+    assert "transfer@simclr-small-own_objective" not in stages, "unchanged branches must not re-run"
+    transfer = next(r for r in tagged if r.data.tags.get("dvc.stage") == "transfer@simclr-small-relaxed")
+    assert transfer.data.params["losses.relaxed.params.sigma"] == "0.5"

@@ -1,0 +1,31 @@
+"""The report table formats exactly the numbers of the metrics files it is given."""
+import json
+
+import pytest
+
+from pipeline.report import ResultRow, read_metrics, recall_at_k_figure, results_table
+
+
+def test_table_shows_each_metric_of_each_row():
+    rows = [
+        ResultRow("simclr", "teacher", {"recall@1": 0.81234, "map@r": 0.5, "embedding_dim": 128, "parameters": 307_000}),
+        ResultRow("simclr", "small, relaxed", {"recall@1": 0.8, "map@r": 0.41, "embedding_dim": 64, "parameters": 77_500}),
+    ]
+    table = results_table(rows).splitlines()
+    assert table[0].startswith("| Model | R@1 | MAP@R | Dim | Params |")
+    assert table[2].startswith("| **simclr** |")
+    assert table[3] == "| teacher | 81.23 | 50.00 | 128 | 0.31M |"
+    assert table[4] == "| small, relaxed | 80.00 | 41.00 | 64 | 77.5k |"
+
+
+def test_missing_metrics_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        read_metrics(tmp_path / "nope.json")
+    (tmp_path / "m.json").write_text(json.dumps({"recall@1": 0.5}))
+    assert read_metrics(tmp_path / "m.json") == {"recall@1": 0.5}
+
+
+def test_recall_figure_is_written(tmp_path):
+    rows = [ResultRow("s", "a", {"recall@1": 0.5, "recall@2": 0.7}), ResultRow("s", "b", {"recall@1": 0.6, "recall@2": 0.8})]
+    recall_at_k_figure(tmp_path / "r.png", rows, "title")
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
