@@ -145,7 +145,10 @@ def test_crd_matches_nce_formula_and_updates_memory_in_training_only():
     teacher_memory = loss.teacher_memory.clone().numpy()
     candidates = np.concatenate([index.numpy()[:, None], contrast.numpy()], axis=1)
     expected = reference_crd(student_emb, teacher_emb, student_memory, teacher_memory, candidates, 20)
-    assert loss(student, teacher, index, contrast).item() == pytest.approx(expected, rel=1e-9)
+    first = loss(student, teacher, index, contrast)
+    assert first.item() == pytest.approx(expected, rel=1e-9)
+    first.backward()  # the heads train from the very first batch, when Z is being set
+    assert loss.student_head.linear.weight.grad is not None and loss.teacher_head.linear.weight.grad is not None
     mixed = 0.5 * student_memory[index.numpy()] + 0.5 * student_emb
     np.testing.assert_allclose(
         loss.student_memory[index].numpy(), mixed / np.linalg.norm(mixed, axis=1, keepdims=True), rtol=1e-9

@@ -99,7 +99,7 @@ class CRDLoss(nn.Module):
         scores = torch.exp(torch.einsum("nkf,nf->nk", bank, anchors) / self.temperature)
         if self.normalizers[slot] < 0:
             self.normalizers[slot] = scores.detach().mean() * self.n_data
-        return scores / self.normalizers[slot].to(scores.dtype)
+        return scores / self.normalizers[slot].clone().to(scores.dtype)  # clone: the buffer changes in place
 
     @torch.no_grad()
     def _update(self, memory: Tensor, index: Tensor, embeddings: Tensor) -> None:
