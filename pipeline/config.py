@@ -71,6 +71,12 @@ class DataConfig(Strict):
     def _known_dataset(cls, value: str) -> str:
         return _choice(value, DATASETS, "dataset")
 
+    @model_validator(mode="after")
+    def _crop_fits(self) -> "DataConfig":
+        if self.load_size is not None and self.load_size < self.image_size:
+            raise ValueError(f"load_size ({self.load_size}) must be >= image_size ({self.image_size}): crops cannot upsample")
+        return self
+
 
 class ModelConfig(Strict):
     backbone: str

@@ -1,0 +1,38 @@
+"""DVC stage `prepare`: validate all of params.yaml and check the dataset before any training starts.
+
+Runs first, so a typo in a student's section or a missing dataset fails in seconds, not after a teacher.
+"""
+from __future__ import annotations
+
+import argparse
+
+from stages.common import OUTPUTS, load, run_stage, write_json
+
+
+def main(argv: list[str]) -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args(argv)
+    params = load()
+
+    from pipeline.data import ImageSet, load_dataset
+
+    data = params.data
+    summary = {}
+    for split in ("train", "test"):
+        # File datasets are only listed here (decoding them is the training stages' job).
+        images = load_dataset(data.name, split, root=data.root, download=data.download, protocol=data.protocol)
+        summary[f"{split}_images"] = len(images)
+        summary[f"{split}_classes"] = int(images.labels.unique().numel())
+        if isinstance(images, ImageSet) and images.image_size < data.image_size:
+            raise ValueError(f"data.image_size: {params.data.image_size} is larger than the {split} images "
+                             f"({images.image_size} px); crops cannot upsample")
+    summary["num_classes"] = images.num_classes
+    for name, teacher in params.teachers.items():
+        out_of_range = [c for c in teacher.train_classes or () if c >= images.num_classes]
+        if out_of_range:
+            raise ValueError(f"teachers.{name}.train_classes: {out_of_range} out of range for {params.data.name} "
+                             f"({images.num_classes} classes)")
+    write_json(OUTPUTS / "data" / "summary.json", summary)
+
+
+if __name__ == "__main__":
+    run_stage(main)
