@@ -38,15 +38,15 @@ def prepare_gallery(gallery: Tensor, distance: str) -> tuple[Tensor, Tensor | No
     return gallery, gallery.pow(2).sum(dim=1)
 
 
-def scores(queries: Tensor, gallery: Tensor, squared_norms: Tensor | None) -> Tensor:
+def scores(queries: Tensor, gallery: Tensor, squared_norms: Tensor | None, out: Tensor | None = None) -> Tensor:
     """Similarity block from one matmul; higher = nearer.
 
     Euclidean uses 2 q.g - |g|^2, which ranks like -|q - g|^2 (the |q|^2 term is constant per row), so
     the distance needs no sqrt and no extra n x n pass.
     """
     if squared_norms is None:
-        return F.normalize(queries.float(), dim=1) @ gallery.T
-    return torch.addmm(-squared_norms, queries.float(), gallery.T, alpha=2.0)
+        return torch.mm(F.normalize(queries.float(), dim=1), gallery.T, out=out)
+    return torch.addmm(-squared_norms, queries.float(), gallery.T, alpha=2.0, out=out)
 
 
 def iter_score_blocks(
@@ -59,15 +59,19 @@ def iter_score_blocks(
     memory_budget_bytes: int = 512 * 2**20,
 ) -> Iterator[tuple[int, Tensor]]:
     """Yield ``(start, block)``: the scores of consecutive query chunks against the whole gallery, with
-    rows sized so that a block and its k-neighbour buffers fit the budget.
+    rows sized so that a block and its k-neighbour buffers fit the budget. Every block is written into
+    one reused buffer (a fresh one per chunk would coexist with the caller's previous block and double
+    the peak), so a block is valid only until the next one is requested.
 
     ``self_indices[i]`` is the gallery index of query i (or None): its score is set to -inf, which
     excludes it by index, so a duplicate of the query at distance 0 is still found.
     """
     prepared, squared_norms = prepare_gallery(gallery, distance)
-    chunk = rows_per_chunk(len(prepared), k, memory_budget_bytes)
+    chunk = min(rows_per_chunk(len(prepared), k, memory_budget_bytes), len(queries))
+    buffer = torch.empty(chunk, len(prepared), device=prepared.device)
     for start in range(0, len(queries), chunk):
-        block = scores(queries[start : start + chunk], prepared, squared_norms)
+        batch = queries[start : start + chunk]
+        block = scores(batch, prepared, squared_norms, out=buffer[: len(batch)])
         if self_indices is not None:
             rows = torch.arange(len(block), device=block.device)
             block[rows, self_indices[start : start + chunk]] = -torch.inf

@@ -1,0 +1,140 @@
+"""Pictures of an embedding: a retrieval grid, Recall@K curves, a t-SNE map, and a Recall@K table for
+``dvc plots``. Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend
+switch), so stages and tests can call them from any thread or headless machine."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from sklearn.manifold import TSNE
+from torch import Tensor
+
+from pipeline.eval.checks import check_distance, check_embeddings_and_labels
+from pipeline.eval.neighbours import iter_nearest_neighbours
+
+CORRECT, WRONG, QUERY = "#1a9850", "#d73027", "#4575b4"
+_RECALL_KEY = re.compile(r"recall@(\d+)$")
+
+
+def retrieval_grid_png(
+    path: str | Path,
+    images: Tensor,
+    embeddings: Tensor,
+    labels: Tensor,
+    n_queries: int = 8,
+    k: int = 5,
+    distance: str = "euclidean",
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One row per random query: the query (blue frame) then its k nearest other items, framed green
+    when of the query's class and red otherwise. Returns ``(queries, neighbours, correct)`` so callers
+    can log what the picture shows."""
+    check_embeddings_and_labels(embeddings, labels)
+    check_distance(distance)
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) != len(embeddings):
+        raise ValueError(f"images must be (N, 1 or 3, H, W) with N = {len(embeddings)} embeddings, "
+                         f"got shape {tuple(images.shape)}")
+    if not 1 <= k < len(embeddings):
+        raise ValueError(f"k must lie in [1, {len(embeddings) - 1}], got {k}")
+    n_queries = min(n_queries, len(embeddings))
+    generator = torch.Generator().manual_seed(seed)
+    queries = torch.randperm(len(embeddings), generator=generator)[:n_queries].sort().values
+    at = queries.to(embeddings.device)
+    (_, _, neighbours), = iter_nearest_neighbours(embeddings[at], embeddings, k, distance=distance,
+                                                  self_indices=at)
+    neighbours = neighbours.cpu()
+    correct = labels.cpu()[neighbours] == labels.cpu()[queries, None]
+
+    figure = Figure(figsize=(1.2 * (k + 1), 1.2 * n_queries))
+    axes = figure.subplots(n_queries, k + 1, squeeze=False)
+    for row, query in enumerate(queries.tolist()):
+        _show(axes[row, 0], images[query], QUERY, f"query {int(labels[query])}" if row == 0 else None)
+        for col in range(k):
+            colour = CORRECT if correct[row, col] else WRONG
+            _show(axes[row, col + 1], images[neighbours[row, col]], colour, f"{col + 1}" if row == 0 else None)
+    figure.suptitle(f"nearest neighbours ({distance}); green = same class, red = other class", fontsize=8)
+    figure.savefig(path, dpi=100)
+    return queries, neighbours, correct
+
+
+def recall_at_k_plot(path: str | Path, results: dict[str, dict[str, float]]) -> None:
+    """Recall@K against K (log2 axis), one line per named result (e.g. teacher, students)."""
+    if not results:
+        raise ValueError("results is empty; give at least one name -> metrics dict")
+    figure = Figure(figsize=(5, 3.5))
+    axis = figure.subplots()
+    for name, metrics in results.items():
+        ks, values = zip(*recall_at_k_values(metrics), strict=True)
+        axis.plot(ks, values, marker="o", label=name)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("K")
+    axis.set_ylabel("Recall@K")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def write_recall_at_k_csv(path: str | Path, results: dict[str, dict[str, float]]) -> None:
+    """Rows ``model,k,recall`` for ``dvc plots`` (x: k, y: recall, one line per model)."""
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["model", "k", "recall"])
+        for name, metrics in results.items():
+            writer.writerows([name, k, value] for k, value in recall_at_k_values(metrics))
+
+
+def recall_at_k_values(metrics: dict[str, float]) -> list[tuple[int, float]]:
+    """``(K, Recall@K)`` pairs of a metrics dict, by increasing K."""
+    pairs = sorted((int(m.group(1)), value) for key, value in metrics.items() if (m := _RECALL_KEY.match(key)))
+    if not pairs:
+        raise ValueError(f"metrics hold no recall@K entries (keys: {sorted(metrics)})")
+    return pairs
+
+
+def embedding_map_png(
+    path: str | Path, embeddings: Tensor, labels: Tensor, max_points: int = 2000, seed: int = 0
+) -> Tensor:
+    """t-SNE of a random subsample (t-SNE is quadratic in points), coloured by class. Returns the
+    indices of the plotted items."""
+    check_embeddings_and_labels(embeddings, labels)
+    if len(embeddings) < 5:
+        raise ValueError(f"a t-SNE map needs at least 5 points, got {len(embeddings)}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(embeddings), generator=generator)[:max_points].sort().values
+    points = embeddings.cpu()[chosen].float().numpy()
+    perplexity = min(30.0, (len(points) - 1) / 3)
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
+    classes = np.unique(labels.cpu()[chosen].numpy(), return_inverse=True)[1]
+    figure = Figure(figsize=(5, 5))
+    axis = figure.subplots()
+    axis.scatter(xy[:, 0], xy[:, 1], c=classes, cmap="tab20" if classes.max() < 20 else "hsv", s=4)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.set_title(f"t-SNE of {len(points)} embeddings, coloured by class", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return chosen
+
+
+def _show(axis, image: Tensor, colour: str, title: str | None) -> None:
+    picture = image.detach().cpu()
+    if picture.dtype == torch.uint8:
+        picture = picture.float() / 255
+    else:  # normalised floats: stretch each image to [0, 1] for display
+        picture = picture.float()
+        picture = (picture - picture.min()) / (picture.max() - picture.min()).clamp(min=1e-12)
+    picture = picture.permute(1, 2, 0).numpy()
+    axis.imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray", vmin=0, vmax=1)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    for spine in axis.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(3)
+    if title:
+        axis.set_title(title, fontsize=7)
