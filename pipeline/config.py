@@ -193,7 +193,7 @@ class TransferConfig(Strict):
 class ProbeConfig(Strict):
     train_samples: PositiveInt | None = None
     val_fraction: Fraction = 0.1
-    weight_decays: tuple[NonNegativeFloat, ...] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
+    weight_decays: tuple[PositiveFloat, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
 
 class KnnConfig(Strict):

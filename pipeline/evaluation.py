@@ -50,13 +50,13 @@ def evaluate(
         test_x = pixel_features(test, preprocess)
     else:
         test_x, _ = extract_features(model, test.images, batch_size=evaluation.batch_size, device=device,
-                                     preprocess=preprocess)
+                                     transform=preprocess)
     ms_per_image = 1000 * (time.perf_counter() - started) / len(test)
     if model is None:
         train_x = pixel_features(train, preprocess)
     else:
         train_x, _ = extract_features(model, train.images, batch_size=evaluation.batch_size, device=device,
-                                      preprocess=preprocess)
+                                      transform=preprocess)
     train_x, test_x = train_x.float().cpu(), test_x.float().cpu()
 
     metrics: dict[str, float] = {"embedding_dim": int(test_x.shape[1]), "ms_per_image": ms_per_image,

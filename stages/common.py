@@ -79,3 +79,13 @@ def training_metrics(result, seconds: float, batch_size: int) -> dict[str, float
         "train_seconds": seconds,
         "images_per_second": trained * batch_size / seconds if seconds > 0 and trained else 0.0,
     }
+
+
+def stage_name(default: str) -> str:
+    """The DVC stage name (`DVC_STAGE`, set by dvc for every stage command), else `default` when run by hand."""
+    return os.environ.get("DVC_STAGE") or default
+
+
+def quiet_libraries() -> None:
+    """MLflow's system-metrics monitor logs at INFO on every start and stop; keep stage output readable."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from stages.common import eval_dir, load, run_stage, student_dir, student_id, teacher_dir, write_json
+from stages.common import quiet_libraries, stage_name, eval_dir, load, run_stage, student_dir, student_id, teacher_dir, write_json
 
 
 def main(argv: list[str]) -> None:
@@ -14,6 +14,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--loss")
     args = parser.parse_args(argv)
     params = load()
+    quiet_libraries()
     if args.teacher not in params.teachers:
         raise KeyError(f"teachers.{args.teacher} is not in params.yaml (declared: {', '.join(params.teachers)})")
     if args.kind == "student" and (args.student not in params.students or args.loss not in params.losses):
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> None:
     section = {"seed": params.seed, "data": params.data.model_dump(mode="json"),
                "evaluation": params.evaluation.model_dump(mode="json")}
     out = eval_dir(model_id)
-    with tracking.start_run(f"evaluate@{model_id}", experiment=params.mlflow.experiment,
+    with tracking.start_run(stage_name(f"evaluate@{model_id}"), experiment=params.mlflow.experiment,
                             params=flatten(section)) as run:
         model = None
         if checkpoint is not None:

@@ -6,13 +6,26 @@ from __future__ import annotations
 
 import argparse
 
-from stages.common import OUTPUTS, load, run_stage, write_json
+from stages.common import OUTPUTS, load, quiet_libraries, run_stage, stage_name, write_json
 
 
 def main(argv: list[str]) -> None:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
     params = load()
+    quiet_libraries()
 
+    from pipeline import tracking
+    from pipeline.config import flatten
+
+    summary = check_dataset(params)
+    with tracking.start_run(stage_name("prepare"), experiment=params.mlflow.experiment,
+                            params=flatten({"data": params.data.model_dump(mode="json")})) as run:
+        run.log_metrics(summary, step=0)
+    write_json(OUTPUTS / "data" / "summary.json", summary)
+
+
+def check_dataset(params) -> dict[str, int]:
+    """Counts of the train and test splits; refuses crops larger than the images or unknown class ids."""
     from pipeline.data import ImageSet, load_dataset
 
     data = params.data
@@ -31,7 +44,7 @@ def main(argv: list[str]) -> None:
         if out_of_range:
             raise ValueError(f"teachers.{name}.train_classes: {out_of_range} out of range for {params.data.name} "
                              f"({images.num_classes} classes)")
-    write_json(OUTPUTS / "data" / "summary.json", summary)
+    return summary
 
 
 if __name__ == "__main__":

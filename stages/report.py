@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stages.common import OUTPUTS, load, run_stage, write_json
+from stages.common import quiet_libraries, stage_name, OUTPUTS, load, run_stage, write_json
 
 REPORTS = Path("reports")
 
@@ -12,12 +12,13 @@ REPORTS = Path("reports")
 def main(argv: list[str]) -> None:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
     params = load()
+    quiet_libraries()
 
     from pipeline import tracking
     from pipeline.config import flatten
     from pipeline.report import build_report
 
-    with tracking.start_run("report", experiment=params.mlflow.experiment,
+    with tracking.start_run(stage_name("report"), experiment=params.mlflow.experiment,
                             params=flatten({"transfer": {"grid": params.transfer.grid.model_dump(mode="json")}})) as run:
         markdown, summary = build_report(params, OUTPUTS / "eval", REPORTS / "figures")
         tmp = REPORTS / "results.md.tmp"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from stages.common import load, run_stage, training_metrics, teacher_dir, write_json
+from stages.common import quiet_libraries, stage_name, load, run_stage, training_metrics, teacher_dir, write_json
 
 
 def main(argv: list[str]) -> None:
@@ -12,6 +12,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("name", help="a key of the `teachers` section of params.yaml")
     args = parser.parse_args(argv)
     params = load()
+    quiet_libraries()
     if args.name not in params.teachers:
         raise KeyError(f"teachers.{args.name} is not in params.yaml (declared: {', '.join(params.teachers)})")
 
@@ -22,7 +23,7 @@ def main(argv: list[str]) -> None:
     from pipeline.train.loop import fit
 
     teacher = params.teachers[args.name]
-    stage = f"teacher@{args.name}"
+    stage = stage_name(f"teacher@{args.name}")
     section = {"seed": params.seed, "data": params.data.model_dump(mode="json"),
                "teachers": {args.name: teacher.model_dump(mode="json")}}
     with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(section)) as run:

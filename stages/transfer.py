@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from stages.common import load, run_stage, training_metrics, student_dir, teacher_dir, write_json
+from stages.common import quiet_libraries, stage_name, load, run_stage, training_metrics, student_dir, teacher_dir, write_json
 
 
 def main(argv: list[str]) -> None:
@@ -14,6 +14,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--loss", required=True)
     args = parser.parse_args(argv)
     params = load()
+    quiet_libraries()
     for section, name in (("teachers", args.teacher), ("students", args.student), ("losses", args.loss)):
         if name not in getattr(params, section):
             raise KeyError(f"{section}.{name} is not in params.yaml (declared: {', '.join(getattr(params, section))})")
@@ -25,7 +26,7 @@ def main(argv: list[str]) -> None:
     from pipeline.train.loop import fit
 
     teacher_cfg = params.teachers[args.teacher]
-    stage = f"transfer@{args.teacher}-{args.student}-{args.loss}"
+    stage = stage_name(f"transfer@{args.teacher}-{args.student}-{args.loss}")
     section = {
         "seed": params.seed,
         "data": params.data.model_dump(mode="json"),
