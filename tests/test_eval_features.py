@@ -12,8 +12,14 @@ from pipeline.eval import extract_features
 
 def small_model() -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
     model.train()
     model(torch.randn(8, 1, 6, 6))  # move the BatchNorm running statistics away from their init
     return model

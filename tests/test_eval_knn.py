@@ -35,9 +35,15 @@ def test_matches_brute_force(k, temperature):
     test_x = centres[test_y] + 1.2 * rng.standard_normal((80, 6))
     expected = (brute_force_knn(train_x, train_y, test_x, k, temperature) == test_y).mean()
     assert 0.2 < expected < 1.0
-    got = knn_classify(*(torch.tensor(a, dtype=torch.float32) if a.dtype.kind == "f" else torch.tensor(a)
-                         for a in (train_x, train_y, test_x, test_y)), k=k, temperature=temperature,
-                       memory_budget_bytes=4096)
+    got = knn_classify(
+        *(
+            torch.tensor(a, dtype=torch.float32) if a.dtype.kind == "f" else torch.tensor(a)
+            for a in (train_x, train_y, test_x, test_y)
+        ),
+        k=k,
+        temperature=temperature,
+        memory_budget_bytes=4096,
+    )
     assert got["knn_top1"] == pytest.approx(expected, abs=1e-12)
 
 
@@ -64,7 +70,12 @@ def test_hand_worked_weighted_vote_beats_majority():
     ],
 )
 def test_bad_input_is_refused(kwargs, message):
-    arguments = {"train_x": torch.randn(10, 3), "train_y": torch.arange(10) % 2, "test_x": torch.randn(4, 3),
-                 "test_y": torch.zeros(4, dtype=torch.long), "k": 3} | kwargs
+    arguments = {
+        "train_x": torch.randn(10, 3),
+        "train_y": torch.arange(10) % 2,
+        "test_x": torch.randn(4, 3),
+        "test_y": torch.zeros(4, dtype=torch.long),
+        "k": 3,
+    } | kwargs
     with pytest.raises(ValueError, match=message):
         knn_classify(**arguments)

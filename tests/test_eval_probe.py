@@ -63,7 +63,9 @@ def test_digits_probe_close_to_sklearn_and_reports_top5():
     mean, std = x[:1000].mean(0), x[:1000].std(0).clamp(min=1e-6)
     reference = LogisticRegression(C=1 / (metrics["probe_weight_decay"] * 1000), max_iter=10_000)
     reference.fit((x[:1000] - mean) / std, y[:1000])
-    assert metrics["probe_top1"] == pytest.approx(reference.score((x[1000:] - mean) / std, y[1000:]), abs=0.01)
+    assert metrics["probe_top1"] == pytest.approx(
+        reference.score((x[1000:] - mean) / std, y[1000:]), abs=0.01
+    )
     assert metrics["probe_top1"] <= metrics["probe_top5"] <= 1.0
 
 
@@ -98,8 +100,17 @@ def test_test_labels_unseen_in_train_count_as_errors():
 )
 def test_bad_input_is_refused(kwargs, message):
     train_x, train_y = blobs(5, num_classes=2, per_class=30)
-    arguments = {"train_x": train_x, "train_y": train_y, "test_x": torch.zeros(5, 8),
-                 "test_y": torch.zeros(5, dtype=torch.long)} | kwargs
+    arguments = {
+        "train_x": train_x,
+        "train_y": train_y,
+        "test_x": torch.zeros(5, 8),
+        "test_y": torch.zeros(5, dtype=torch.long),
+    } | kwargs
     with pytest.raises(ValueError, match=message):
-        linear_probe(arguments.pop("train_x"), arguments.pop("train_y"), arguments.pop("test_x"),
-                     arguments.pop("test_y"), **arguments)
+        linear_probe(
+            arguments.pop("train_x"),
+            arguments.pop("train_y"),
+            arguments.pop("test_x"),
+            arguments.pop("test_y"),
+            **arguments,
+        )

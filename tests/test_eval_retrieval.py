@@ -33,7 +33,8 @@ def brute_force(x: np.ndarray, y: np.ndarray, ks: tuple[int, ...], distance: str
         sums["map@r"] += sum(sum(relevant[: p + 1]) / (p + 1) for p in range(r) if relevant[p]) / r
     scored = len(x) - without_positive
     return {name: total / scored for name, total in sums.items()} | {
-        "num_queries_without_positive": without_positive}
+        "num_queries_without_positive": without_positive
+    }
 
 
 def tied_integer_points(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +83,14 @@ def test_hand_worked_tie_goes_to_the_lower_index():
     x = torch.tensor([[0.0], [-1.0], [1.0], [20.0]])
     y = torch.tensor([0, 1, 0, 1])
     metrics = retrieval_metrics(x, y, ks=(1, 2, 3), nmi=False)
-    assert metrics == {"recall@1": 0.25, "recall@2": 0.5, "recall@3": 1.0, "map@r": 0.25,
-                       "r_precision": 0.25, "num_queries_without_positive": 0}
+    assert metrics == {
+        "recall@1": 0.25,
+        "recall@2": 0.5,
+        "recall@3": 1.0,
+        "map@r": 0.25,
+        "r_precision": 0.25,
+        "num_queries_without_positive": 0,
+    }
 
 
 def test_hand_worked_cosine_tie():
@@ -126,8 +133,12 @@ def test_matches_brute_force_with_ties_and_duplicates_cosine(seed):
 
 @pytest.mark.parametrize(
     ("distance", "data"),
-    [("euclidean", tied_integer_points(3)), ("cosine", tied_directions(3)),
-     ("euclidean", clustered(3)), ("cosine", clustered(3))],
+    [
+        ("euclidean", tied_integer_points(3)),
+        ("cosine", tied_directions(3)),
+        ("euclidean", clustered(3)),
+        ("cosine", clustered(3)),
+    ],
 )
 def test_one_row_chunks_give_identical_results(distance, data):
     # Exact equality holds where the scores do not depend on the matmul's shape: exact-arithmetic data
@@ -135,7 +146,9 @@ def test_one_row_chunks_give_identical_results(distance, data):
     # differently when the chunk shape changes the BLAS summation order.)
     ks = (1, 2, 30)
     whole = retrieval_metrics(*as_tensors(*data), ks=ks, distance=distance, nmi=False)
-    one_row = retrieval_metrics(*as_tensors(*data), ks=ks, distance=distance, nmi=False, memory_budget_bytes=1)
+    one_row = retrieval_metrics(
+        *as_tensors(*data), ks=ks, distance=distance, nmi=False, memory_budget_bytes=1
+    )
     assert one_row == whole
 
 
@@ -147,7 +160,14 @@ def test_recall_at_large_k_uses_the_deep_search():
     x = (rng.standard_normal((150, 16))[y] + 1.0 * rng.standard_normal((300, 16))).astype(np.float32)
     ks = (1, 5, 50, 200)
     expected = brute_force(x, y, ks, "euclidean")
-    assert 0.0 < expected["recall@1"] < expected["recall@5"] < expected["recall@50"] < expected["recall@200"] < 1.0
+    assert (
+        0.0
+        < expected["recall@1"]
+        < expected["recall@5"]
+        < expected["recall@50"]
+        < expected["recall@200"]
+        < 1.0
+    )
     assert retrieval_metrics(*as_tensors(x, y), ks=ks, nmi=False) == pytest.approx(expected, abs=1e-12)
 
 
@@ -160,8 +180,11 @@ def test_matches_pytorch_metric_learning(distance):
     x, y = clustered(5)
     pml_distance = CosineSimilarity() if distance == "cosine" else LpDistance(normalize_embeddings=False)
     calculator = AccuracyCalculator(
-        include=("precision_at_1", "mean_average_precision_at_r", "r_precision"), k="max_bin_count",
-        knn_func=CustomKNN(pml_distance, batch_size=64), device=torch.device("cpu"))
+        include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
+        k="max_bin_count",
+        knn_func=CustomKNN(pml_distance, batch_size=64),
+        device=torch.device("cpu"),
+    )
     reference = calculator.get_accuracy(torch.from_numpy(x), torch.from_numpy(y))
     got = retrieval_metrics(*as_tensors(x, y), ks=(1,), distance=distance, nmi=False)
     assert 0.2 < reference["precision_at_1"] < 0.95  # neither trivial nor hopeless
@@ -198,7 +221,12 @@ def test_nmi_hand_worked():
         (torch.zeros(4, 2), torch.tensor([0, 0, 1, 1]), {"ks": (0,)}, "positive integers"),
         (torch.zeros(4, 2), torch.tensor([0, 0, 1, 1]), {"ks": ()}, "ks is empty"),
         (torch.zeros(4, 2), torch.tensor([0, 0, 1, 1]), {"distance": "manhattan"}, "distance must be"),
-        (torch.zeros(4, 2), torch.tensor([0, 0, 1, 1]), {"ks": (1,), "memory_budget_bytes": 0}, "memory_budget_bytes"),
+        (
+            torch.zeros(4, 2),
+            torch.tensor([0, 0, 1, 1]),
+            {"ks": (1,), "memory_budget_bytes": 0},
+            "memory_budget_bytes",
+        ),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(embeddings, labels, kwargs, message):

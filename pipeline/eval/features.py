@@ -48,7 +48,9 @@ def extract_features(
     features, label_batches = [], []
     try:
         with torch.inference_mode(), _autocast(device, amp):
-            for images, batch_labels in tqdm(batches, total=total, desc="features", disable=None, leave=False):
+            for images, batch_labels in tqdm(
+                batches, total=total, desc="features", disable=None, leave=False
+            ):
                 output = model(transform(images.to(device, non_blocking=True)))
                 features.append(output.float().cpu())
                 if batch_labels is not None:
@@ -61,7 +63,9 @@ def extract_features(
     return torch.cat(features), torch.cat(label_batches) if label_batches else None
 
 
-def _tensor_batches(images: Tensor, labels: Tensor | None, batch_size: int) -> list[tuple[Tensor, Tensor | None]]:
+def _tensor_batches(
+    images: Tensor, labels: Tensor | None, batch_size: int
+) -> list[tuple[Tensor, Tensor | None]]:
     """Views of consecutive batches (no copy), checked before the model runs."""
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
@@ -70,7 +74,9 @@ def _tensor_batches(images: Tensor, labels: Tensor | None, batch_size: int) -> l
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     starts = range(0, len(images), batch_size)
-    return [(images[s : s + batch_size], None if labels is None else labels[s : s + batch_size]) for s in starts]
+    return [
+        (images[s : s + batch_size], None if labels is None else labels[s : s + batch_size]) for s in starts
+    ]
 
 
 def _len_or_none(batches: Batches) -> int | None:

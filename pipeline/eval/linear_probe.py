@@ -20,7 +20,11 @@ DEFAULT_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
 
 def fit_logistic_regression(
-    features: Tensor, targets: Tensor, num_classes: int, weight_decay: float, max_iter: int = 500,
+    features: Tensor,
+    targets: Tensor,
+    num_classes: int,
+    weight_decay: float,
+    max_iter: int = 500,
     init: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Minimise mean cross-entropy + weight_decay / 2 * ||W||^2 (bias not penalised) by L-BFGS.
@@ -35,8 +39,15 @@ def fit_logistic_regression(
         weight, bias = (t.detach().clone() for t in init)
     weight.requires_grad_(True)
     bias.requires_grad_(True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         optimizer.zero_grad()
@@ -77,7 +88,9 @@ def linear_probe(
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     decays = sorted(weight_decays, reverse=True)
     if not decays or min(decays) <= 0:
-        raise ValueError(f"weight_decays must be a non-empty sequence of positive values, got {weight_decays}")
+        raise ValueError(
+            f"weight_decays must be a non-empty sequence of positive values, got {weight_decays}"
+        )
     if max_iter < 1:
         raise ValueError(f"max_iter must be positive, got {max_iter}")
     device = torch.device(device) if device is not None else train_x.device
@@ -90,13 +103,17 @@ def linear_probe(
     fit_x, val_x = standardise(train_x[fit_rows], train_x[val_rows])
     best_decay, best_accuracy, params, best_params = decays[0], -1.0, None, None
     for decay in decays:
-        params = fit_logistic_regression(fit_x, train_targets[fit_rows], len(classes), decay, max_iter, params)
+        params = fit_logistic_regression(
+            fit_x, train_targets[fit_rows], len(classes), decay, max_iter, params
+        )
         accuracy = float(topk_accuracy(val_x @ params[0].T + params[1], train_targets[val_rows], 1))
         if accuracy > best_accuracy:
             best_decay, best_accuracy, best_params = decay, accuracy, params
 
     all_x, test_x = standardise(train_x, test_x.to(device).float())
-    weight, bias = fit_logistic_regression(all_x, train_targets, len(classes), best_decay, max_iter, best_params)
+    weight, bias = fit_logistic_regression(
+        all_x, train_targets, len(classes), best_decay, max_iter, best_params
+    )
     logits = test_x @ weight.T + bias
     test_targets = _indices_in(classes.to(device), test_y.to(device))
     metrics = {"probe_top1": float(topk_accuracy(logits, test_targets, 1))}

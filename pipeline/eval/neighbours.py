@@ -38,7 +38,9 @@ def prepare_gallery(gallery: Tensor, distance: str) -> tuple[Tensor, Tensor | No
     return gallery, gallery.pow(2).sum(dim=1)
 
 
-def scores(queries: Tensor, gallery: Tensor, squared_norms: Tensor | None, out: Tensor | None = None) -> Tensor:
+def scores(
+    queries: Tensor, gallery: Tensor, squared_norms: Tensor | None, out: Tensor | None = None
+) -> Tensor:
     """Similarity block from one matmul; higher = nearer.
 
     Euclidean uses 2 q.g - |g|^2, which ranks like -|q - g|^2 (the |q|^2 term is constant per row), so
@@ -89,13 +91,21 @@ def iter_nearest_neighbours(
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Yield ``(start, scores, indices)`` for consecutive query chunks, each ``(rows, k)``, nearest first
     (see iter_score_blocks for the arguments)."""
-    for start, block in iter_score_blocks(queries, gallery, k, distance=distance, self_indices=self_indices,
-                                          memory_budget_bytes=memory_budget_bytes):
+    for start, block in iter_score_blocks(
+        queries,
+        gallery,
+        k,
+        distance=distance,
+        self_indices=self_indices,
+        memory_budget_bytes=memory_budget_bytes,
+    ):
         yield start, *top_k(block, k)
 
 
 def top_k(block: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The k highest scores of each row and their indices, nearest first. torch.topk, then the tie rule: topk leaves the order of equal scores (and which of them survive
+    """The k highest scores of each row and their indices, nearest first.
+
+    torch.topk, then the tie rule: topk leaves the order of equal scores (and which of them survive
     the k-th cut) unspecified, so only rows that have ties are re-ordered, keeping the common case cheap.
     One extra neighbour tells whether equal scores straddle the cut (the (k+1)-th equals the k-th)."""
     if k == block.shape[1]:

@@ -37,26 +37,32 @@ def retrieval_grid_png(
     check_embeddings_and_labels(embeddings, labels)
     check_distance(distance)
     if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) != len(embeddings):
-        raise ValueError(f"images must be (N, 1 or 3, H, W) with N = {len(embeddings)} embeddings, "
-                         f"got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be (N, 1 or 3, H, W) with N = {len(embeddings)} embeddings, "
+            f"got shape {tuple(images.shape)}"
+        )
     if not 1 <= k < len(embeddings):
         raise ValueError(f"k must lie in [1, {len(embeddings) - 1}], got {k}")
     n_queries = min(n_queries, len(embeddings))
     generator = torch.Generator().manual_seed(seed)
     queries = torch.randperm(len(embeddings), generator=generator)[:n_queries].sort().values
     at = queries.to(embeddings.device)
-    (_, _, neighbours), = iter_nearest_neighbours(embeddings[at], embeddings, k, distance=distance,
-                                                  self_indices=at)
+    ((_, _, neighbours),) = iter_nearest_neighbours(
+        embeddings[at], embeddings, k, distance=distance, self_indices=at
+    )
     neighbours = neighbours.cpu()
     correct = labels.cpu()[neighbours] == labels.cpu()[queries, None]
 
     figure = Figure(figsize=(1.2 * (k + 1), 1.2 * n_queries))
     axes = figure.subplots(n_queries, k + 1, squeeze=False)
     for row, query in enumerate(queries.tolist()):
-        _show(axes[row, 0], images[query], QUERY, f"query {int(labels[query])}" if row == 0 else None)
+        _show(axes[row, 0], images[query], QUERY, "query" if row == 0 else None)
+        axes[row, 0].set_ylabel(f"class {int(labels[query])}", fontsize=7)
         for col in range(k):
             colour = CORRECT if correct[row, col] else WRONG
-            _show(axes[row, col + 1], images[neighbours[row, col]], colour, f"{col + 1}" if row == 0 else None)
+            _show(
+                axes[row, col + 1], images[neighbours[row, col]], colour, f"{col + 1}" if row == 0 else None
+            )
     figure.suptitle(f"nearest neighbours ({distance}); green = same class, red = other class", fontsize=8)
     figure.savefig(path, dpi=100)
     return queries, neighbours, correct
@@ -91,7 +97,9 @@ def write_recall_at_k_csv(path: str | Path, results: dict[str, dict[str, float]]
 
 def recall_at_k_values(metrics: dict[str, float]) -> list[tuple[int, float]]:
     """``(K, Recall@K)`` pairs of a metrics dict, by increasing K."""
-    pairs = sorted((int(m.group(1)), value) for key, value in metrics.items() if (m := _RECALL_KEY.match(key)))
+    pairs = sorted(
+        (int(m.group(1)), value) for key, value in metrics.items() if (m := _RECALL_KEY.match(key))
+    )
     if not pairs:
         raise ValueError(f"metrics hold no recall@K entries (keys: {sorted(metrics)})")
     return pairs

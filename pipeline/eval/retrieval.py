@@ -62,8 +62,9 @@ def retrieval_metrics(
 
     class_index = class_index.to(embeddings.device)
     r_max = int(num_positives.max())
-    per_query = _per_query_metrics(embeddings, class_index, num_positives, ks, r_max, distance,
-                                   memory_budget_bytes)
+    per_query = _per_query_metrics(
+        embeddings, class_index, num_positives, ks, r_max, distance, memory_budget_bytes
+    )
     scored = num_positives > 0
     metrics = {name: float(values[scored].mean()) for name, values in per_query.items()}
     if nmi:
@@ -100,19 +101,26 @@ def _per_query_metrics(
 
     Two-stage search, because topk's cost grows with k (SOP: R_max = 11 but Recall@1000): the R_max
     nearest serve MAP@R, R-Precision and every K <= R_max; a query with a same-class item among them
-    scores a hit for every larger K too, so only the others need the max(K) nearest (measured 2x
-    faster on SOP-sized data than one topk(1000) for all rows).
+    scores a hit for every larger K too, so only the others need the max(K) nearest. Measured on
+    20k x 512 SOP-like data (2 shared, busy cores): all metrics in 5.7-10.6 s, against 11.7-14.2 s for
+    the single-stage topk(1000) search alone.
     """
     num_items = len(embeddings)
     device = embeddings.device
     shallow = r_max
     deep = max(ks)
     positions = torch.arange(1, r_max + 1, device=device)
-    per_query = {name: torch.zeros(num_items, dtype=torch.float64, device=device)
-                 for name in [*(f"recall@{k}" for k in ks), "map@r", "r_precision"]}
+    per_query = {
+        name: torch.zeros(num_items, dtype=torch.float64, device=device)
+        for name in [*(f"recall@{k}" for k in ks), "map@r", "r_precision"]
+    }
     for start, block in iter_score_blocks(
-        embeddings, embeddings, max(shallow, deep), distance=distance,
-        self_indices=torch.arange(num_items, device=device), memory_budget_bytes=memory_budget_bytes,
+        embeddings,
+        embeddings,
+        max(shallow, deep),
+        distance=distance,
+        self_indices=torch.arange(num_items, device=device),
+        memory_budget_bytes=memory_budget_bytes,
     ):
         stop = start + len(block)
         query_class = class_index[start:stop, None]
