@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.eval.plots import recall_at_k_plot
+
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     # (metrics key, column title, format)
     ("probe_top1", "Probe top-1", "pct"),
@@ -65,29 +67,6 @@ def results_table(rows: Sequence[ResultRow], columns: Sequence[tuple[str, str, s
     return "\n".join(lines)
 
 
-def recall_at_k_figure(path: str | Path, rows: Sequence[ResultRow], title: str) -> None:
-    """Recall@K curves of every row, one line each, so the methods can be compared at a glance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in rows:
-        ks = sorted(int(k.split("@")[1]) for k in row.metrics if k.startswith("recall@"))
-        if ks:
-            ax.plot(ks, [100 * row.metrics[f"recall@{k}"] for k in ks], marker="o", label=f"{row.section}: {row.label}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("K")
-    ax.set_ylabel("Recall@K (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def _label(teacher: str, student: str, loss: str, loss_names: dict[str, str]) -> str:
     return f"{student} student, {loss} ({loss_names.get(loss, loss)})"
 
@@ -131,6 +110,6 @@ def build_report(params, eval_root: Path, out_dir: Path) -> tuple[str, dict[str,
              f"({params.evaluation.probe.train_samples or 'all'} images).", ""]
     for teacher, rows in sections:
         figure = out_dir / f"recall_{teacher}.png"
-        recall_at_k_figure(figure, rows, rows[0].section)
+        recall_at_k_plot(figure, {row.label: row.metrics for row in rows})
         parts += [f"## {rows[0].section}", "", results_table(rows), "", f"![Recall@K]({figure.relative_to(out_dir.parent)})", ""]
     return "\n".join(parts), summary

@@ -95,7 +95,7 @@ def test_repro_writes_metrics_report_and_mlflow_runs_that_agree(repro):
     assert {r.data.tags["dvc.stage"] for r in children} == stages
     assert all(r.info.status == "FINISHED" for r in runs)
 
-    child = next(r for r in children if r.data.tags["dvc.stage"] == "evaluate@simclr-small-relaxed")
+    child = next(r for r in children if r.data.tags["dvc.stage"] == "evaluate_student@simclr-small-relaxed")
     assert child.data.metrics["recall@1"] == pytest.approx(evaluation["recall@1"])
     transfer = next(r for r in children if r.data.tags["dvc.stage"] == "transfer@simclr-small-relaxed")
     assert transfer.data.params["losses.relaxed.params.sigma"] == "1.0"

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipeline.report import ResultRow, read_metrics, recall_at_k_figure, results_table
+from pipeline.report import ResultRow, read_metrics, results_table
 
 
 def test_table_shows_each_metric_of_each_row():
@@ -23,9 +23,3 @@ def test_missing_metrics_file_is_named(tmp_path):
         read_metrics(tmp_path / "nope.json")
     (tmp_path / "m.json").write_text(json.dumps({"recall@1": 0.5}))
     assert read_metrics(tmp_path / "m.json") == {"recall@1": 0.5}
-
-
-def test_recall_figure_is_written(tmp_path):
-    rows = [ResultRow("s", "a", {"recall@1": 0.5, "recall@2": 0.7}), ResultRow("s", "b", {"recall@1": 0.6, "recall@2": 0.8})]
-    recall_at_k_figure(tmp_path / "r.png", rows, "title")
-    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
