@@ -47,10 +47,8 @@ def retrieval_grid_png(
     generator = torch.Generator().manual_seed(seed)
     queries = torch.randperm(len(embeddings), generator=generator)[:n_queries].sort().values
     at = queries.to(embeddings.device)
-    ((_, _, neighbours),) = iter_nearest_neighbours(
-        embeddings[at], embeddings, k, distance=distance, self_indices=at
-    )
-    neighbours = neighbours.cpu()
+    chunks = iter_nearest_neighbours(embeddings[at], embeddings, k, distance=distance, self_indices=at)
+    neighbours = torch.cat([indices.cpu() for _, _, indices in chunks])
     correct = labels.cpu()[neighbours] == labels.cpu()[queries, None]
 
     figure = Figure(figsize=(1.2 * (k + 1), 1.2 * n_queries))
