@@ -191,6 +191,7 @@ class TransferConfig(Strict):
 
 
 class ProbeConfig(Strict):
+    enabled: bool = True  # off for SOP-like sets: thousands of classes with 2-12 images each
     train_samples: PositiveInt | None = None
     val_fraction: Fraction = 0.1
     weight_decays: tuple[PositiveFloat, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)

@@ -64,8 +64,10 @@ def evaluate(
     retrieval = evaluation.retrieval
     metrics.update(retrieval_metrics(test_x, test.labels, ks=retrieval.ks, distance=retrieval.distance,
                                      memory_budget_bytes=retrieval.memory_budget_mb * 2**20, seed=seed))
-    metrics.update(linear_probe(train_x, train.labels, test_x, test.labels, val_fraction=evaluation.probe.val_fraction,
-                                weight_decays=evaluation.probe.weight_decays, seed=seed))
+    if evaluation.probe.enabled:
+        metrics.update(linear_probe(train_x, train.labels, test_x, test.labels,
+                                    val_fraction=evaluation.probe.val_fraction,
+                                    weight_decays=evaluation.probe.weight_decays, seed=seed))
     if evaluation.knn.enabled:
         metrics.update(knn_classify(train_x, train.labels, test_x, test.labels, k=evaluation.knn.k,
                                     temperature=evaluation.knn.temperature))

@@ -1,0 +1,140 @@
+"""Paper-scale profiles are validated without being trained: DVC builds their DAG, and one step of
+each recipe in them runs with tiny overrides on fake data laid out like the real dataset."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fake_archives import build_cars, build_cub, build_sop
+from pipeline import recipes
+from pipeline.config import validate_params
+from pipeline.data import ImageSet
+from pipeline.evaluation import evaluate
+from pipeline.train.loop import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
+BIN = Path(sys.executable).parent
+
+
+def profile(name: str) -> dict:
+    return yaml.safe_load((ROOT / "profiles" / f"{name}.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_dvc_builds_the_profile_dag(path, tmp_path):
+    raw = yaml.safe_load(path.read_text())
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(path, tmp_path / "params.yaml")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=tmp_path, check=True, env=env)
+    listed = subprocess.run([str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    stages = set(listed.stdout.split())
+    expected = {"prepare", "report"} | {f"teacher@{t}" for t in raw["teachers"]}
+    for key, prefix in (("grid", "transfer"), ("metric_grid", "metric_transfer")):
+        grid = raw["transfer"].get(key) or {}
+        for t in grid.get("teacher", []):
+            for s in grid["student"]:
+                for loss in grid["loss"]:
+                    expected.add(f"{prefix}@{t}-{s}-{loss}")
+    assert expected <= stages
+    dag = subprocess.run([str(BIN / "dvc"), "dag", "--md"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert dag.returncode == 0, dag.stderr
+
+
+def shrink(raw: dict, data_root: Path | None) -> dict:
+    """Tiny overrides: small images, one step, small batches, no pretrained weights file, cheap evaluation."""
+    raw = copy.deepcopy(raw)
+    raw["data"].update(image_size=32, download=False, workers=0)
+    if raw["data"].get("load_size"):
+        raw["data"]["load_size"] = 36
+    if data_root is not None:
+        raw["data"]["root"] = str(data_root)
+    for section in ("teachers", "students"):
+        for entry in raw[section].values():
+            entry["model"].pop("weights_path", None)
+    for entry in [*(t["train"] for t in raw["teachers"].values()), raw["transfer"]["train"]]:
+        entry.update(epochs=1, max_steps=1, batch_size=8)
+        entry["optimizer"]["warmup_epochs"] = 0
+    for teacher in raw["teachers"].values():
+        teacher.get("moco", {}).update(queue_size=16)
+    if raw["transfer"].get("sampler"):
+        raw["transfer"]["sampler"] = {"classes_per_batch": 4, "samples_per_class": 2}
+    probe = raw.get("evaluation", {}).get("probe", {}).get("enabled", True)
+    raw["evaluation"] = {"batch_size": 64, "tsne_points": 0, "probe": {"enabled": probe},
+                         "knn": {"enabled": True, "k": 5}, "retrieval": {"ks": [1, 2]}}
+    return raw
+
+
+def fake_cifar10(split: str, root=None, download: bool = False) -> ImageSet:
+    """CIFAR-10's layout (uint8 3x32x32, 10 classes) without its pickled batches."""
+    generator = torch.Generator().manual_seed(0 if split == "train" else 1)
+    count = 200 if split == "train" else 40
+    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    return ImageSet("cifar10", images, torch.arange(count) % 10, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+
+
+def one_step_of_every_recipe(params, tmp_path: Path) -> dict:
+    """Train each teacher and each grid student for one step and evaluate one student."""
+    results = {}
+    for grid in (params.transfer.grid, params.transfer.metric_grid):
+        if grid is None or not grid.teacher:
+            continue
+        teacher_name = grid.teacher[0]
+        teacher_cfg = params.teachers[teacher_name]
+        images = recipes.load_images(params.data, "train", teacher_cfg.train_classes)
+        objective, _ = recipes.teacher_objective(params, teacher_name, images)
+        settings = recipes.train_settings(teacher_cfg.train, params.seed, len(images), device="cpu",
+                                          samples_per_class=recipes.teacher_sampler(params, teacher_name))
+        fit(objective, images, settings, checkpoint_dir=tmp_path / teacher_name)
+        teacher = objective.model.eval()
+        sampler = params.transfer.sampler
+        for student in grid.student:
+            student_objective, _ = recipes.transfer_objective(params, teacher_name, student, grid.loss[0], teacher, images)
+            settings = recipes.train_settings(params.transfer.train, params.seed, len(images), device="cpu",
+                                              samples_per_class=sampler.samples_per_class if sampler else None)
+            result = fit(student_objective, images, settings, checkpoint_dir=tmp_path / f"{teacher_name}-{student}")
+            results[f"{teacher_name}-{student}"] = result.losses
+        test = recipes.load_images(params.data, "test")
+        metrics, _ = evaluate(student_objective.model, images, test, params.evaluation, params.data.image_size, params.seed)
+        results["metrics"] = metrics
+    return results
+
+
+@pytest.mark.parametrize("name, build, all_students", [("cub200", build_cub, True), ("cars196", build_cars, False),
+                                                       ("sop", build_sop, False)])
+def test_metric_learning_profile_runs_one_step_on_a_fake_archive(name, build, all_students, tmp_path):
+    """CUB runs every student of the grid; Cars and SOP (same code after loading) only the first."""
+    build(tmp_path / "data")
+    raw = shrink(profile(name), tmp_path / "data")
+    if not all_students:
+        raw["transfer"]["metric_grid"]["student"] = raw["transfer"]["metric_grid"]["student"][:1]
+    params = validate_params(raw)
+    results = one_step_of_every_recipe(params, tmp_path)
+    students = [k for k in results if k != "metrics"]
+    assert len(students) == len(params.transfer.metric_grid.student)
+    assert all(len(losses) == 1 and torch.isfinite(torch.tensor(losses[0][1])) for losses in
+               (results[k] for k in students))
+    assert 0.0 <= results["metrics"]["recall@1"] <= 1.0
+
+
+def test_cifar10_profile_runs_one_step_on_fake_cifar(tmp_path, monkeypatch):
+    from pipeline import data
+
+    monkeypatch.setitem(data.IN_MEMORY, "cifar10", fake_cifar10)
+    raw = shrink(profile("cifar10_ssl"), None)
+    raw["transfer"]["grid"]["student"] = ["small"]  # the ResNet-18 self-transfer is the same code path
+    params = validate_params(raw)
+    results = one_step_of_every_recipe(params, tmp_path)
+    assert "simclr-small" in results and "probe_top1" in results["metrics"]
