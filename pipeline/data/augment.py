@@ -13,7 +13,7 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-KINDS = ("simclr", "mocov2", "metric", "none")
+KINDS = ("simclr", "mocov2", "metric", "cifar", "none")
 
 
 class BatchAugmentation(nn.Module):
@@ -62,6 +62,8 @@ def build_augmentation(
     - simclr: random resized crop (scale 0.08-1), flip, colour jitter 0.8/0.8/0.8/0.2 at p 0.8, grayscale 0.2, blur 0.5
     - mocov2: crop (0.2-1), flip, jitter 0.4/0.4/0.4/0.1 at p 0.8, grayscale 0.2, blur 0.5
     - metric: crop (0.08-1) + flip, the Proxy-Anchor recipe
+    - cifar: zero-pad `image_size // 8` (4 px at 32, the classification-KD recipe of RepDistiller; 12 at
+      STL-10's 96), random crop back to `image_size`, flip
     - none: centre crop to `image_size` when the batch is larger, then normalise (evaluation)
     """
     if kind not in KINDS:
@@ -71,6 +73,9 @@ def build_augmentation(
     size = (image_size, image_size)
     if kind == "none":
         return BatchAugmentation([K.CenterCrop(size)], channels, mean, std)
+    if kind == "cifar":
+        crop = K.RandomCrop(size, padding=max(1, image_size // 8))
+        return BatchAugmentation([crop, K.RandomHorizontalFlip()], channels, mean, std)
     default_scale = {"simclr": (0.08, 1.0), "mocov2": (0.2, 1.0), "metric": (0.08, 1.0)}[kind]
     crop = K.RandomResizedCrop(size, scale=crop_scale or default_scale)
     flip = K.RandomHorizontalFlip()

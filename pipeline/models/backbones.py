@@ -137,7 +137,9 @@ _CIFAR_LAYOUTS = {
     "cifar_resnet34": (BasicBlock, (3, 4, 6, 3)),
     "cifar_resnet50": (Bottleneck, (3, 4, 6, 3)),
 }
-BACKBONES = (*_CIFAR_LAYOUTS, "resnet18", "resnet50", "small_resnet")
+# The CRD benchmark's classifier backbones live in classifiers.py (which builds on this module).
+_CLASSIFIER_BACKBONES = ("resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_2")
+BACKBONES = (*_CIFAR_LAYOUTS, "resnet18", "resnet50", "small_resnet", *_CLASSIFIER_BACKBONES)
 
 
 def build_backbone(name: str, in_channels: int = 3, **kwargs) -> nn.Module:
@@ -146,7 +148,8 @@ def build_backbone(name: str, in_channels: int = 3, **kwargs) -> nn.Module:
     Names: ``cifar_resnet18|34|50`` (3x3 stride-1 stem, no max-pool; optional ``norm_layer``),
     ``resnet18|50`` (ImageNet stem; optional ``weights_path``), ``small_resnet`` (one BasicBlock per
     stage; ``widths`` default (32, 64, 128), ``stem_stride`` default 2, optional ``blocks_per_stage``,
-    ``norm_layer``).
+    ``norm_layer``), ``resnet8x4|32x4`` and ``wrn_16_2|40_2`` (the CRD benchmark's classifier
+    backbones, ``pipeline.models.classifiers``; no options).
     """
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
@@ -160,4 +163,8 @@ def build_backbone(name: str, in_channels: int = 3, **kwargs) -> nn.Module:
         blocks = tuple(kwargs.pop("blocks_per_stage", (1,) * len(widths)))
         stem_stride = kwargs.pop("stem_stride", 2)
         return CifarResNet(BasicBlock, blocks, widths, in_channels, stem_stride=stem_stride, **kwargs)
+    if name in _CLASSIFIER_BACKBONES:
+        from pipeline.models.classifiers import build_classifier_backbone  # deferred: it imports this module
+
+        return build_classifier_backbone(name, in_channels, **kwargs)
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")

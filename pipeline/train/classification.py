@@ -1,0 +1,128 @@
+"""Classification distillation for the one loop (``fit``): cross-entropy alone, or cross-entropy plus a
+transfer term from a frozen classifier teacher, and top-k accuracy of a classifier's logits.
+
+The standard KD recipe (RepDistiller, the CRD benchmark the paper's classification table follows):
+one augmented view per image (augmentation kind ``cifar``: pad-4 crop + flip), seen by teacher and
+student alike; ``loss = ce_weight * CE(student logits, labels) + transfer_weight * term``, where the
+term acts on the penultimate embeddings (relaxed contrastive, RKD, PKT, CRD) or on the logits
+(Hinton KD). The loop checks every returned loss for finiteness.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.eval.features import extract_features
+from pipeline.eval.linear_probe import topk_accuracy
+from pipeline.models.classifier import Classifier
+from pipeline.train.objectives import Objective, full_precision
+
+EMBEDDING_TERMS = ("relaxed_contrastive", "rkd", "pkt", "crd")
+LOGIT_TERMS = ("hinton_kd",)
+TRANSFER_TERMS = (*EMBEDDING_TERMS, *LOGIT_TERMS)
+
+
+class CrossEntropyObjective(Objective):
+    """A classifier trained on its labels alone: the teacher, or the student-alone control."""
+
+    def __init__(self, model: Classifier, augment: nn.Module) -> None:
+        super().__init__(augment)
+        self.classifier = model
+
+    @property
+    def model(self) -> Classifier:
+        return self.classifier
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        logits = self.classifier(self.view(images))
+        with full_precision(images.device):
+            return F.cross_entropy(logits.float(), labels)
+
+
+class DistillationObjective(Objective):
+    """Student cross-entropy plus one transfer term from the frozen ``teacher``.
+
+    The teacher is kept out of the module tree (as in ``TransferObjective``): not trained, not
+    checkpointed, not synchronised by DDP, and left in eval mode when the objective switches to train.
+    The embedding terms gather over DDP ranks themselves; CE and Hinton KD are per-sample means, whose
+    gradients DDP's averaging already makes global.
+    """
+
+    def __init__(
+        self,
+        student: Classifier,
+        teacher: Classifier,
+        augment: nn.Module,
+        transfer_loss: nn.Module,
+        transfer_name: str,
+        transfer_weight: float,
+        ce_weight: float = 1.0,
+    ) -> None:
+        super().__init__(augment)
+        if transfer_name not in TRANSFER_TERMS:
+            raise ValueError(f"transfer_name must be one of {TRANSFER_TERMS}, got {transfer_name!r}")
+        for name, value in (("transfer_weight", transfer_weight), ("ce_weight", ce_weight)):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if transfer_name in LOGIT_TERMS and student.num_classes != teacher.num_classes:
+            raise ValueError(
+                f"{transfer_name} compares logits: student has {student.num_classes} classes, "
+                f"teacher {teacher.num_classes}"
+            )
+        self.student = student
+        self.criterion = transfer_loss
+        self.transfer_name = transfer_name
+        self.transfer_weight = transfer_weight
+        self.ce_weight = ce_weight
+        teacher.eval().requires_grad_(False)
+        self.__dict__["teacher"] = teacher
+
+    @property
+    def model(self) -> Classifier:
+        return self.student
+
+    def setup(self, device: torch.device) -> None:
+        self.teacher.to(device=device, memory_format=self.memory_format)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        view = self.view(images)
+        student_features = self.student.features(view)
+        student_logits = self.student.logits(student_features)
+        with torch.no_grad():
+            teacher_features = self.teacher.features(view)
+        with full_precision(images.device):
+            ce = F.cross_entropy(student_logits.float(), labels)
+            if self.transfer_name in LOGIT_TERMS:
+                term = self.criterion(student_logits.float(), self.teacher.logits(teacher_features).float())
+            elif self.transfer_name == "crd":
+                term = self.criterion(student_features.float(), teacher_features.float(), indices)
+            else:
+                term = self.criterion(student_features.float(), teacher_features.float())
+            return self.ce_weight * ce + self.transfer_weight * term
+
+
+def classification_metrics(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 256,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Top-1 (and top-5 when there are >= 10 classes) accuracy of ``model``'s logits, as fractions.
+
+    ``transform`` maps a raw batch to the model's input (e.g. ``build_augmentation("none", ...)``);
+    the model runs in eval mode and its train/eval flags are restored afterwards.
+    """
+    if labels.shape != (len(images),):
+        raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+    logits, targets = extract_features(model, images, batch_size, device, transform, labels=labels)
+    metrics = {"top1": float(topk_accuracy(logits, targets, 1))}
+    if logits.shape[1] >= 10:
+        metrics["top5"] = float(topk_accuracy(logits, targets, 5))
+    return metrics
