@@ -1,0 +1,170 @@
+"""MLflow tracking: store location, fail-fast, statuses, parent runs, concurrent SQLite writers."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline import tracking
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (creating one costs seconds)."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def runs_of_stage(uri: str, stage: str):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], f"tags.`dvc.stage` = '{stage}'")
+
+
+def test_default_store_is_absolute_sqlite_at_dvc_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    # sqlite:/// + an absolute path = four slashes; the busy timeout makes writers wait for the lock.
+    assert tracking.tracking_uri() == f"sqlite:////{str(tmp_path).lstrip('/')}/mlflow.db?timeout=60"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking.tracking_uri() == "http://tracking.example:5000"
+
+
+def test_flatten_params_gives_dvc_dotted_keys():
+    nested = {"teacher": {"optim": {"lr": 0.1, "name": "sgd"}, "widths": [32, 64]}, "seed": 3}
+    assert tracking.flatten_params(nested) == {
+        "teacher.optim.lr": "0.1", "teacher.optim.name": "sgd", "teacher.widths": "[32, 64]", "seed": "3",
+    }
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_fails_fast_before_any_run(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingUnavailableError, match="unreachable"):
+        with tracking.start_run("never"):
+            pytest.fail("the body must not run")
+    assert time.monotonic() - started < 5  # no MLflow client retry loop (minutes by default)
+
+
+def test_missing_sqlite_folder_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    with pytest.raises(tracking.TrackingUnavailableError, match="missing"):
+        with tracking.start_run("never"):
+            pass
+
+
+@pytest.mark.parametrize("raised, status", [
+    (None, "FINISHED"),
+    (ValueError("boom"), "FAILED"),
+    (KeyboardInterrupt(), "KILLED"),
+    (SystemExit(143), "KILLED"),
+    (SystemExit(0), "FINISHED"),
+])
+def test_run_status_follows_how_the_block_ends(raised, status, store, monkeypatch):
+    monkeypatch.setenv(tracking.RUN_GROUP_ENV, "status-test")
+    stage = f"status-{type(raised).__name__}-{getattr(raised, 'code', '')}"
+    with pytest.raises(type(raised)) if raised is not None else pytest.MonkeyPatch.context():
+        with tracking.start_run(stage, params={"a": {"b": 1}}, system_metrics=False) as run:
+            run.log_metrics({"train/loss": 2.0}, step=1)
+            if raised is not None:
+                raise raised
+    (tracked,) = runs_of_stage(store, stage)
+    assert tracked.info.status == status
+    assert tracked.data.params == {"a.b": "1"}
+    assert tracked.data.metrics["train/loss"] == 2.0  # buffered metrics are flushed on every exit
+
+
+def test_tags_and_system_metrics(store, monkeypatch):
+    monkeypatch.setenv(tracking.RUN_GROUP_ENV, "tags-test")
+    monkeypatch.setenv("DVC_EXP_NAME", "gusty-pier")
+    with tracking.start_run("tagged", tags={"teacher": "simclr"}, system_metrics_interval_s=0.3):
+        time.sleep(1.0)
+    (tracked,) = runs_of_stage(store, "tagged")
+    tags = tracked.data.tags
+    assert tags["dvc.exp_name"] == "gusty-pier" and tags["teacher"] == "simclr" and tags["device"] == "cpu"
+    assert len(tags["git.commit"]) == 40 or tags["git.commit"] == "unknown"
+    assert any(key.startswith("system/cpu") for key in tracked.data.metrics)
+
+
+WRITER = textwrap.dedent('''
+    import sys
+    from pipeline import tracking
+    name, count = sys.argv[1], int(sys.argv[2])
+    for i in range(count):
+        with tracking.start_run(f"{name}-{i}", params={"i": i}, system_metrics=False) as run:
+            for step in range(1, 41):
+                run.log_metrics({"train/loss": float(step)}, step=step)
+                run.flush()  # one write transaction per metric: as much lock contention as possible
+''')
+
+
+def test_concurrent_writers_lose_no_runs_and_share_one_parent(tmp_path, store):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    env = {**os.environ, "PYTHONPATH": str(REPO), tracking.RUN_GROUP_ENV: "concurrent-test"}
+    writers = [subprocess.Popen([sys.executable, str(script), name, "3"], env=env, cwd=REPO,
+                                stderr=subprocess.PIPE, text=True) for name in ("left", "right")]
+    for writer in writers:
+        _, stderr = writer.communicate(timeout=240)
+        assert writer.returncode == 0, stderr[-2000:]
+    parents = set()
+    for name in ("left", "right"):
+        for i in range(3):
+            (tracked,) = runs_of_stage(store, f"{name}-{i}")
+            assert tracked.info.status == "FINISHED"
+            history = MlflowClient(store).get_metric_history(tracked.info.run_id, "train/loss")
+            assert sorted(m.step for m in history) == list(range(1, 41))
+            parents.add(tracked.data.tags["mlflow.parentRunId"])
+    assert len(parents) == 1  # both processes found the same parent, and only one was created
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    found = client.search_runs([experiment.experiment_id],
+                               f"tags.`{tracking.RUN_GROUP_TAG}` = 'concurrent-test' and "
+                               f"tags.`{tracking.PARENT_TAG}` = 'true'")
+    assert [run.info.run_id for run in found] == list(parents)
+
+
+FAKE_DVC = textwrap.dedent('''
+    import subprocess, sys
+    # Stands in for `dvc repro`: runs two "stages" through a shell, as DVC does.
+    for _ in range(2):
+        subprocess.run(["/bin/sh", "-c", f"{sys.executable} -c 'from pipeline.tracking import run_group_id; "
+                        f"print(run_group_id())'"], check=True)
+''')
+
+
+def test_stages_of_one_dvc_invocation_share_a_run_group(tmp_path):
+    fake_dvc = tmp_path / "dvc"
+    fake_dvc.write_text(f"#!{sys.executable}\n{FAKE_DVC}")
+    fake_dvc.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != tracking.RUN_GROUP_ENV}
+    env["PYTHONPATH"] = str(REPO)
+    groups = []
+    for _ in range(2):
+        process = subprocess.Popen([str(fake_dvc)], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        out, _ = process.communicate(timeout=120)
+        assert process.returncode == 0
+        first, second = out.split()
+        assert first == second and first.startswith(f"dvc-{process.pid}-")
+        groups.append(first)
+    assert groups[0] != groups[1]
