@@ -13,7 +13,7 @@ from test_train import tracking_store  # noqa: F401  (module-scoped SQLite store
 from torch import nn
 
 from pipeline import losses, tracking
-from pipeline.data import load_dataset
+from pipeline.data import ImageSet, load_dataset
 from pipeline.data.augment import build_augmentation
 from pipeline.models import build_backbone
 from pipeline.models.classifier import Classifier
@@ -264,3 +264,33 @@ def test_classification_metrics_match_brute_force_argmax(num_classes):
 def test_classification_metrics_refuses_mismatched_labels():
     with pytest.raises(ValueError, match="labels"):
         classification_metrics(tiny_classifier(), torch.zeros(4, 1, 8, 8), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("term", list(TERMS))
+def test_paper_backbones_distil_on_cuda_under_bf16_and_channels_last(term, tmp_path):
+    """resnet32x4 -> resnet8x4 on random CIFAR-sized data: the terms run in float32 inside autocast,
+    the teacher follows the objective to the device and stays frozen."""
+    torch.manual_seed(0)
+    data = ImageSet(
+        "random",
+        torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8),
+        torch.randint(0, 100, (256,)),
+        100,
+        (0.5,) * 3,
+        (0.25,) * 3,
+    )
+    student = Classifier(build_backbone("resnet8x4"), 100)
+    teacher = Classifier(build_backbone("resnet32x4"), 100)
+    params, weight = TERMS[term]
+    if term == "crd":
+        params = {**params, "student_dim": 256, "teacher_dim": 256, "n_data": len(data)}
+    augment = build_augmentation("cifar", 32, 3, data.mean, data.std)
+    objective = DistillationObjective(student, teacher, augment, losses.build(term, **params), term, weight)
+    config = TrainConfig(
+        epochs=1, max_steps=3, batch_size=64, lr=0.05, amp="bf16", device="cuda", log_every_steps=1
+    )
+    result = fit(objective, data, config, checkpoint_dir=tmp_path)
+    assert len(result.losses) == 3 and all(math.isfinite(v) for _, v in result.losses)
+    assert next(objective.teacher.parameters()).is_cuda and not objective.teacher.training
