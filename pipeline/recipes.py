@@ -4,6 +4,7 @@ Stages stay thin by calling these; tests build the same objects from a tiny conf
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -98,6 +99,21 @@ def _own_objective(method: str, teacher: cfg.TeacherConfig, model: EmbeddingMode
                                 warmup_epochs=pa.warmup_epochs, freeze_batchnorm=pa.frozen_bn)
 
 
+def _initialised_from_seed(build):
+    """Initial weights (backbones, heads, proxies, regressors, queues) come from params.yaml's `seed` alone,
+    so two runs of a stage start alike and a resumed run can equal an uninterrupted one; the caller's
+    global RNG is left as it was."""
+
+    @functools.wraps(build)
+    def seeded_build(params: cfg.Params, *args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(params.seed)
+            return build(params, *args, **kwargs)
+
+    return seeded_build
+
+
+@_initialised_from_seed
 def teacher_objective(params: cfg.Params, name: str, images: ImageSet) -> tuple[Objective, ModelSpec]:
     """The objective that trains teacher `name` on `images`, and the spec its model is saved with."""
     teacher = params.teachers[name]
@@ -114,6 +130,7 @@ def teacher_sampler(params: cfg.Params, name: str) -> int | None:
     return teacher.proxy_anchor.samples_per_class if teacher.method == "proxy_anchor" else None
 
 
+@_initialised_from_seed
 def transfer_objective(
     params: cfg.Params, teacher_name: str, student_name: str, loss_name: str,
     teacher: EmbeddingModel, images: ImageSet,
