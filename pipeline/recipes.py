@@ -180,16 +180,22 @@ def count_parameters(model: torch.nn.Module, exclude_projection: bool = True) ->
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
-def load_teacher(path: Path, teacher: cfg.TeacherConfig) -> tuple[EmbeddingModel, ModelSpec]:
-    """The frozen teacher, refused when its checkpoint does not match the teacher params.yaml declares."""
+def load_saved_model(path: Path, what: str = "model") -> tuple[EmbeddingModel, ModelSpec]:
+    """A model a stage saved; a corrupt or foreign file is a one-line ValueError naming it, not a traceback."""
     from pipeline.models import load_model
 
+    try:
+        return load_model(path)
+    except Exception as err:  # a corrupt or foreign file: torch/pickle raise many types, with long messages
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{what} {path} cannot be loaded ({type(err).__name__}: {reason})") from None
+
+
+def load_teacher(path: Path, teacher: cfg.TeacherConfig) -> tuple[EmbeddingModel, ModelSpec]:
+    """The frozen teacher, refused when its checkpoint does not match the teacher params.yaml declares."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"teacher checkpoint {path} does not exist; run its teacher stage first")
-    try:
-        model, spec = load_model(path)
-    except Exception as err:  # a corrupt or foreign file: torch/pickle raise many types
-        raise ValueError(f"teacher checkpoint {path} cannot be loaded ({type(err).__name__}: {err})") from None
+    model, spec = load_saved_model(path, "teacher checkpoint")
     expected = (teacher.model.backbone, teacher.model.embedding_dim, list(teacher.model.widths or []))
     found = (spec.backbone, spec.embedding_dim, list(spec.backbone_kwargs.get("widths", [])))
     if expected != found:

@@ -23,7 +23,6 @@ def main(argv: list[str]) -> None:
     from pipeline import recipes, tracking
     from pipeline.config import flatten
     from pipeline.evaluation import evaluate, evaluation_figures
-    from pipeline.models import load_model
 
     if args.kind == "teacher":
         model_id, checkpoint = f"teacher-{args.teacher}", teacher_dir(args.teacher) / "model.pt"
@@ -41,7 +40,7 @@ def main(argv: list[str]) -> None:
         if checkpoint is not None:
             if not checkpoint.is_file():
                 raise FileNotFoundError(f"{checkpoint} does not exist; run the stage that trains {model_id} first")
-            model, _ = load_model(checkpoint)
+            model, _ = recipes.load_saved_model(checkpoint)
         classes = recipes.evaluation_classes(params, args.teacher)
         train = recipes.load_images(params.data, "train", classes)
         test = recipes.load_images(params.data, "test", classes)
