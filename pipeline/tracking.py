@@ -40,19 +40,38 @@ DEFAULT_EXPERIMENT = "embedding-transfer"
 T = TypeVar("T")
 
 
-class TrackingUnavailableError(RuntimeError):
-    """The tracking store cannot be reached; raised before any training starts."""
+class TrackingUnavailableError(ConnectionError):
+    """The tracking store cannot be reached; raised before any training starts (a ConnectionError, so
+    stages report it in one line without importing MLflow to catch it)."""
 
 
 def repository_root() -> Path:
+    """Where mlflow.db lives: ``DVC_ROOT``, else the git root, else the working directory, mapped out of
+    DVC's experiment copies (``<repo>/.dvc/tmp/exps/...``) back to ``<repo>``.
+
+    DVC 3.67 passes queued experiments the parent repository as ``DVC_ROOT``; the mapping covers DVC
+    versions that pass the temporary copy, and stages run by hand inside one, whose runs would
+    otherwise vanish with the copy.
+    """
     if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5,
-                             check=True)
-        return Path(out.stdout.strip()).resolve()
-    except (OSError, subprocess.SubprocessError):
-        return Path.cwd().resolve()
+        root = Path(os.environ["DVC_ROOT"]).resolve()
+    else:
+        try:
+            out = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                                 timeout=5, check=True)
+            root = Path(out.stdout.strip()).resolve()
+        except (OSError, subprocess.SubprocessError):
+            root = Path.cwd().resolve()
+    return experiment_copy_owner(root) or root
+
+
+def experiment_copy_owner(path: Path) -> Path | None:
+    """``<repo>`` when ``path`` lies inside ``<repo>/.dvc/tmp/exps/``, else None."""
+    parts = path.parts
+    for i in range(len(parts) - 3):
+        if parts[i + 1 : i + 4] == (".dvc", "tmp", "exps"):
+            return Path(*parts[: i + 1])
+    return None
 
 
 def tracking_uri() -> str:

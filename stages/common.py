@@ -1,8 +1,9 @@
 """What every stage shares: where outputs go, reading params.yaml, and turning failures into one line.
 
-A failure before training (bad params, a missing dataset, a wrong checkpoint) prints one line naming the
-key, file or value and exits 2; an interrupted run exits 128+signal after saving; a non-finite loss
-exits 1. Nothing here is worth unit-testing on its own: the stage tests drive it end to end.
+A failure before training (bad params, a missing dataset, a wrong or corrupt checkpoint, an unreachable
+MLflow store) prints one line naming the key, file or value and exits 2; an interrupted run exits
+128+signal after saving; a non-finite loss exits 1. Nothing here is worth unit-testing on its own:
+the stage tests drive it end to end.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError, ValueError, KeyError) as err:
+    except (ConfigError, DatasetNotFoundError, FileNotFoundError, ValueError, KeyError, ConnectionError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
