@@ -78,11 +78,9 @@ class DataConfig(Strict):
         return self
 
 
-class ModelConfig(Strict):
+class BackboneConfig(Strict):
     backbone: str
     widths: tuple[PositiveInt, ...] | None = None
-    embedding_dim: PositiveInt
-    weights_path: str | None = None
 
     @field_validator("backbone")
     @classmethod
@@ -90,10 +88,15 @@ class ModelConfig(Strict):
         return _choice(value, _backbones(), "backbone")
 
     @model_validator(mode="after")
-    def _widths_only_for_small_nets(self) -> "ModelConfig":
+    def _widths_only_for_small_nets(self):
         if self.widths is not None and self.backbone != "small_resnet":
             raise ValueError(f"widths applies to backbone 'small_resnet' only, not {self.backbone!r}")
         return self
+
+
+class ModelConfig(BackboneConfig):
+    embedding_dim: PositiveInt
+    weights_path: str | None = None
 
 
 class OptimizerConfig(Strict):
@@ -232,6 +235,67 @@ class EvaluationConfig(Strict):
     retrieval: RetrievalConfig = RetrievalConfig()
 
 
+class DistillationMethodConfig(Strict):
+    """One row of the classification table: cross-entropy plus (optionally) one transfer term."""
+
+    loss: str | None = None  # None: the student trained alone (the control)
+    params: dict[str, Union[bool, int, float, str]] = {}
+    ce_weight: NonNegativeFloat = 1.0
+    transfer_weight: NonNegativeFloat = 1.0
+
+    @field_validator("loss")
+    @classmethod
+    def _known_term(cls, value: str | None) -> str | None:
+        from pipeline.train.classification import TRANSFER_TERMS
+
+        return None if value is None else _choice(value, tuple(TRANSFER_TERMS), "classification transfer loss")
+
+
+class ClassificationGridConfig(Strict):
+    teacher: tuple[str, ...] = ()
+    student: tuple[str, ...] = ()
+    method: tuple[str, ...] = ()
+
+
+class ClassifierTeacherConfig(Strict):
+    model: BackboneConfig
+    train: TrainConfig
+
+
+class ClassificationConfig(Strict):
+    """Classifier distillation (the paper's third experiment): CE teachers, students with CE + one term.
+
+    Empty by default, so profiles without it declare no classification stages.
+    """
+
+    augmentation: str = "cifar"
+    teachers: dict[str, ClassifierTeacherConfig] = {}
+    students: dict[str, BackboneConfig] = {}
+    methods: dict[str, DistillationMethodConfig] = {}
+    train: TrainConfig | None = None
+    grid: ClassificationGridConfig = ClassificationGridConfig()
+
+    @field_validator("augmentation")
+    @classmethod
+    def _known_augmentation(cls, value: str) -> str:
+        return _choice(value, AUGMENTATIONS, "augmentation")
+
+    @model_validator(mode="after")
+    def _grid_declared(self) -> "ClassificationConfig":
+        for section in ("teachers", "students", "methods"):
+            for name in getattr(self, section):
+                if not NAME_PATTERN.match(name):
+                    raise ValueError(f"{section}.{name}: names must match {NAME_PATTERN.pattern} (they become paths)")
+        for field, section in (("teacher", "teachers"), ("student", "students"), ("method", "methods")):
+            for name in getattr(self.grid, field):
+                if name not in getattr(self, section):
+                    raise ValueError(f"grid.{field}: {name!r} is not in classification.{section} "
+                                     f"(declared: {', '.join(getattr(self, section)) or 'none'})")
+        if self.grid.student and self.train is None:
+            raise ValueError("train: required when grid.student is not empty (the students' training settings)")
+        return self
+
+
 class MlflowConfig(Strict):
     experiment: str = "embedding-transfer"
 
@@ -244,6 +308,7 @@ class Params(Strict):
     losses: dict[str, LossConfig]
     transfer: TransferConfig
     evaluation: EvaluationConfig = EvaluationConfig()
+    classification: ClassificationConfig = ClassificationConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     @model_validator(mode="after")

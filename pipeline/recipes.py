@@ -203,3 +203,42 @@ def load_teacher(path: Path, teacher: cfg.TeacherConfig) -> tuple[EmbeddingModel
                          f"but params.yaml declares {expected}; re-run the teacher stage")
     model.eval().requires_grad_(False)
     return model, spec
+
+
+def classifier_spec(backbone: cfg.BackboneConfig, channels: int, num_classes: int):
+    from pipeline.models.classifier import ClassifierSpec
+
+    kwargs = {"widths": list(backbone.widths)} if backbone.widths is not None else {}
+    return ClassifierSpec(backbone=backbone.backbone, num_classes=num_classes, in_channels=channels,
+                          backbone_kwargs=kwargs)
+
+
+def classifier_teacher_objective(params: cfg.Params, name: str, images: ImageSet):
+    """The cross-entropy teacher `name` of the classification experiment, and its spec."""
+    from pipeline.models.classifier import build_classifier
+    from pipeline.train.classification import CrossEntropyObjective
+
+    section = params.classification
+    spec = classifier_spec(section.teachers[name].model, images.channels, images.num_classes)
+    return CrossEntropyObjective(build_classifier(spec), _augment(section.augmentation, params.data, images)), spec
+
+
+def classifier_student_objective(params: cfg.Params, student: str, method: str, teacher, images: ImageSet):
+    """A student classifier: cross-entropy alone, or plus the method's transfer term from `teacher`."""
+    from pipeline.models.classifier import build_classifier
+    from pipeline.train.classification import CrossEntropyObjective, DistillationObjective
+
+    section = params.classification
+    spec = classifier_spec(section.students[student], images.channels, images.num_classes)
+    model = build_classifier(spec)
+    augment = _augment(section.augmentation, params.data, images)
+    chosen = section.methods[method]
+    if chosen.loss is None:
+        return CrossEntropyObjective(model, augment), spec
+    loss_params = dict(chosen.params)
+    if chosen.loss == "crd":
+        loss_params.update(student_dim=model.embedding_dim, teacher_dim=teacher.embedding_dim, n_data=len(images))
+    term = losses.build(chosen.loss, **loss_params)
+    objective = DistillationObjective(model, teacher, augment, term, chosen.loss, chosen.transfer_weight,
+                                      ce_weight=chosen.ce_weight)
+    return objective, spec

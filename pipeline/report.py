@@ -112,4 +112,29 @@ def build_report(params, eval_root: Path, out_dir: Path) -> tuple[str, dict[str,
         figure = out_dir / f"recall_{teacher}.png"
         recall_at_k_plot(figure, {row.label: row.metrics for row in rows})
         parts += [f"## {rows[0].section}", "", results_table(rows), "", f"![Recall@K]({figure.relative_to(out_dir.parent)})", ""]
+    classification = params.classification.grid
+    if classification.student:
+        rows = classification_rows(params, eval_root.parent / "classification")
+        parts += ["## Classification: the loss as a distillation term beside cross-entropy", "",
+                  results_table(rows, CLASSIFICATION_COLUMNS), ""]
+        for row in rows:
+            summary[f"classification.{row.label}.top1"] = float(row.metrics["top1"])
     return "\n".join(parts), summary
+
+
+CLASSIFICATION_COLUMNS = (("top1", "Top-1", "pct"), ("top5", "Top-5", "pct"), ("parameters", "Params", "params"))
+
+
+def classification_rows(params, root: Path) -> list[ResultRow]:
+    """Teacher, then each (student, method) of the classification grid, in grid order."""
+    grid = params.classification.grid
+    rows = []
+    for teacher in grid.teacher:
+        title = f"{teacher} classifier teacher ({params.classification.teachers[teacher].model.backbone})"
+        rows.append(ResultRow(title, f"teacher {teacher}", read_metrics(root / "teachers" / teacher / "metrics.json")))
+        for student in grid.student:
+            for method in grid.method:
+                loss = params.classification.methods[method].loss or "cross-entropy only"
+                rows.append(ResultRow(title, f"{student} student, {method} ({loss})",
+                                      read_metrics(root / f"{teacher}-{student}-{method}" / "metrics.json")))
+    return rows

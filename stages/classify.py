@@ -1,0 +1,88 @@
+"""DVC stages `classifier_teacher` and `classifier_student@STUDENT-METHOD`: classifier distillation.
+
+The teacher is trained with cross-entropy; each student with cross-entropy plus one transfer term from
+the frozen teacher (or alone, the control). Both are scored by top-1 / top-5 on the test split.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from stages.common import OUTPUTS, load, quiet_libraries, run_stage, stage_name, training_metrics, write_json
+
+CLASSIFICATION = OUTPUTS / "classification"
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("role", choices=("teacher", "student"))
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--student")
+    parser.add_argument("--method")
+    args = parser.parse_args(argv)
+    params = load()
+    section = params.classification
+    if args.teacher not in section.teachers:
+        raise KeyError(f"classification.teachers.{args.teacher} is not in params.yaml "
+                       f"(declared: {', '.join(section.teachers) or 'none'})")
+    if args.role == "student" and (args.student not in section.students or args.method not in section.methods):
+        raise KeyError(f"classification.students.{args.student} / classification.methods.{args.method}: "
+                       "not both declared in params.yaml")
+    quiet_libraries()
+
+    from pipeline import recipes, tracking
+    from pipeline.config import flatten
+    from pipeline.data.augment import build_augmentation
+    from pipeline.models.classifier import load_classifier, save_classifier
+    from pipeline.train.classification import classification_metrics
+    from pipeline.train.fingerprint import claim_checkpoint_dir, file_sha256
+    from pipeline.train.loop import fit
+
+    common = {"seed": params.seed, "data": params.data.model_dump(mode="json")}
+    teacher_cfg = {"teachers": {args.teacher: section.teachers[args.teacher].model_dump(mode="json")},
+                   "augmentation": section.augmentation}
+    if args.role == "teacher":
+        out = CLASSIFICATION / "teachers" / args.teacher
+        chosen = teacher_cfg
+        stage = stage_name(f"classifier_teacher@{args.teacher}")
+    else:
+        out = CLASSIFICATION / f"{args.teacher}-{args.student}-{args.method}"
+        chosen = {**teacher_cfg,
+                  "students": {args.student: section.students[args.student].model_dump(mode="json")},
+                  "methods": {args.method: section.methods[args.method].model_dump(mode="json")},
+                  "train": section.train.model_dump(mode="json")}
+        stage = stage_name(f"classifier_student@{args.teacher}-{args.student}-{args.method}")
+    settings_section = {**common, "classification": chosen}
+    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(settings_section)) as run:
+        train = recipes.load_images(params.data, "train")
+        test = recipes.load_images(params.data, "test")
+        fingerprint = dict(settings_section)
+        if args.role == "teacher":
+            objective, spec = recipes.classifier_teacher_objective(params, args.teacher, train)
+            train_cfg = section.teachers[args.teacher].train
+        else:
+            teacher_path = CLASSIFICATION / "teachers" / args.teacher / "model.pt"
+            if not teacher_path.is_file():
+                raise FileNotFoundError(f"{teacher_path} does not exist; run classifier_teacher@{args.teacher} first")
+            teacher, _ = load_classifier(teacher_path)
+            fingerprint["teacher_sha256"] = file_sha256(teacher_path)
+            objective, spec = recipes.classifier_student_objective(params, args.student, args.method, teacher, train)
+            train_cfg = section.train
+        settings = recipes.train_settings(train_cfg, params.seed, len(train))
+        claim_checkpoint_dir(out / "checkpoints", fingerprint)
+        started = time.perf_counter()
+        result = fit(objective, train, settings, checkpoint_dir=out / "checkpoints", logger=run, description=stage)
+        seconds = time.perf_counter() - started
+        save_classifier(objective.model, spec, out / "model.pt")
+        preprocess = build_augmentation("none", params.data.image_size, test.channels, test.mean, test.std)
+        metrics = training_metrics(result, seconds, settings.batch_size)
+        metrics.update(classification_metrics(objective.model, test.images, test.labels,
+                                              batch_size=params.evaluation.batch_size, transform=preprocess))
+        metrics["parameters"] = sum(p.numel() for p in objective.model.parameters())
+        run.log_metrics(metrics, step=result.steps)
+    write_json(Path(out) / "metrics.json", metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main)
