@@ -1,0 +1,194 @@
+"""SimCLR training throughput: this project's step against the plain-PyTorch loop of lightly's docs.
+
+Both run in this one process on the same data, backbone (small ResNet, widths 32/64/128, stride-2
+stem), projection head, batch size and image size:
+- ours: ``pipeline.train.loop.fit`` with ``SimCLRObjective`` (uint8 data sliced in memory, kornia
+  augmentation on the whole batch in the training process, both views in one forward pass);
+- reference: lightly's documented loop (torchvision dataset + ``SimCLRTransform`` in a DataLoader with
+  ``num_workers=2``, one forward pass per view, ``NTXentLoss``).
+It also reports the step's GFLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on one forward +
+backward) next to the machine's fp32 matmul GFLOP/s. The measurements alternate (A B C A B C) so
+load from other processes hits all alike; the median and the best round (the least disturbed one on a
+shared machine) are reported, with every round.
+
+    python benchmarks/train_throughput.py [--steps 25] [--batch-size 256] [--out benchmarks/results/train_throughput.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import platform
+import statistics
+import sys
+import time
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lightly.loss import NTXentLoss
+from lightly.transforms import SimCLRTransform
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline.data import ImageSet, load_dataset
+from pipeline.data.augment import build_augmentation
+from pipeline.models import EmbeddingModel, build_backbone
+from pipeline.train.config import TrainConfig
+from pipeline.train.loop import fit
+from pipeline.train.objectives import SimCLRObjective
+
+WARMUP_STEPS = 3
+
+
+def load_data() -> ImageSet:
+    """Fashion-MNIST (28x28) when installed, else digits upsampled to 28x28."""
+    try:
+        return load_dataset("fashion_mnist", "train")
+    except Exception:  # the benchmark still runs on a machine without the Debian package
+        digits = load_dataset("digits", "train")
+        images = F.interpolate(digits.images.float(), size=28, mode="bilinear").round().clamp(0, 255)
+        return dataclasses.replace(digits, name="digits@28", images=images.to(torch.uint8))
+
+
+def make_model() -> EmbeddingModel:
+    torch.manual_seed(0)
+    return EmbeddingModel(build_backbone("small_resnet", 1, widths=(32, 64, 128)), projection="simclr")
+
+
+class StepClock:
+    """A ``MetricLogger`` that timestamps the steps ``fit`` reports (``log_every_steps=1``)."""
+
+    def __init__(self) -> None:
+        self.times: dict[int, float] = {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.times.setdefault(step, time.perf_counter())
+
+
+def ours(data: ImageSet, batch_size: int, steps: int, channels_last: bool) -> float:
+    augment = build_augmentation("simclr", data.image_size, data.channels, data.mean, data.std)
+    objective = SimCLRObjective(make_model(), augment)
+    config = TrainConfig(epochs=1, max_steps=WARMUP_STEPS + steps, batch_size=batch_size, lr=0.06,
+                         log_every_steps=1, channels_last=channels_last)
+    clock = StepClock()
+    with redirect_stderr(io.StringIO()):
+        fit(objective, data, config, logger=clock)
+    elapsed = clock.times[WARMUP_STEPS + steps] - clock.times[WARMUP_STEPS]
+    return steps * batch_size / elapsed
+
+
+class PILImages(Dataset):
+    """What torchvision's FashionMNIST dataset hands a transform: (PIL image, label)."""
+
+    def __init__(self, data: ImageSet, transform) -> None:
+        self.images = data.images[:, 0].numpy()
+        self.labels = data.labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.transform(Image.fromarray(self.images[index], mode="L")), self.labels[index]
+
+
+def reference(data: ImageSet, batch_size: int, steps: int) -> float:
+    """lightly's "SimCLR" example loop, with its 32-px settings (no blur) and one-channel normalisation."""
+    transform = SimCLRTransform(input_size=data.image_size, gaussian_blur=0.0,
+                                normalize={"mean": list(data.mean), "std": list(data.std)})
+    loader = DataLoader(PILImages(data, transform), batch_size=batch_size, shuffle=True, drop_last=True,
+                        num_workers=2)
+    model = make_model()
+    criterion = NTXentLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.06)
+    model.train()
+    start = None
+    for step, ((x0, x1), _) in enumerate(loader):
+        if step == WARMUP_STEPS:
+            start = time.perf_counter()
+        if step == WARMUP_STEPS + steps:
+            break
+        z0, z1 = model.projection(x0), model.projection(x1)
+        loss = criterion(z0, z1)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def step_flops(data: ImageSet, batch_size: int) -> int:
+    """FLOPs of one forward + backward over the 2 x batch views (the augmentation is not counted)."""
+    model = make_model().train()
+    views = torch.randn(2 * batch_size, data.channels, data.image_size, data.image_size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.projection(views).square().mean().backward()
+    return counter.get_total_flops()
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_throughput.md"))
+    args = parser.parse_args()
+    data = load_data()
+    rates: dict[str, list[float]] = {"ours": [], "ours_channels_last": [], "reference": []}
+    for _ in range(args.rounds):
+        rates["ours"].append(ours(data, args.batch_size, args.steps, channels_last=False))
+        rates["reference"].append(reference(data, args.batch_size, args.steps))
+        rates["ours_channels_last"].append(ours(data, args.batch_size, args.steps, channels_last=True))
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    best = {name: max(values) for name, values in rates.items()}
+    flops = step_flops(data, args.batch_size)
+    step_gflops = flops * median["ours"] / args.batch_size / 1e9
+    matmul = matmul_gflops()
+    command = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
+    lines = [
+        "# SimCLR training throughput",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, CPU. Data: {data.name} ({len(data)} images, {data.image_size}x{data.image_size}), "
+        f"batch {args.batch_size} images (2 views each), small ResNet (32, 64, 128) stride-2 stem + SimCLR head; "
+        f"{args.steps} timed steps after {WARMUP_STEPS} warm-up steps, {args.rounds} alternating rounds.",
+        "",
+        "| loop | img/s median | img/s best | every round | ratio to reference (median / best) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, label in (("reference", "lightly docs loop (DataLoader, 2 workers, SimCLRTransform)"),
+                        ("ours", "pipeline fit + SimCLRObjective (batch kornia augmentation)"),
+                        ("ours_channels_last", "pipeline, channels_last on CPU")):
+        values = ", ".join(f"{v:.0f}" for v in rates[name])
+        lines.append(f"| {label} | {median[name]:.0f} | {best[name]:.0f} | {values} | "
+                     f"{median[name] / median['reference']:.2f}x / {best[name] / best['reference']:.2f}x |")
+    lines += [
+        "",
+        f"Step FLOPs (forward + backward, 2 x {args.batch_size} views): {flops / 1e9:.2f} GFLOP; "
+        f"at the median rate the step runs at {step_gflops:.1f} GFLOP/s, against {matmul:.1f} GFLOP/s for a "
+        f"1024x1024 fp32 matmul on this machine ({100 * step_gflops / matmul:.0f}%).",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
