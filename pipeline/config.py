@@ -161,7 +161,21 @@ class StudentConfig(Strict):
 class LossConfig(Strict):
     name: str
     params: dict[str, Union[bool, int, float, str]] = {}
-    proxy_anchor_weight: NonNegativeFloat = 0.0
+    # Weight of the Proxy-Anchor term added on the student embedding; None: the paper's choice
+    # (1 for FitNet, Attention and CRD, 0 otherwise).
+    proxy_anchor_weight: NonNegativeFloat | None = None
+
+    def effective_proxy_anchor_weight(self) -> float:
+        from pipeline.losses import NEEDS_PROXY_ANCHOR
+
+        if self.proxy_anchor_weight is not None:
+            return self.proxy_anchor_weight
+        return 1.0 if self.name in NEEDS_PROXY_ANCHOR else 0.0
+
+    def uses_labels(self) -> bool:
+        """Whether training with this loss reads class labels (not allowed in the self-supervised setting)."""
+        triplet = self.name == "darkrank" and float(self.params.get("triplet_weight", 1.0)) > 0
+        return self.name == "contrastive" or triplet or self.effective_proxy_anchor_weight() > 0
 
     @field_validator("name")
     @classmethod
@@ -333,6 +347,13 @@ class Params(Strict):
                 if batch != self.transfer.train.batch_size:
                     raise ValueError(f"transfer.sampler: classes_per_batch x samples_per_class = {batch} "
                                      f"must equal transfer.train.batch_size ({self.transfer.train.batch_size})")
+            if grid_key == "grid":
+                for name in grid.loss:
+                    if self.losses[name].uses_labels():
+                        raise ValueError(
+                            f"transfer.grid.loss: {name!r} reads class labels (a Proxy-Anchor, triplet or label term), "
+                            "which the self-supervised setting does not have; set its proxy_anchor_weight: 0 "
+                            "(or darkrank params.triplet_weight: 0), or move it to transfer.metric_grid")
             for teacher in grid.teacher:
                 method = self.teachers[teacher].method
                 if (grid_key == "metric_grid") != (method == "proxy_anchor"):

@@ -156,7 +156,7 @@ def transfer_objective(
         loss_params.update(student_dim=student.embedding_dim, teacher_dim=teacher_dim, n_data=len(images))
     criterion = losses.build(loss_cfg.name, **loss_params)
     auxiliary = None
-    weight = loss_cfg.proxy_anchor_weight or (1.0 if loss_cfg.name in losses.NEEDS_PROXY_ANCHOR else 0.0)
+    weight = loss_cfg.effective_proxy_anchor_weight()
     if weight > 0:
         auxiliary = losses.build("proxy_anchor", num_classes=images.num_classes, embedding_dim=student.embedding_dim)
     objective = TransferObjective(student, teacher, augment, criterion, loss_cfg.name,

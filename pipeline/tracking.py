@@ -174,6 +174,11 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def mlflow_metric_name(key: str) -> str:
+    """MLflow accepts letters, digits, ``_ - . / :`` and spaces; metrics.json keys like ``map@r`` need mapping."""
+    return key.replace("@", "_at_")
+
+
 class RunLogger:
     """Buffered metric logging for one run (one SQLite transaction per flush, not per value), and the
     loss curve drawn at the end."""
@@ -186,8 +191,10 @@ class RunLogger:
         self.history: dict[str, list[tuple[int, float]]] = {}
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer metrics; names MLflow refuses ('@') are spelt out: ``recall@1`` becomes ``recall_at_1``."""
         now = int(time.time() * 1000)
         for key, value in metrics.items():
+            key = mlflow_metric_name(key)
             self._buffer.append(Metric(key, float(value), now, int(step)))
             self.history.setdefault(key, []).append((int(step), float(value)))
         if len(self._buffer) >= self.flush_every:
@@ -273,6 +280,7 @@ def start_run(
         if params:
             logger.log_params(params)
         yield logger
+        logger.flush()  # on success a refused metric must fail the stage, not vanish
     except (KeyboardInterrupt, SystemExit) as stop:
         status = "KILLED" if not isinstance(stop, SystemExit) or stop.code not in (0, None) else "FINISHED"
         raise

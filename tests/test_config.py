@@ -123,3 +123,28 @@ def test_flatten_matches_dvc_dotted_keys():
     for key, value in scalars.items():
         assert key in ours, key
         assert ours[key] == value, key
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        {"name": "darkrank"},  # its triplet term is label-based by default
+        {"name": "fitnet"},  # trained with a Proxy-Anchor term, as in the paper
+        {"name": "relaxed_contrastive", "proxy_anchor_weight": 0.5},
+    ],
+)
+def test_self_supervised_grid_refuses_losses_that_read_labels(loss):
+    def edit(raw):
+        raw["losses"]["labelled"] = loss
+        raw["transfer"]["grid"]["loss"] = ["relaxed", "labelled"]
+
+    message = error_of(broken(edit))
+    assert "transfer.grid.loss" in message and "'labelled' reads class labels" in message
+
+
+def test_metric_grid_accepts_losses_that_read_labels():
+    def edit(raw):
+        raw["losses"]["fitnet"] = {"name": "fitnet"}
+        raw["transfer"]["metric_grid"]["loss"] = ["relaxed", "fitnet"]
+
+    validate_params(broken(edit))

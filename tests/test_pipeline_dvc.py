@@ -96,7 +96,8 @@ def test_repro_writes_metrics_report_and_mlflow_runs_that_agree(repro):
     assert all(r.info.status == "FINISHED" for r in runs)
 
     child = next(r for r in children if r.data.tags["dvc.stage"] == "evaluate_student@simclr-small-relaxed")
-    assert child.data.metrics["recall@1"] == pytest.approx(evaluation["recall@1"])
+    assert child.data.metrics["recall_at_1"] == pytest.approx(evaluation["recall@1"])
+    assert child.data.metrics["map_at_r"] == pytest.approx(evaluation["map@r"])
     transfer = next(r for r in children if r.data.tags["dvc.stage"] == "transfer@simclr-small-relaxed")
     assert transfer.data.params["losses.relaxed.params.sigma"] == "1.0"
     assert transfer.data.params["transfer.train.max_steps"] == "2"
