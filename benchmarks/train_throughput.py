@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import os
 import platform
 import statistics
 import sys
@@ -157,6 +158,7 @@ def main() -> None:
     flops = step_flops(data, args.batch_size)
     step_gflops = flops * median["ours"] / args.batch_size / 1e9
     matmul = matmul_gflops()
+    load = os.getloadavg()[0]
     command = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
     lines = [
         "# SimCLR training throughput",
@@ -166,7 +168,8 @@ def main() -> None:
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, CPU. Data: {data.name} ({len(data)} images, {data.image_size}x{data.image_size}), "
         f"batch {args.batch_size} images (2 views each), small ResNet (32, 64, 128) stride-2 stem + SimCLR head; "
-        f"{args.steps} timed steps after {WARMUP_STEPS} warm-up steps, {args.rounds} alternating rounds.",
+        f"{args.steps} timed steps after {WARMUP_STEPS} warm-up steps, {args.rounds} alternating rounds. "
+        f"1-minute load average at the end: {load:.1f} on {os.cpu_count()} cores.",
         "",
         "| loop | img/s median | img/s best | every round | ratio to reference (median / best) |",
         "|---|---|---|---|---|",
