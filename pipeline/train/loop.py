@@ -35,6 +35,9 @@ from pipeline.train.runtime import (
 from pipeline.train.schedule import WarmupCosine
 
 
+RECENT_LOSSES_KEPT = 1000  # per-step losses carried in a checkpoint (the full history is in MLflow)
+
+
 class MetricLogger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
@@ -123,6 +126,8 @@ def fit(
     labels = data.labels.to(runtime.device)
     progress = Progress(total_steps, start_step, config.batch_size, runtime.is_main, description)
     result = FitResult(steps=total_steps, epochs=epochs, resumed_from_step=start_step)
+    if state is not None:
+        result.losses = [(int(s), float(v)) for s, v in state.get("recent_losses", [])]
     pending: list[tuple[int, torch.Tensor]] = []
 
     def flush() -> None:
@@ -165,6 +170,8 @@ def fit(
                 "rng": rng,
                 "step": step,
                 "epochs_completed": step // plan.steps_per_epoch,
+                # so a resumed run reports the same final-loss summary as an uninterrupted one
+                "recent_losses": [[s, v] for s, v in result.losses[-RECENT_LOSSES_KEPT:]],
             })
         if runtime.distributed:
             dist.barrier()
