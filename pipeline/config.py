@@ -22,7 +22,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*\Z")  # \Z, not $: "$" also matches before a final newline
 TEACHER_METHODS = ("simclr", "moco", "proxy_anchor")
 TRANSFER_EMBEDDINGS = ("projection", "backbone", "embedding")
 # The control student: trained with its teacher's own objective (NT-Xent / MoCo / Proxy-Anchor), no teacher signal.
