@@ -1,0 +1,344 @@
+"""Bad input is refused by the real stage commands before any compute: one readable line naming the key,
+file or value, exit 2, and nothing written that looks like a result (no summary.json, model.pt,
+metrics.json, no MLflow run for a params error).
+
+Malformed params.yaml cases run through `python -m stages.prepare` (the first stage of `dvc repro`) or
+`stages.teacher` / `stages.transfer`; dataset cases through prepare; damaged or mismatched checkpoints
+through the stages that load them.
+"""
+from __future__ import annotations
+
+import copy
+import gzip
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from faults_support import (
+    ROOT,
+    assert_one_line_refusal,
+    clean_env,
+    error_lines,
+    in_fork,
+    make_repo,
+    read_json,
+    run_all,
+    stage_forked,
+    stage_runs,
+    tiny_params,
+    warm_up,
+    write_params,
+)
+
+pytestmark = pytest.mark.faults
+
+PREPARE = ["stages.prepare"]
+TEACHER = ["stages.teacher", "simclr"]
+TRANSFER = ["stages.transfer", "--teacher", "simclr", "--student", "small", "--loss", "relaxed"]
+
+
+def setting(path: str, value):
+    """A change that sets the dotted key `path` to `value`."""
+    def change(params: dict) -> None:
+        *parents, last = path.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return change
+
+
+def renaming(path: str, new_name: str):
+    """A change that renames the key at dotted `path` (a misspelling), keeping its value."""
+    def change(params: dict) -> None:
+        *parents, last = path.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[new_name] = node.pop(last)
+    return change
+
+
+def removing(path: str):
+    def change(params: dict) -> None:
+        *parents, last = path.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        del node[last]
+    return change
+
+
+def renaming_teacher(new_name: str):
+    """Teacher `simclr` declared as `new_name` (and the transfer grid pointing at it)."""
+    def change(params: dict) -> None:
+        params["teachers"][new_name] = params["teachers"].pop("simclr")
+        params["transfer"]["grid"]["teacher"] = [new_name]
+    return change
+
+
+# (case id, stage command, change to the tiny profile or raw params.yaml text, texts the line must name)
+PARAM_CASES = [
+    ("misspelt top-level key", PREPARE, renaming("seed", "seeds"), ["seeds", "unknown key", "'seed'"]),
+    ("misspelt key at depth 2", PREPARE, renaming("data.image_size", "image_sise"),
+     ["data.image_sise", "data.image_size"]),
+    ("misspelt key at depth 4", TEACHER, renaming("teachers.simclr.model.embedding_dim", "embeding_dim"),
+     ["teachers.simclr.model.embeding_dim", "embedding_dim"]),
+    ("misspelt key at depth 5", TEACHER, renaming("teachers.simclr.train.optimizer.lr", "learning_rate"),
+     ["teachers.simclr.train.optimizer.learning_rate"]),
+    ("misspelt section", PREPARE, renaming("evaluation.retrieval", "retreival"), ["evaluation.retreival", "retrieval"]),
+    ("misspelt loss parameter", PREPARE, setting("losses.relaxed.params", {"sigmaa": 1.0}),
+     ["losses.relaxed", "sigmaa"]),
+    ("missing required key", PREPARE, removing("data.image_size"), ["data.image_size", "missing"]),
+    ("string for an int", PREPARE, setting("data.image_size", "eight"), ["data.image_size", "'eight'"]),
+    ("list for an int", TEACHER, setting("teachers.simclr.train.batch_size", [64]),
+     ["teachers.simclr.train.batch_size"]),
+    ("string for a bool", PREPARE, setting("data.download", "maybe"), ["data.download", "'maybe'"]),
+    ("negative seed", PREPARE, setting("seed", -1), ["seed", "-1"]),
+    ("zero learning rate", TEACHER, setting("teachers.simclr.train.optimizer.lr", 0), ["optimizer.lr", "0"]),
+    ("fraction above 1", PREPARE, setting("evaluation.probe.val_fraction", 1.5),
+     ["evaluation.probe.val_fraction", "1.5"]),
+    ("batch of one", PREPARE, setting("transfer.train.batch_size", 1), ["transfer.train.batch_size", "1"]),
+    ("loss parameter out of range", PREPARE, setting("losses.relaxed.params", {"sigma": -1.0}),
+     ["losses.relaxed", "sigma", "-1.0"]),
+    ("unknown dataset", PREPARE, setting("data.name", "fashionmnist"), ["data.name", "'fashionmnist'", "fashion_mnist"]),
+    ("unknown backbone", TEACHER, setting("teachers.simclr.model.backbone", "resnet_tiny"),
+     ["teachers.simclr.model.backbone", "'resnet_tiny'"]),
+    ("unknown loss", PREPARE, setting("losses.relaxed.name", "relaxed_contrastiv"),
+     ["losses.relaxed.name", "'relaxed_contrastiv'", "relaxed_contrastive"]),
+    ("unknown augmentation", TEACHER, setting("teachers.simclr.augmentation", "simclr2"),
+     ["teachers.simclr.augmentation", "'simclr2'"]),
+    ("unknown teacher method", PREPARE, setting("teachers.simclr.method", "byol"), ["teachers.simclr.method", "'byol'"]),
+    ("unknown amp mode", PREPARE, setting("transfer.train.amp", "fp8"), ["transfer.train.amp", "'fp8'"]),
+    ("grid names an undeclared teacher", PREPARE, setting("transfer.grid.teacher", ["simclr", "byol"]),
+     ["transfer.grid.teacher", "'byol'", "simclr"]),
+    ("grid names an undeclared student", TRANSFER, setting("transfer.grid.student", ["tiny"]),
+     ["transfer.grid.student", "'tiny'"]),
+    ("metric grid names an SSL teacher", PREPARE, setting("transfer.metric_grid.teacher", ["simclr"]),
+     ["transfer.metric_grid.teacher", "simclr"]),
+    ("widths on a torchvision backbone", PREPARE, setting("students.small.model.backbone", "resnet18"),
+     ["students.small.model", "widths", "resnet18"]),
+    ("load_size below image_size", PREPARE, setting("data.load_size", 4), ["data", "load_size", "4", "8"]),
+    ("train_classes beyond the dataset", PREPARE, setting("teachers.proxy_anchor.train_classes", [0, 1, 12]),
+     ["teachers.proxy_anchor.train_classes", "12", "10 classes"]),
+    ("image_size above the images", PREPARE, setting("data.image_size", 16), ["data.image_size", "16"]),
+    ("sampler batch mismatch", PREPARE, setting("transfer.sampler", {"classes_per_batch": 5, "samples_per_class": 4}),
+     ["transfer.sampler", "20", "64"]),
+    ("proxy_anchor teacher without projection", PREPARE, setting("teachers.proxy_anchor.transfer_embedding", "projection"),
+     ["teachers.proxy_anchor", "transfer_embedding"]),
+    ("teacher name with a path", PREPARE, renaming_teacher("../escape"), ["teachers.../escape", "names must match"]),
+    ("teacher name with a slash", TEACHER, renaming_teacher("simclr/evil"), ["simclr/evil", "names must match"]),
+    ("invalid YAML", PREPARE, "seed: 0\ndata: {name: digits, image_size: 8\n", ["params.yaml", "invalid YAML", "line"]),
+    ("not a mapping", PREPARE, "- seed\n- data\n", ["params.yaml", "mapping"]),
+    ("unknown teacher on the command line", ["stages.teacher", "../../etc"], None,
+     ["teachers.../../etc", "not in params.yaml"]),
+    ("unknown loss on the command line", ["stages.transfer", "--teacher", "simclr", "--student", "small", "--loss",
+                                          "../x"], None, ["losses.../x", "not in params.yaml"]),
+]
+
+
+@pytest.fixture(scope="module")
+def param_results(tmp_path_factory):
+    """Every case in its own folder (params.yaml + nothing else), all run side by side once."""
+    env = {**clean_env(), "PYTHONPATH": str(ROOT)}
+    jobs = {}
+    for case, args, change, _ in PARAM_CASES:
+        folder = tmp_path_factory.mktemp("badparams")
+        if isinstance(change, str):
+            (folder / "params.yaml").write_text(change)
+        else:
+            params = tiny_params()
+            if change is not None:
+                change(params)
+            write_params(folder, params)
+        jobs[case] = (args, folder, env)
+    warm_up()
+    return {case: (result, jobs[case][1]) for case, result in run_all(jobs, runner=stage_forked).items()}
+
+
+def test_there_are_at_least_twenty_malformed_params_cases():
+    assert len({case for case, _, change, _ in PARAM_CASES if change is not None}) >= 20
+
+
+@pytest.mark.parametrize("case, expected", [(c, e) for c, _, _, e in PARAM_CASES], ids=[c for c, *_ in PARAM_CASES])
+def test_malformed_params_are_refused_before_any_compute(param_results, case, expected):
+    result, folder = param_results[case]
+    assert_one_line_refusal(result, *expected)
+    written = [p.relative_to(folder) for p in folder.rglob("*") if p.name != "params.yaml"]
+    assert written == [], f"a refused run left {written}"  # no outputs, no checkpoints, no mlflow.db
+
+
+# Also run as literal `python -m` subprocesses: the forked runs above must say exactly what they say.
+SUBPROCESS_CASES = ("misspelt key at depth 4", "train_classes beyond the dataset", "unknown teacher on the command line")
+
+
+def test_forked_runs_match_literal_stage_subprocesses(param_results):
+    jobs = {case: (next(a for c, a, _, _ in PARAM_CASES if c == case), param_results[case][1],
+                   {**clean_env(), "PYTHONPATH": str(ROOT)}) for case in SUBPROCESS_CASES}
+    for case, result in run_all(jobs).items():
+        forked = param_results[case][0]
+        assert (result.returncode, error_lines(result.stderr)) == (forked.returncode, error_lines(forked.stderr))
+
+
+def write_idx(path: Path, shape: tuple[int, ...], payload_bytes: int) -> None:
+    """An IDX file (magic 0x0803 for uint8 3-d) whose header promises `shape` but carries `payload_bytes`."""
+    header = bytes([0, 0, 0x08, len(shape)]) + b"".join(n.to_bytes(4, "big") for n in shape)
+    data = header + bytes(payload_bytes)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+@pytest.fixture(scope="module")
+def dataset_results(tmp_path_factory):
+    env = {**clean_env(), "PYTHONPATH": str(ROOT)}
+    jobs = {}
+
+    def fashion_case(name: str, build_files) -> None:
+        folder = tmp_path_factory.mktemp(name)
+        files = folder / "fashion"
+        files.mkdir()
+        build_files(files)
+        params = tiny_params()
+        params["data"] = {"name": "fashion_mnist", "image_size": 28}
+        write_params(folder, params)
+        jobs[name] = (PREPARE, folder, {**env, "FASHION_MNIST_DIR": str(files)})
+
+    def truncated_plain(files: Path) -> None:
+        write_idx(files / "train-images-idx3-ubyte", (60000, 28, 28), 1000)  # 47 MB promised, 1 kB there
+        write_idx(files / "train-labels-idx1-ubyte", (60000,), 60000)
+        write_idx(files / "t10k-images-idx3-ubyte", (10000, 28, 28), 10000 * 784)
+        write_idx(files / "t10k-labels-idx1-ubyte", (10000,), 10000)
+
+    def cut_gzip(files: Path) -> None:
+        truncated_plain(files)
+        whole = gzip.compress((files / "train-labels-idx1-ubyte").read_bytes())
+        (files / "train-labels-idx1-ubyte").unlink()
+        (files / "train-labels-idx1-ubyte.gz").write_bytes(whole[: len(whole) // 2])  # a download cut short
+        write_idx(files / "train-images-idx3-ubyte", (60000, 28, 28), 60000 * 784)
+
+    fashion_case("truncated_idx", truncated_plain)
+    fashion_case("cut_gzip", cut_gzip)
+
+    folder = tmp_path_factory.mktemp("missing_cifar")
+    params = tiny_params()
+    params["data"] = {"name": "cifar10", "root": str(folder / "nowhere"), "image_size": 8}
+    write_params(folder, params)
+    jobs["missing_dataset"] = (PREPARE, folder, env)
+    warm_up()
+    return {case: (result, jobs[case][1]) for case, result in run_all(jobs, runner=stage_forked).items()}
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("truncated_idx", ["train-images-idx3-ubyte", "truncated"]),
+    ("cut_gzip", ["train-labels-idx1-ubyte.gz", "truncated"]),
+    ("missing_dataset", ["CIFAR10", "nowhere"]),
+])
+def test_missing_or_truncated_dataset_is_refused_naming_the_file(dataset_results, case, expected):
+    result, folder = dataset_results[case]
+    assert_one_line_refusal(result, *expected)
+    assert not (folder / "outputs").exists() and not (folder / "mlflow.db").exists()
+
+
+# Teachers under several names share the tiny `simclr` settings; each scenario damages its own files.
+TEACHER_COPIES = ("wrong_widths", "wrong_dim", "random_bytes", "pickled_code", "torn_model", "ckpt_bytes", "ckpt_torn")
+
+
+class CodeRunningPickle:
+    """Unpickling this would create `marker` (what a malicious checkpoint does)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.fixture(scope="module")
+def checkpoint_results(tmp_path_factory):
+    """Real teacher runs, then each scenario's file damaged, then every stage that reads it run once."""
+    from pipeline.models import ModelSpec, build_model, save_model
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    params = tiny_params()
+    params["teachers"].update({name: copy.deepcopy(params["teachers"]["simclr"]) for name in TEACHER_COPIES})
+    env = make_repo(root, params, with_dvc=False)
+    warm_up()
+    trained = run_all({name: (["stages.teacher", name], root, env) for name in ("simclr", "ckpt_bytes", "ckpt_torn")},
+                      runner=stage_forked)
+    assert all(r.returncode == 0 for r in trained.values()), {k: r.stderr[-2000:] for k, r in trained.items()}
+
+    teachers = root / "outputs" / "teachers"
+    real = (teachers / "simclr" / "model.pt").read_bytes()
+
+    def teacher_file(name: str) -> Path:
+        (teachers / name).mkdir(parents=True, exist_ok=True)
+        return teachers / name / "model.pt"
+
+    def save_mismatched_teachers() -> None:
+        for name, widths, dim in (("wrong_widths", [4, 8], 16), ("wrong_dim", [8, 16], 32)):
+            spec = ModelSpec("small_resnet", in_channels=1, embedding_dim=dim, projection="simclr",
+                             projection_dim=16, backbone_kwargs={"widths": widths})
+            save_model(build_model(spec), spec, teacher_file(name))
+
+    in_fork(save_mismatched_teachers)
+    teacher_file("random_bytes").write_bytes(os.urandom(len(real)))
+    with open(teacher_file("pickled_code"), "wb") as handle:
+        pickle.dump({"spec": CodeRunningPickle(root / "UNPICKLED"), "state_dict": {}}, handle)
+    teacher_file("torn_model").write_bytes(real[: len(real) // 2])
+    for name, damage in (("ckpt_bytes", lambda b: os.urandom(len(b))), ("ckpt_torn", lambda b: b[: len(b) // 2])):
+        checkpoint = teachers / name / "checkpoints" / "last.pt"
+        checkpoint.write_bytes(damage(checkpoint.read_bytes()))
+        for finished in ("model.pt", "metrics.json"):  # so a re-created file would show
+            (teachers / name / finished).unlink()
+
+    def transfer(teacher: str) -> list[str]:
+        return ["stages.transfer", "--teacher", teacher, "--student", "small", "--loss", "relaxed"]
+
+    jobs = {name: (transfer(name), root, env) for name in ("wrong_widths", "wrong_dim", "random_bytes", "pickled_code")}
+    jobs["torn_model"] = (["stages.evaluate", "teacher", "--teacher", "torn_model"], root, env)
+    jobs.update({name: (["stages.teacher", name], root, env) for name in ("ckpt_bytes", "ckpt_torn")})
+    jobs["control"] = (transfer("simclr"), root, env)  # the undamaged teacher, same settings
+    return root, run_all(jobs, runner=stage_forked)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("wrong_widths", ["outputs/teachers/wrong_widths/model.pt", "[4, 8]", "[8, 16]"]),
+    ("wrong_dim", ["outputs/teachers/wrong_dim/model.pt", "32", "16"]),
+    ("random_bytes", ["outputs/teachers/random_bytes/model.pt", "cannot be loaded"]),
+    ("pickled_code", ["outputs/teachers/pickled_code/model.pt", "cannot be loaded"]),
+    ("torn_model", ["outputs/teachers/torn_model/model.pt", "cannot be loaded"]),
+    ("ckpt_bytes", ["outputs/teachers/ckpt_bytes/checkpoints/last.pt", "cannot be loaded", "delete it"]),
+    ("ckpt_torn", ["outputs/teachers/ckpt_torn/checkpoints/last.pt", "cannot be loaded", "delete it"]),
+])
+def test_damaged_or_mismatched_checkpoint_is_refused_naming_the_file(checkpoint_results, case, expected):
+    root, results = checkpoint_results
+    assert_one_line_refusal(results[case], *expected)
+    students = root / "outputs" / "students" / f"{case}-small-relaxed"
+    assert not (students / "model.pt").exists() and not (students / "metrics.json").exists()
+    assert not (root / "outputs" / "eval" / f"teacher-{case}" / "metrics.json").exists()
+    teacher = root / "outputs" / "teachers" / case
+    if case.startswith("ckpt_"):
+        # Refused, not silently restarted: the damaged file is still there and nothing was trained.
+        assert (teacher / "checkpoints" / "last.pt").exists()
+        assert not (teacher / "model.pt").exists() and not (teacher / "metrics.json").exists()
+    if case.startswith("ckpt_"):  # its first, undamaged run finished; the refused one failed
+        stage_name, statuses = f"teacher@{case}", ["FAILED", "FINISHED"]
+    elif case == "torn_model":
+        stage_name, statuses = "evaluate@teacher-torn_model", ["FAILED"]
+    else:
+        stage_name, statuses = f"transfer@{case}-small-relaxed", ["FAILED"]
+    assert sorted(r.info.status for r in stage_runs(root, stage_name)) == statuses
+
+
+def test_a_checkpoint_carrying_code_is_never_unpickled(checkpoint_results):
+    root, results = checkpoint_results
+    assert results["pickled_code"].returncode == 2
+    assert not (root / "UNPICKLED").exists()
+
+
+def test_the_undamaged_teacher_transfers_in_the_same_repository(checkpoint_results):
+    """Control: the same settings work with an intact teacher, so the refusals above are about the damage."""
+    root, results = checkpoint_results
+    assert results["control"].returncode == 0, results["control"].stderr[-2000:]
+    assert read_json(root / "outputs/students/simclr-small-relaxed/metrics.json")["steps"] == 2
