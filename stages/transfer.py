@@ -21,7 +21,7 @@ def main(argv: list[str]) -> None:
 
     from pipeline import recipes, tracking
     from pipeline.config import flatten
-    from pipeline.models import load_model, save_model
+    from pipeline.models import save_model
     from pipeline.train.fingerprint import claim_checkpoint_dir, file_sha256
     from pipeline.train.loop import fit
 
