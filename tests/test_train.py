@@ -238,3 +238,19 @@ def test_batch_larger_than_data_is_refused_before_training(digits):
     objective = make_objective("simclr", digits)
     with pytest.raises(ValueError, match="batch_size 256 exceeds"):
         fit(objective, digits, TrainConfig(batch_size=256))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_path_with_amp_and_channels_last_trains_and_resumes(amp, digits, tmp_path):
+    torch.manual_seed(0)
+    objective = make_objective("transfer", digits)
+    config = TrainConfig(epochs=2, batch_size=64, lr=0.05, amp=amp, device="cuda", log_every_steps=1)
+    result = fit(objective, digits, config, checkpoint_dir=tmp_path)
+    assert all(math.isfinite(v) for _, v in result.losses)
+    assert objective.student.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["step"] == 4 and ("scale" in state["scaler"]) == (amp == "fp16")
+    again = fit(objective, digits, dataclasses.replace(config, epochs=3), checkpoint_dir=tmp_path)
+    assert again.resumed_from_step == 4

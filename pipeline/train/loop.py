@@ -80,11 +80,10 @@ def fit(
     runtime = resolve_runtime(config.device)
     seed_everything(config.seed + runtime.rank)
     cuda = runtime.device.type == "cuda"
-    channels_last = config.channels_last if config.channels_last is not None else cuda
-    if channels_last:
+    if config.channels_last:
         objective.memory_format = torch.channels_last
     objective.to(runtime.device)
-    if channels_last:
+    if config.channels_last:
         objective.to(memory_format=torch.channels_last)
     objective.setup(runtime.device)
 
