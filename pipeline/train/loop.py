@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -116,6 +117,9 @@ def fit(
     if runtime.distributed:
         if config.sync_batchnorm and cuda:
             objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+        elif config.sync_batchnorm and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in objective.modules()):
+            warnings.warn("SyncBatchNorm needs CUDA: BatchNorm statistics stay per process under CPU DDP",
+                          stacklevel=2)
         module = DistributedDataParallel(
             objective, device_ids=[runtime.local_rank] if cuda else None,
             find_unused_parameters=objective.find_unused_parameters,
