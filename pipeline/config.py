@@ -95,7 +95,7 @@ class BackboneConfig(Strict):
 
 
 class ModelConfig(BackboneConfig):
-    embedding_dim: PositiveInt
+    embedding_dim: PositiveInt | None = None  # None: the pooled backbone features are the embedding
     weights_path: str | None = None
 
 
@@ -151,6 +151,12 @@ class TeacherConfig(Strict):
     def _consistent(self) -> "TeacherConfig":
         if self.method == "proxy_anchor" and self.transfer_embedding == "projection":
             raise ValueError("a proxy_anchor teacher has no projection head: set transfer_embedding to 'embedding'")
+        if self.method == "proxy_anchor" and self.model.embedding_dim is None:
+            raise ValueError("model.embedding_dim: a proxy_anchor teacher needs an embedding head (its proxies live there)")
+        if self.method != "proxy_anchor" and self.model.embedding_dim is not None:
+            raise ValueError(f"model.embedding_dim: a {self.method} teacher trains its backbone and projection head only; "
+                             "an embedding head would stay untrained. Leave embedding_dim out: the teacher is "
+                             "evaluated on its pooled backbone features")
         return self
 
 

@@ -5,6 +5,7 @@ Stages stay thin by calling these; tests build the same objects from a tiny conf
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,6 +63,10 @@ def train_settings(train: cfg.TrainConfig, seed: int, num_images: int, device: s
                    samples_per_class: int | None = None) -> train_config.TrainConfig:
     """The loop's settings; warm-up is given in epochs in params.yaml and converted to steps here."""
     steps_per_epoch = max(1, num_images // train.batch_size)
+    if train.max_steps is not None and train.max_steps > train.epochs * steps_per_epoch:
+        warnings.warn(f"max_steps {train.max_steps} is never reached: {train.epochs} epoch(s) of {num_images} images "
+                      f"at batch {train.batch_size} stop after {train.epochs * steps_per_epoch} steps; raise epochs",
+                      stacklevel=2)
     return train_config.TrainConfig(
         epochs=train.epochs,
         max_steps=train.max_steps,
@@ -143,6 +148,10 @@ def transfer_objective(
     if loss_cfg.name == cfg.TEACHER_OBJECTIVE:
         spec = model_spec(student_model, images.channels, PROJECTION_KIND.get(teacher_cfg.method),
                           teacher_cfg.projection_dim)
+        if teacher_cfg.method in PROJECTION_KIND:
+            # An SSL objective never trains an embedding head: like the SSL teacher, the control student
+            # is evaluated on its pooled backbone features.
+            spec.embedding_dim = None
         student = build_model(spec)
         return _own_objective(teacher_cfg.method, teacher_cfg, student, augment, images.num_classes), spec
     spec = model_spec(student_model, images.channels)

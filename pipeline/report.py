@@ -48,6 +48,8 @@ def _cell(value: Any, kind: str) -> str:
     if kind == "int":
         return str(int(value))
     if kind == "params":
+        if int(value) == 0:
+            return "-"
         return f"{int(value) / 1e6:.2f}M" if int(value) >= 1e5 else f"{int(value) / 1e3:.1f}k"
     return f"{float(value):.3f}"
 
@@ -57,7 +59,7 @@ def results_table(rows: Sequence[ResultRow], columns: Sequence[tuple[str, str, s
     shown = [c for c in columns if any(c[0] in r.metrics for r in rows)]
     lines = ["| Model | " + " | ".join(title for _, title, _ in shown) + " |",
              "|---|" + "|".join("---:" for _ in shown) + "|"]
-    section = None
+    section = None if len({r.section for r in rows}) > 1 else rows[0].section if rows else None
     for row in rows:
         if row.section != section:
             section = row.section
@@ -89,7 +91,7 @@ def build_report(params, eval_root: Path, out_dir: Path) -> tuple[str, dict[str,
             else:
                 title = f"{teacher} teacher ({t.method}), trained on classes {list(t.train_classes)}, evaluated on the others"
             rows = [ResultRow(title, "raw pixels", read_metrics(eval_root / f"pixels-{teacher}" / "metrics.json")),
-                    ResultRow(title, f"teacher ({t.model.backbone}, {t.model.embedding_dim}-d)",
+                    ResultRow(title, f"teacher ({t.model.backbone})",
                               read_metrics(eval_root / f"teacher-{teacher}" / "metrics.json"))]
             for student in grid.student:
                 for loss in grid.loss:

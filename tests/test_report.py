@@ -13,9 +13,15 @@ def test_table_shows_each_metric_of_each_row():
     ]
     table = results_table(rows).splitlines()
     assert table[0].startswith("| Model | R@1 | MAP@R | Dim | Params |")
-    assert table[2].startswith("| **simclr** |")
-    assert table[3] == "| teacher | 81.23 | 50.00 | 128 | 0.31M |"
-    assert table[4] == "| small, relaxed | 80.00 | 41.00 | 64 | 77.5k |"
+    assert table[2] == "| teacher | 81.23 | 50.00 | 128 | 0.31M |"  # one section: its heading says it all
+    assert table[3] == "| small, relaxed | 80.00 | 41.00 | 64 | 77.5k |"
+
+
+def test_sections_are_marked_when_a_table_holds_several():
+    rows = [ResultRow("a", "x", {"recall@1": 0.5, "parameters": 0}), ResultRow("b", "y", {"recall@1": 0.25, "parameters": 10})]
+    table = results_table(rows).splitlines()
+    assert table[2].startswith("| **a** |") and table[3] == "| x | 50.00 | - |"
+    assert table[4].startswith("| **b** |") and table[5] == "| y | 25.00 | 0.0k |"
 
 
 def test_missing_metrics_file_is_named(tmp_path):
