@@ -26,28 +26,12 @@ RKD_ANGLE_ROWS = 128  # angle-term anchor subsample for n > 180 (the full term i
 
 
 def student_model(widths: tuple[int, ...]) -> tuple[nn.Module, str]:
-    """The project's EmbeddingModel when available, else an equivalent local stand-in."""
-    try:
-        from torchvision.models.resnet import BasicBlock
+    """The default CPU student: the pipeline's small ResNet (one BasicBlock per stage, stride-2 stem) + 64-d head."""
+    from pipeline.models import build_backbone
+    from pipeline.models.embedding_model import EmbeddingModel
 
-        from pipeline.models.backbones import CifarResNet
-        from pipeline.models.embedding_model import EmbeddingModel
-
-        backbone = CifarResNet(BasicBlock, [1] * len(widths), widths, in_channels=1, stem_stride=2)
-        return EmbeddingModel(backbone, embedding_dim=64), "pipeline.models EmbeddingModel(CifarResNet)"
-    except ImportError:
-        from torchvision.models.resnet import BasicBlock
-
-        layers: list[nn.Module] = [nn.Conv2d(1, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
-        channels = widths[0]
-        for i, width in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            down = None if stride == 1 and channels == width else nn.Sequential(
-                nn.Conv2d(channels, width, 1, stride, bias=False), nn.BatchNorm2d(width))
-            layers.append(BasicBlock(channels, width, stride, down))
-            channels = width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 64)]
-        return nn.Sequential(*layers), "local stand-in ResNet (pipeline.models not importable)"
+    backbone = build_backbone("small_resnet", in_channels=1, widths=widths)
+    return EmbeddingModel(backbone, embedding_dim=64), f"pipeline small_resnet {widths} + 64-d head"
 
 
 def median_seconds(step: Callable[[], None], repeats: int, budget_s: float = 1.5) -> float:
@@ -72,8 +56,9 @@ def loss_step(loss: nn.Module, student: torch.Tensor, *args: object) -> Callable
 
 def model_step_seconds(n: int, repeats: int) -> tuple[float, str]:
     model, description = student_model((16, 32, 64))
+    model = model.to(memory_format=torch.channels_last)  # as the training loop runs it
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    images = torch.randn(n, 1, 28, 28)
+    images = torch.randn(n, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -137,7 +122,7 @@ def main() -> None:
         "Command: `.venv/bin/python benchmarks/losses.py` "
         f"(torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"median of up to {args.repeats} runs after one warm-up, fewer once 1.5 s is spent).",
-        "The machine was shared with other jobs while this ran: treat small differences as noise.",
+        f"1-minute load average when the run started: {__import__('os').getloadavg()[0]:.1f} on 2 cores.",
         f"RKD: full angle term at n = 180; angle term on {RKD_ANGLE_ROWS} random anchor rows for n = 512 and 1024.",
         "share = loss / (model step + loss); the model step is forward + backward + SGD of the default student on n views.",
         "",

@@ -84,8 +84,8 @@ PARAM_CASES = [
     ("misspelt top-level key", PREPARE, renaming("seed", "seeds"), ["seeds", "unknown key", "'seed'"]),
     ("misspelt key at depth 2", PREPARE, renaming("data.image_size", "image_sise"),
      ["data.image_sise", "data.image_size"]),
-    ("misspelt key at depth 4", TEACHER, renaming("teachers.simclr.model.embedding_dim", "embeding_dim"),
-     ["teachers.simclr.model.embeding_dim", "embedding_dim"]),
+    ("misspelt key at depth 4", TEACHER, renaming("teachers.simclr.model.widths", "widhts"),
+     ["teachers.simclr.model.widhts", "widths"]),
     ("misspelt key at depth 5", TEACHER, renaming("teachers.simclr.train.optimizer.lr", "learning_rate"),
      ["teachers.simclr.train.optimizer.learning_rate"]),
     ("misspelt section", PREPARE, renaming("evaluation.retrieval", "retreival"), ["evaluation.retreival", "retrieval"]),
@@ -276,7 +276,8 @@ def checkpoint_results(tmp_path_factory):
         return teachers / name / "model.pt"
 
     def save_mismatched_teachers() -> None:
-        for name, widths, dim in (("wrong_widths", [4, 8], 16), ("wrong_dim", [8, 16], 32)):
+        # The SSL teacher of the tiny profile has no embedding head (embedding_dim None).
+        for name, widths, dim in (("wrong_widths", [4, 8], None), ("wrong_dim", [8, 16], 32)):
             spec = ModelSpec("small_resnet", in_channels=1, embedding_dim=dim, projection="simclr",
                              projection_dim=16, backbone_kwargs={"widths": widths})
             save_model(build_model(spec), spec, teacher_file(name))
