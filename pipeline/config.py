@@ -105,6 +105,8 @@ class OptimizerConfig(Strict):
     weight_decay: NonNegativeFloat = 0.0
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     warmup_epochs: NonNegativeFloat = 0.0
+    milestones_epochs: tuple[PositiveInt, ...] = ()  # empty: cosine decay; else lr x gamma at each epoch listed
+    gamma: Fraction = 0.1
 
 
 class TrainConfig(Strict):

@@ -76,6 +76,8 @@ def train_settings(train: cfg.TrainConfig, seed: int, num_images: int, device: s
         momentum=train.optimizer.momentum,
         weight_decay=train.optimizer.weight_decay,
         warmup_steps=round(train.optimizer.warmup_epochs * steps_per_epoch),
+        lr_milestones=tuple(m * steps_per_epoch for m in train.optimizer.milestones_epochs),
+        lr_gamma=train.optimizer.gamma,
         amp="none" if train.amp == "off" else train.amp,
         seed=seed,
         device=device,

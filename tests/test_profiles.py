@@ -138,3 +138,37 @@ def test_cifar10_profile_runs_one_step_on_fake_cifar(tmp_path, monkeypatch):
     params = validate_params(raw)
     results = one_step_of_every_recipe(params, tmp_path)
     assert "simclr-small" in results and "probe_top1" in results["metrics"]
+
+
+def fake_cifar100(split: str, root=None, download: bool = False) -> ImageSet:
+    """CIFAR-100's layout (uint8 3x32x32, 100 classes) without its pickled batches."""
+    generator = torch.Generator().manual_seed(2 if split == "train" else 3)
+    count = 200 if split == "train" else 100
+    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    return ImageSet("cifar100", images, torch.arange(count) % 100, 100, (0.51, 0.49, 0.44), (0.27, 0.26, 0.28))
+
+
+def test_cifar100_profile_runs_one_step_of_each_classifier_method(tmp_path, monkeypatch):
+    from pipeline import data
+    from pipeline.train.classification import classification_metrics
+
+    monkeypatch.setitem(data.IN_MEMORY, "cifar100", fake_cifar100)
+    raw = profile("cifar100_kd")
+    for entry in [*(t["train"] for t in raw["classification"]["teachers"].values()), raw["classification"]["train"]]:
+        entry.update(epochs=1, max_steps=1, batch_size=16)
+    raw["classification"]["methods"]["crd"]["params"]["num_negatives"] = 32
+    params = validate_params(raw)
+    images = recipes.load_images(params.data, "train")
+    teacher_name = params.classification.grid.teacher[0]
+    objective, _ = recipes.classifier_teacher_objective(params, teacher_name, images)
+    settings = recipes.train_settings(params.classification.teachers[teacher_name].train, 0, len(images), device="cpu")
+    assert settings.lr_milestones == tuple(m * (200 // 16) for m in (150, 180, 210))
+    fit(objective, images, settings)
+    teacher = objective.model.eval()
+    for method in params.classification.grid.method:
+        student, _ = recipes.classifier_student_objective(params, params.classification.grid.student[0], method,
+                                                          teacher, images)
+        result = fit(student, images, recipes.train_settings(params.classification.train, 0, len(images), device="cpu"))
+        assert torch.isfinite(torch.tensor(result.losses[0][1])), method
+    top = classification_metrics(student.model, images.images[:32], images.labels[:32])
+    assert 0.0 <= top["top1"] <= top["top5"] <= 1.0

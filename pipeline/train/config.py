@@ -29,6 +29,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
+    lr_milestones: tuple[int, ...] = ()  # steps; non-empty switches cosine decay to step decay
+    lr_gamma: float = 0.1
     grad_clip_norm: float | None = None
     amp: str = "bf16"
     channels_last: bool = True

@@ -33,7 +33,7 @@ from pipeline.train.runtime import (
     resolve_runtime,
     seed_everything,
 )
-from pipeline.train.schedule import WarmupCosine
+from pipeline.train.schedule import WarmupCosine, WarmupMultiStep
 
 
 RECENT_LOSSES_KEPT = 1000  # per-step losses carried in a checkpoint (the full history is in MLflow)
@@ -97,7 +97,9 @@ def fit(
 
     optimizer = build_optimizer(objective.parameter_groups(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(config.warmup_steps, total_steps, config.min_lr_ratio)
+        optimizer,
+        WarmupMultiStep(config.warmup_steps, config.lr_milestones, config.lr_gamma) if config.lr_milestones
+        else WarmupCosine(config.warmup_steps, total_steps, config.min_lr_ratio),
     )
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp) if cuda else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
