@@ -6,10 +6,9 @@ the frozen teacher (or alone, the control). Both are scored by top-1 / top-5 on 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from stages.common import OUTPUTS, load, quiet_libraries, run_stage, stage_name, training_metrics, write_json
+from stages.common import OUTPUTS, load, quiet_libraries, run_stage, stage_name, train_and_save, write_json
 
 CLASSIFICATION = OUTPUTS / "classification"
 
@@ -36,8 +35,7 @@ def main(argv: list[str]) -> None:
     from pipeline.data.augment import build_augmentation
     from pipeline.models.classifier import load_classifier, save_classifier
     from pipeline.train.classification import classification_metrics
-    from pipeline.train.fingerprint import claim_checkpoint_dir, file_sha256
-    from pipeline.train.loop import fit
+    from pipeline.train.fingerprint import file_sha256
 
     common = {"seed": params.seed, "data": params.data.model_dump(mode="json")}
     teacher_cfg = {"teachers": {args.teacher: section.teachers[args.teacher].model_dump(mode="json")},
@@ -70,17 +68,14 @@ def main(argv: list[str]) -> None:
             objective, spec = recipes.classifier_student_objective(params, args.student, args.method, teacher, train)
             train_cfg = section.train
         settings = recipes.train_settings(train_cfg, params.seed, len(train))
-        claim_checkpoint_dir(out / "checkpoints", fingerprint)
-        started = time.perf_counter()
-        result = fit(objective, train, settings, checkpoint_dir=out / "checkpoints", logger=run, description=stage)
-        seconds = time.perf_counter() - started
-        save_classifier(objective.model, spec, out / "model.pt")
+        metrics = train_and_save(objective, train, settings, out, fingerprint, run, stage,
+                                 lambda path: save_classifier(objective.model, spec, path))
         preprocess = build_augmentation("none", params.data.image_size, test.channels, test.mean, test.std)
-        metrics = training_metrics(result, seconds, settings.batch_size)
-        metrics.update(classification_metrics(objective.model, test.images, test.labels,
-                                              batch_size=params.evaluation.batch_size, transform=preprocess))
-        metrics["parameters"] = sum(p.numel() for p in objective.model.parameters())
-        run.log_metrics(metrics, step=result.steps)
+        scores = classification_metrics(objective.model, test.images, test.labels,
+                                        batch_size=params.evaluation.batch_size, transform=preprocess)
+        scores["parameters"] = sum(p.numel() for p in objective.model.parameters())
+        run.log_metrics(scores, step=int(metrics["steps"]))
+        metrics.update(scores)
     write_json(Path(out) / "metrics.json", metrics)
 
 

@@ -69,6 +69,25 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
         sys.exit(2)
 
 
+def train_and_save(objective, images, settings, out: Path, fingerprint: dict, run, stage: str,
+                   save: Callable[[Path], None]) -> dict[str, float]:
+    """Train into `out/checkpoints` (resuming a run of the same `fingerprint`), save `out/model.pt`
+    through `save`, log and return the training summary; every training stage ends this way."""
+    import time
+
+    from pipeline.train.fingerprint import claim_checkpoint_dir
+    from pipeline.train.loop import fit
+
+    claim_checkpoint_dir(out / "checkpoints", fingerprint)
+    started = time.perf_counter()
+    result = fit(objective, images, settings, checkpoint_dir=out / "checkpoints", logger=run, description=stage)
+    seconds = time.perf_counter() - started
+    save(out / "model.pt")
+    metrics = training_metrics(result, seconds, settings.batch_size)
+    run.log_metrics(metrics, step=result.steps)
+    return metrics
+
+
 def training_metrics(result, seconds: float, batch_size: int) -> dict[str, float]:
     """The flat summary a training stage writes: final loss (mean of the last 10 steps), steps, speed."""
     tail = [loss for _, loss in result.losses[-10:]]

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import time
 
-from stages.common import quiet_libraries, stage_name, load, run_stage, training_metrics, teacher_dir, write_json
+from stages.common import load, quiet_libraries, run_stage, stage_name, teacher_dir, train_and_save, write_json
 
 
 def main(argv: list[str]) -> None:
@@ -19,8 +18,6 @@ def main(argv: list[str]) -> None:
     from pipeline import recipes, tracking
     from pipeline.config import flatten
     from pipeline.models import save_model
-    from pipeline.train.fingerprint import claim_checkpoint_dir
-    from pipeline.train.loop import fit
 
     teacher = params.teachers[args.name]
     stage = stage_name(f"teacher@{args.name}")
@@ -32,13 +29,8 @@ def main(argv: list[str]) -> None:
         settings = recipes.train_settings(teacher.train, params.seed, len(images),
                                           samples_per_class=recipes.teacher_sampler(params, args.name))
         out = teacher_dir(args.name)
-        claim_checkpoint_dir(out / "checkpoints", section)
-        started = time.perf_counter()
-        result = fit(objective, images, settings, checkpoint_dir=out / "checkpoints", logger=run, description=stage)
-        seconds = time.perf_counter() - started
-        save_model(objective.model, spec, out / "model.pt")
-        metrics = training_metrics(result, seconds, settings.batch_size)
-        run.log_metrics(metrics, step=result.steps)
+        metrics = train_and_save(objective, images, settings, out, section, run, stage,
+                                 lambda path: save_model(objective.model, spec, path))
     write_json(out / "metrics.json", metrics)
 
 

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import time
 
-from stages.common import quiet_libraries, stage_name, load, run_stage, training_metrics, student_dir, teacher_dir, write_json
+from stages.common import (
+    load,
+    quiet_libraries,
+    run_stage,
+    stage_name,
+    student_dir,
+    teacher_dir,
+    train_and_save,
+    write_json,
+)
 
 
 def main(argv: list[str]) -> None:
@@ -22,8 +30,7 @@ def main(argv: list[str]) -> None:
     from pipeline import recipes, tracking
     from pipeline.config import flatten
     from pipeline.models import save_model
-    from pipeline.train.fingerprint import claim_checkpoint_dir, file_sha256
-    from pipeline.train.loop import fit
+    from pipeline.train.fingerprint import file_sha256
 
     teacher_cfg = params.teachers[args.teacher]
     stage = stage_name(f"transfer@{args.teacher}-{args.student}-{args.loss}")
@@ -45,13 +52,9 @@ def main(argv: list[str]) -> None:
                                           samples_per_class=sampler.samples_per_class if sampler else None)
         out = student_dir(args.teacher, args.student, args.loss)
         # A retrained teacher invalidates a half-trained student, so the teacher file is part of the fingerprint.
-        claim_checkpoint_dir(out / "checkpoints", {**section, "teacher_sha256": file_sha256(teacher_path)})
-        started = time.perf_counter()
-        result = fit(objective, images, settings, checkpoint_dir=out / "checkpoints", logger=run, description=stage)
-        seconds = time.perf_counter() - started
-        save_model(objective.model, spec, out / "model.pt")
-        metrics = training_metrics(result, seconds, settings.batch_size)
-        run.log_metrics(metrics, step=result.steps)
+        fingerprint = {**section, "teacher_sha256": file_sha256(teacher_path)}
+        metrics = train_and_save(objective, images, settings, out, fingerprint, run, stage,
+                                 lambda path: save_model(objective.model, spec, path))
     write_json(out / "metrics.json", metrics)
 
 
