@@ -224,6 +224,7 @@ def classifier_spec(backbone: cfg.BackboneConfig, channels: int, num_classes: in
                           backbone_kwargs=kwargs)
 
 
+@_initialised_from_seed
 def classifier_teacher_objective(params: cfg.Params, name: str, images: ImageSet):
     """The cross-entropy teacher `name` of the classification experiment, and its spec."""
     from pipeline.models.classifier import build_classifier
@@ -234,6 +235,7 @@ def classifier_teacher_objective(params: cfg.Params, name: str, images: ImageSet
     return CrossEntropyObjective(build_classifier(spec), _augment(section.augmentation, params.data, images)), spec
 
 
+@_initialised_from_seed
 def classifier_student_objective(params: cfg.Params, student: str, method: str, teacher, images: ImageSet):
     """A student classifier: cross-entropy alone, or plus the method's transfer term from `teacher`."""
     from pipeline.models.classifier import build_classifier

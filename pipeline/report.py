@@ -69,7 +69,7 @@ def results_table(rows: Sequence[ResultRow], columns: Sequence[tuple[str, str, s
     return "\n".join(lines)
 
 
-def _label(teacher: str, student: str, loss: str, loss_names: dict[str, str]) -> str:
+def _label(student: str, loss: str, loss_names: dict[str, str]) -> str:
     return f"{student} student, {loss} ({loss_names.get(loss, loss)})"
 
 
@@ -96,7 +96,7 @@ def build_report(params, eval_root: Path, out_dir: Path) -> tuple[str, dict[str,
             for student in grid.student:
                 for loss in grid.loss:
                     model_id = f"{teacher}-{student}-{loss}"
-                    rows.append(ResultRow(title, _label(teacher, student, loss, loss_names),
+                    rows.append(ResultRow(title, _label(student, loss, loss_names),
                                           read_metrics(eval_root / model_id / "metrics.json")))
             sections.append((teacher, rows))
             for row, model_id in zip(rows, [f"pixels-{teacher}", f"teacher-{teacher}"] + [

@@ -100,16 +100,11 @@ def check_tracking_store(uri: str, timeout_s: float = 3.0) -> None:
             raise TrackingUnavailableError(f"MLflow SQLite store {uri}: folder {folder} is missing or not writable")
 
 
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested dicts to DVC's dotted keys (``teacher.optim.lr``); lists stay one value."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_params(value, f"{name}."))
-        else:
-            flat[name] = str(value)
-    return flat
+def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """DVC's dotted keys (``teacher.optim.lr``), as ``pipeline.config.flatten`` spells them, as strings."""
+    from pipeline.config import flatten
+
+    return {key: str(value) for key, value in flatten(dict(params)).items()}
 
 
 def run_group_id() -> str:

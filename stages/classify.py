@@ -6,7 +6,6 @@ the frozen teacher (or alone, the control). Both are scored by top-1 / top-5 on 
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 from pathlib import Path
 
 from stages.common import OUTPUTS, load, quiet_libraries, run_stage, stage_name, train_and_save, write_json
@@ -58,8 +57,7 @@ def main(argv: list[str]) -> None:
         test = recipes.load_images(params.data, "test")
         fingerprint = dict(settings_section)
         if args.role == "teacher":
-            with seeded(params.seed):
-                objective, spec = recipes.classifier_teacher_objective(params, args.teacher, train)
+            objective, spec = recipes.classifier_teacher_objective(params, args.teacher, train)
             train_cfg = section.teachers[args.teacher].train
         else:
             teacher_path = CLASSIFICATION / "teachers" / args.teacher / "model.pt"
@@ -67,8 +65,7 @@ def main(argv: list[str]) -> None:
                 raise FileNotFoundError(f"{teacher_path} does not exist; run classifier_teacher@{args.teacher} first")
             teacher, _ = load_classifier(teacher_path)
             fingerprint["teacher_sha256"] = file_sha256(teacher_path)
-            with seeded(params.seed):
-                objective, spec = recipes.classifier_student_objective(params, args.student, args.method, teacher, train)
+            objective, spec = recipes.classifier_student_objective(params, args.student, args.method, teacher, train)
             train_cfg = section.train
         settings = recipes.train_settings(train_cfg, params.seed, len(train))
         metrics = train_and_save(objective, train, settings, out, fingerprint, run, stage,
@@ -80,17 +77,6 @@ def main(argv: list[str]) -> None:
         run.log_metrics(scores, step=int(metrics["steps"]))
         metrics.update(scores)
     write_json(Path(out) / "metrics.json", metrics)
-
-
-@contextmanager
-def seeded(seed: int):
-    """Initial weights from params.yaml's seed alone (as the other recipes build theirs), so a stage's
-    result does not depend on what else the process drew from the global generator first."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 if __name__ == "__main__":
