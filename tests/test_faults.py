@@ -124,8 +124,10 @@ def test_sigterm_saves_exits_143_and_dvc_does_not_record_the_stage(repo, referen
     dvc = Background([str(BIN / "dvc"), "repro", "teacher@terminated"], root, {**env, PAUSE_ENV: "8:after"},
                      "dvc-terminated")
     dvc.wait_for(pause_marker(8, "after"), timeout=300)
+    # The Python process itself, not the `$SHELL -c` wrapper DVC starts it under: bash execs a lone
+    # command, but /bin/sh (dash, DVC's choice when SHELL is unset, as in CI) stays as its parent.
     stage_process = next(p for p in psutil.Process(dvc.process.pid).children(recursive=True)
-                         if "stages.teacher" in " ".join(p.cmdline()))
+                         if p.cmdline()[1:3] == ["-m", "stages.teacher"])
     stage_process.send_signal(signal.SIGTERM)  # arrives during the pause; the loop notices after step 9
     assert dvc.wait(timeout=120) != 0
     log = dvc.stderr()
