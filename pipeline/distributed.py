@@ -42,3 +42,12 @@ def gather_batch(tensor: Tensor) -> Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def mean_over_ranks(tensor: Tensor) -> Tensor:
+    """The mean of `tensor` over ranks (no autograd); `tensor` itself in a single process."""
+    if world_size() == 1:
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return total / world_size()

@@ -43,12 +43,35 @@ def evaluate(student, teacher, view1, labels):
     return results
 
 
+CRD_DATA = 3 * WORLD * LOCAL  # dataset size: the banks hold rows the batch does not touch too
+
+
+def crd_batch():
+    generator = torch.Generator().manual_seed(1)
+    index = torch.randperm(CRD_DATA, generator=generator)[: WORLD * LOCAL]
+    contrast_index = torch.randint(0, CRD_DATA, (WORLD * LOCAL, 7), generator=generator)
+    return index, contrast_index
+
+
+def crd_step(student, teacher, index, contrast_index):
+    """One training-mode CRD call from the same initial heads and banks: loss, student gradient, banks, Z."""
+    torch.manual_seed(2)
+    crd = build("crd", student_dim=4, teacher_dim=5, n_data=CRD_DATA, feat_dim=3, num_negatives=7).double()
+    s = student.clone().requires_grad_()
+    loss = crd(s, teacher, index, contrast_index)
+    loss.backward()
+    return loss.detach(), s.grad, crd.student_memory.clone(), crd.teacher_memory.clone(), crd.normalizers.clone()
+
+
 def _worker(rank, port, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
-        torch.save(evaluate(*(t[rows] for t in global_batch())), f"{out_dir}/rank{rank}.pt")
+        student, teacher, _, _ = global_batch()
+        results = evaluate(*(t[rows] for t in global_batch()))
+        results["crd"] = crd_step(student[rows], teacher[rows], *(t[rows] for t in crd_batch()))
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -79,3 +102,18 @@ def test_gathered_loss_and_gradients_equal_single_process(gathered, name):
     torch.testing.assert_close(torch.cat([gathered[r][name][1] for r in range(WORLD)]) / WORLD, student_grad)
     if name == "ntxent":
         torch.testing.assert_close(torch.cat([gathered[r][name][2] for r in range(WORLD)]) / WORLD, view1_grad)
+
+
+def test_crd_memory_banks_take_every_ranks_rows_and_stay_identical_across_ranks(gathered):
+    """Each rank updates the banks with the whole global batch (not only its rows) and Z is the mean over
+    ranks, so both ranks end with the banks and Z of one process that saw the concatenated batch."""
+    student, teacher, _, _ = global_batch()
+    loss, student_grad, student_bank, teacher_bank, normalizers = crd_step(student, teacher, *crd_batch())
+    for rank in range(WORLD):
+        _, _, rank_student_bank, rank_teacher_bank, rank_normalizers = gathered[rank]["crd"]
+        torch.testing.assert_close(rank_student_bank, student_bank)
+        torch.testing.assert_close(rank_teacher_bank, teacher_bank)
+        torch.testing.assert_close(rank_normalizers, normalizers)
+    # The loss is a mean over rows: the ranks' losses average to it; gradients as for the other losses.
+    torch.testing.assert_close(torch.stack([gathered[r]["crd"][0] for r in range(WORLD)]).mean(), loss)
+    torch.testing.assert_close(torch.cat([gathered[r]["crd"][1] for r in range(WORLD)]) / WORLD, student_grad)

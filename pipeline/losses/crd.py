@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.distributed import gather_batch, mean_over_ranks
 from pipeline.losses.validation import check_non_negative, check_pair, check_positive
 
 
@@ -37,7 +38,9 @@ class CRDLoss(nn.Module):
     with its own bank entry and `num_negatives` uniformly drawn entries of the other side's bank.
     The banks are updated in training mode only (`eval()` freezes them), and the normalising constants
     Z are estimated once, on the first batch, as in the official code.  Banks and Z are buffers, so
-    they are checkpointed with `state_dict()`.  Not gathered across ranks.  The paper adds a
+    they are checkpointed with `state_dict()`.  Under DDP every rank applies the whole global batch's
+    updates and Z is averaged over ranks, so the banks stay identical on every rank (a rank updating
+    only its own rows would leave the others' entries stale).  The paper adds a
     Proxy-Anchor term in training (see `pipeline.losses.NEEDS_PROXY_ANCHOR`).
     """
 
@@ -89,8 +92,9 @@ class CRDLoss(nn.Module):
         teacher_scores = self._scores(self.student_memory, candidates, teacher_emb, 1)
         loss = nce_loss(student_scores, self.n_data) + nce_loss(teacher_scores, self.n_data)
         if self.training:
-            self._update(self.student_memory, index, student_emb)
-            self._update(self.teacher_memory, index, teacher_emb)
+            index = gather_batch(index)
+            self._update(self.student_memory, index, gather_batch(student_emb.detach()))
+            self._update(self.teacher_memory, index, gather_batch(teacher_emb.detach()))
         return loss
 
     def _scores(self, memory: Tensor, candidates: Tensor, anchors: Tensor, slot: int) -> Tensor:
@@ -98,7 +102,7 @@ class CRDLoss(nn.Module):
         bank = memory[candidates].detach().to(anchors.dtype)  # (n, K+1, feat)
         scores = torch.exp(torch.einsum("nkf,nf->nk", bank, anchors) / self.temperature)
         if self.normalizers[slot] < 0:
-            self.normalizers[slot] = scores.detach().mean() * self.n_data
+            self.normalizers[slot] = mean_over_ranks(scores.detach().mean()) * self.n_data
         return scores / self.normalizers[slot].clone().to(scores.dtype)  # clone: the buffer changes in place
 
     @torch.no_grad()
