@@ -116,6 +116,9 @@ class TrainConfig(Strict):
     optimizer: OptimizerConfig
     checkpoint_every_steps: PositiveInt | None = None
     amp: Literal["bf16", "fp16", "off"] = "bf16"
+    # >1 or "auto" (one per visible GPU): the stage relaunches itself under torchrun (pipeline.launch);
+    # batch_size stays the global batch.
+    processes: PositiveInt | Literal["auto"] = 1
 
 
 class MocoConfig(Strict):

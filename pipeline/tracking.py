@@ -9,6 +9,8 @@
   ``PIPELINE_RUN_GROUP`` when set, else the ``dvc`` process that spawned this stage (its pid and start
   time, so the stages of one ``dvc repro`` share it while two invocations never do), else a fresh id.
 - Status: FINISHED on success, KILLED on KeyboardInterrupt / SIGTERM / non-zero SystemExit, else FAILED.
+  A process killed outright (SIGKILL, OOM killer, power loss) cannot close its run; the next run of the
+  same stage on the same host finds it RUNNING with its owning process gone and marks it KILLED.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ SQLITE_TIMEOUT_S = 60
 RUN_GROUP_ENV = "PIPELINE_RUN_GROUP"
 RUN_GROUP_TAG = "pipeline.run_group"
 PARENT_TAG = "pipeline.parent"
+OWNER_TAG = "pipeline.owner"
 DEFAULT_EXPERIMENT = "embedding-transfer"
 T = TypeVar("T")
 
@@ -232,6 +235,31 @@ class RunLogger:
         plt.close(figure)
 
 
+class DiscardingLogger(RunLogger):
+    """The logger of torchrun ranks other than 0: rank 0's run records the job once."""
+
+    def __init__(self) -> None:
+        super().__init__(client=None, run_id="")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_loss_curve(self, key: str = "train/loss", file_name: str = "loss_curve.png") -> None:
+        pass
+
+
 @contextlib.contextmanager
 def start_run(
     stage: str,
@@ -246,7 +274,13 @@ def start_run(
 
     ``params`` may be nested; they are logged under DVC's dotted keys. Yields a ``RunLogger`` whose
     ``log_metrics(metrics, step)`` the training loop calls. The loss curve is logged on every exit.
+    Under torchrun only rank 0 opens a run; the other ranks get a ``DiscardingLogger``.
     """
+    from pipeline.launch import is_main_process
+
+    if not is_main_process():
+        yield DiscardingLogger()
+        return
     uri = tracking_uri()
     check_tracking_store(uri)
     root = repository_root()
@@ -256,12 +290,14 @@ def start_run(
                                        or DEFAULT_EXPERIMENT, uri, root)
         group = run_group_id()
         parent_id = _parent_run(client, experiment_id, group)
+        close_orphaned_runs(client, experiment_id, stage, parent_id)
     run_tags = {
         "dvc.stage": stage,
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "git.commit": git_commit(root),
         "device": device_name(),
         RUN_GROUP_TAG: group,
+        OWNER_TAG: process_owner(),
         "mlflow.parentRunId": parent_id,
         **{k: str(v) for k, v in (tags or {}).items()},
     }
@@ -292,6 +328,44 @@ def start_run(
             logger.log_loss_curve()
         with_retries(lambda: client.set_terminated(run_id, status))
         with_retries(lambda: client.update_run(parent_id, status="FINISHED" if status == "FINISHED" else status))
+
+
+def process_owner(pid: int | None = None) -> str:
+    """``host:pid:start-time``: names one process for good, since pids are reused."""
+    import psutil
+
+    process = psutil.Process(pid)
+    return f"{socket.gethostname()}:{process.pid}:{int(process.create_time())}"
+
+
+def owner_is_gone(owner: str) -> bool:
+    """True only when the owner ran on this host and no process with its pid and start time exists; a run
+    from another host, or written before owners were tagged, is never declared dead."""
+    import psutil
+
+    try:
+        host, pid, started = owner.rsplit(":", 2)
+        if host != socket.gethostname():
+            return False
+        return int(psutil.Process(int(pid)).create_time()) != int(started)
+    except psutil.NoSuchProcess:
+        return True
+    except (ValueError, psutil.Error):
+        return False
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str, stage: str, own_parent: str) -> list[str]:
+    """Mark KILLED the runs of ``stage`` left RUNNING by a process that no longer exists, and their
+    parent run unless it is this invocation's: the UI must not show a dead run as in progress."""
+    query = f"tags.`dvc.stage` = '{stage}' and attributes.status = 'RUNNING'"
+    running = with_retries(lambda: client.search_runs([experiment_id], query, max_results=1000))
+    orphans = [run for run in running if owner_is_gone(run.data.tags.get(OWNER_TAG, ""))]
+    for run in orphans:
+        with_retries(lambda: client.set_terminated(run.info.run_id, "KILLED"))
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent and parent != own_parent and with_retries(lambda: client.get_run(parent)).info.status == "RUNNING":
+            with_retries(lambda: client.set_terminated(parent, "KILLED"))
+    return [run.info.run_id for run in orphans]
 
 
 def _experiment_id(client: MlflowClient, name: str, uri: str, root: Path) -> str:

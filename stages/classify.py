@@ -30,6 +30,14 @@ def main(argv: list[str]) -> None:
                        "not both declared in params.yaml")
     quiet_libraries()
 
+    from pipeline import launch
+
+    if args.role == "teacher":
+        train_key, train_cfg = f"classification.teachers.{args.teacher}.train", section.teachers[args.teacher].train
+    else:
+        train_key, train_cfg = "classification.train", section.train
+    launch.relaunch_under_torchrun("stages.classify", argv, launch.resolve_processes(train_cfg, train_key))
+
     from pipeline import recipes, tracking
     from pipeline.config import flatten
     from pipeline.data.augment import build_augmentation
@@ -58,7 +66,6 @@ def main(argv: list[str]) -> None:
         fingerprint = dict(settings_section)
         if args.role == "teacher":
             objective, spec = recipes.classifier_teacher_objective(params, args.teacher, train)
-            train_cfg = section.teachers[args.teacher].train
         else:
             teacher_path = CLASSIFICATION / "teachers" / args.teacher / "model.pt"
             if not teacher_path.is_file():
@@ -66,7 +73,6 @@ def main(argv: list[str]) -> None:
             teacher, _ = load_classifier(teacher_path)
             fingerprint["teacher_sha256"] = file_sha256(teacher_path)
             objective, spec = recipes.classifier_student_objective(params, args.student, args.method, teacher, train)
-            train_cfg = section.train
         settings = recipes.train_settings(train_cfg, params.seed, len(train))
         metrics = train_and_save(objective, train, settings, out, fingerprint, run, stage,
                                  lambda path: save_classifier(objective.model, spec, path))

@@ -34,7 +34,11 @@ def eval_dir(model_id: str) -> Path:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Atomic write, so a metrics file that exists is always complete."""
+    """Atomic write, so a metrics file that exists is always complete; under torchrun rank 0 writes."""
+    from pipeline.launch import is_main_process
+
+    if not is_main_process():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -72,17 +76,29 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
 def train_and_save(objective, images, settings, out: Path, fingerprint: dict, run, stage: str,
                    save: Callable[[Path], None]) -> dict[str, float]:
     """Train into `out/checkpoints` (resuming a run of the same `fingerprint`), save `out/model.pt`
-    through `save`, log and return the training summary; every training stage ends this way."""
+    through `save`, log and return the training summary; every training stage ends this way.
+
+    Under torchrun, rank 0 alone claims the checkpoint folder and writes files; the others wait for it
+    (the folder may be cleared for a changed fingerprint) and train beside it.
+    """
     import time
+
+    import torch.distributed as dist
 
     from pipeline.train.fingerprint import claim_checkpoint_dir
     from pipeline.train.loop import fit
+    from pipeline.train.runtime import resolve_runtime
 
-    claim_checkpoint_dir(out / "checkpoints", fingerprint)
+    runtime = resolve_runtime(settings.device)  # joins torchrun's process group, if any
+    if runtime.is_main:
+        claim_checkpoint_dir(out / "checkpoints", fingerprint)
+    if runtime.distributed:
+        dist.barrier()
     started = time.perf_counter()
     result = fit(objective, images, settings, checkpoint_dir=out / "checkpoints", logger=run, description=stage)
     seconds = time.perf_counter() - started
-    save(out / "model.pt")
+    if runtime.is_main:
+        save(out / "model.pt")
     metrics = training_metrics(result, seconds, settings.batch_size)
     run.log_metrics(metrics, step=result.steps)
     return metrics

@@ -15,11 +15,16 @@ def main(argv: list[str]) -> None:
     if args.name not in params.teachers:
         raise KeyError(f"teachers.{args.name} is not in params.yaml (declared: {', '.join(params.teachers)})")
 
+    from pipeline import launch
+
+    teacher = params.teachers[args.name]
+    launch.relaunch_under_torchrun("stages.teacher", argv,
+                                   launch.resolve_processes(teacher.train, f"teachers.{args.name}.train"))
+
     from pipeline import recipes, tracking
     from pipeline.config import flatten
     from pipeline.models import save_model
 
-    teacher = params.teachers[args.name]
     stage = stage_name(f"teacher@{args.name}")
     section = {"seed": params.seed, "data": params.data.model_dump(mode="json"),
                "teachers": {args.name: teacher.model_dump(mode="json")}}

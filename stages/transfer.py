@@ -27,6 +27,11 @@ def main(argv: list[str]) -> None:
         if name not in getattr(params, section):
             raise KeyError(f"{section}.{name} is not in params.yaml (declared: {', '.join(getattr(params, section))})")
 
+    from pipeline import launch
+
+    launch.relaunch_under_torchrun("stages.transfer", argv,
+                                   launch.resolve_processes(params.transfer.train, "transfer.train"))
+
     from pipeline import recipes, tracking
     from pipeline.config import flatten
     from pipeline.models import save_model

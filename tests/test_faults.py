@@ -113,7 +113,11 @@ def test_sigkill_then_rerun_resumes_to_the_uninterrupted_result(repo, reference,
         leftovers[0].write_bytes(leftovers[0].read_bytes()[: leftovers[0].stat().st_size // 2])
     else:
         assert checkpoint_step(out) == resume_step and not leftovers
+    [killed] = stage_runs(root, f"teacher@{name}")
+    assert killed.info.status == "RUNNING"  # nothing ran to close it
     assert_resumed_equal(root, env, name, reference, resume_step)
+    # The resumed run found the killed one's process gone and closed it.
+    assert sorted(r.info.status for r in stage_runs(root, f"teacher@{name}")) == ["FINISHED", "KILLED"]
 
 
 def test_sigterm_saves_exits_143_and_dvc_does_not_record_the_stage(repo, reference):

@@ -169,3 +169,40 @@ def test_stages_of_one_dvc_invocation_share_a_run_group(tmp_path):
         assert first == second and first.startswith(f"dvc-{process.pid}-")
         groups.append(first)
     assert groups[0] != groups[1]
+
+
+HANGING_RUN = textwrap.dedent('''
+    import time
+    from pipeline import tracking
+    with tracking.start_run("orphan-stage", system_metrics=False):
+        print("open", flush=True)
+        time.sleep(600)
+''')
+
+
+def test_run_of_a_sigkilled_process_is_marked_killed_by_the_next_run_of_its_stage(store, monkeypatch):
+    """SIGKILL leaves no chance to close a run; the next run of the stage closes it (and its parent), while
+    a RUNNING run whose owner is alive, or on another host, is left alone."""
+    env = {**os.environ, tracking.RUN_GROUP_ENV: "orphan-killed"}
+    hanging = subprocess.Popen([sys.executable, "-c", HANGING_RUN], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                               text=True)
+    assert hanging.stdout.readline().strip() == "open"
+    hanging.kill()
+    hanging.wait()
+    [orphan] = runs_of_stage(store, "orphan-stage")
+    assert orphan.info.status == "RUNNING"
+    client = MlflowClient(store)
+    experiment_id = orphan.info.experiment_id
+    alive = client.create_run(experiment_id, tags={"dvc.stage": "orphan-stage",
+                                                   tracking.OWNER_TAG: tracking.process_owner()})
+    elsewhere = client.create_run(experiment_id, tags={"dvc.stage": "orphan-stage",
+                                                       tracking.OWNER_TAG: "other-host:1:1"})
+
+    monkeypatch.setenv(tracking.RUN_GROUP_ENV, "orphan-rerun")
+    with tracking.start_run("orphan-stage", system_metrics=False):
+        pass
+    status = {run.info.run_id: run.info.status for run in runs_of_stage(store, "orphan-stage")}
+    assert status.pop(orphan.info.run_id) == "KILLED"
+    assert status.pop(alive.info.run_id) == "RUNNING" and status.pop(elsewhere.info.run_id) == "RUNNING"
+    assert list(status.values()) == ["FINISHED"]
+    assert client.get_run(orphan.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
