@@ -20,7 +20,7 @@ from torch import nn
 from pipeline.eval.features import extract_features
 from pipeline.eval.linear_probe import topk_accuracy
 from pipeline.models.classifier import Classifier
-from pipeline.train.objectives import Objective, full_precision
+from pipeline.train.objectives import FrozenTeacherObjective, Objective, full_precision
 
 EMBEDDING_TERMS = ("relaxed_contrastive", "rkd", "pkt", "crd")
 LOGIT_TERMS = ("hinton_kd",)
@@ -44,11 +44,9 @@ class CrossEntropyObjective(Objective):
             return F.cross_entropy(logits.float(), labels)
 
 
-class DistillationObjective(Objective):
+class DistillationObjective(FrozenTeacherObjective):
     """Student cross-entropy plus one transfer term from the frozen ``teacher``.
 
-    The teacher is kept out of the module tree (as in ``TransferObjective``): not trained, not
-    checkpointed, not synchronised by DDP, and left in eval mode when the objective switches to train.
     The embedding terms gather over DDP ranks themselves; CE and Hinton KD are per-sample means, whose
     gradients DDP's averaging already makes global.
     """
@@ -63,7 +61,6 @@ class DistillationObjective(Objective):
         transfer_weight: float,
         ce_weight: float = 1.0,
     ) -> None:
-        super().__init__(augment)
         if transfer_name not in TRANSFER_TERMS:
             raise ValueError(f"transfer_name must be one of {TRANSFER_TERMS}, got {transfer_name!r}")
         for name, value in (("transfer_weight", transfer_weight), ("ce_weight", ce_weight)):
@@ -74,20 +71,11 @@ class DistillationObjective(Objective):
                 f"{transfer_name} compares logits: student has {student.num_classes} classes, "
                 f"teacher {teacher.num_classes}"
             )
-        self.student = student
+        super().__init__(augment, student, teacher)
         self.criterion = transfer_loss
         self.transfer_name = transfer_name
         self.transfer_weight = transfer_weight
         self.ce_weight = ce_weight
-        teacher.eval().requires_grad_(False)
-        self.__dict__["teacher"] = teacher
-
-    @property
-    def model(self) -> Classifier:
-        return self.student
-
-    def setup(self, device: torch.device) -> None:
-        self.teacher.to(device=device, memory_format=self.memory_format)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         view = self.view(images)

@@ -195,15 +195,34 @@ INDEXED_LOSSES = ("crd",)
 LABELLED_LOSSES = ("darkrank",)
 
 
-class TransferObjective(Objective):
+class FrozenTeacherObjective(Objective):
+    """A student trained against a frozen ``teacher`` (embedding transfer and classifier distillation).
+
+    The teacher is kept out of the module tree on purpose: it is not trained, not checkpointed, not
+    synchronised by DDP, and ``train()`` on the objective must not switch it out of eval mode.
+    """
+
+    def __init__(self, augment: nn.Module, student: nn.Module, teacher: nn.Module) -> None:
+        super().__init__(augment)
+        self.student = student
+        teacher.eval().requires_grad_(False)
+        self.__dict__["teacher"] = teacher
+
+    @property
+    def model(self) -> nn.Module:
+        return self.student
+
+    def setup(self, device: torch.device) -> None:
+        self.teacher.to(device=device, memory_format=self.memory_format)
+
+
+class TransferObjective(FrozenTeacherObjective):
     """Student transfer: the teacher frozen in eval mode, two views of every image, both seen by teacher
     and student, ``loss(student, teacher[, index | labels])``; optional auxiliary label loss on the
     student embedding (the paper's FitNet / Attention / CRD baselines add Proxy-Anchor).
 
     The transfer losses all-gather over DDP ranks themselves (``pipeline.losses``), so local rows are
     passed; the auxiliary Proxy-Anchor term does not, so its inputs are gathered here.
-    The teacher is kept out of the module tree on purpose: it is not trained, not checkpointed, not
-    synchronised by DDP, and ``train()`` on the objective must not switch it out of eval mode.
     """
 
     def __init__(
@@ -217,24 +236,14 @@ class TransferObjective(Objective):
         auxiliary_loss: nn.Module | None = None,
         auxiliary_weight: float = 1.0,
     ) -> None:
-        super().__init__(augment)
         if teacher_embedding_kind not in TEACHER_EMBEDDINGS:
             raise ValueError(f"teacher_embedding must be one of {TEACHER_EMBEDDINGS}, got {teacher_embedding_kind!r}")
-        self.student = student
+        super().__init__(augment, student, teacher)
         self.criterion = loss
         self.loss_name = loss_name
         self.teacher_embedding_kind = teacher_embedding_kind
         self.auxiliary = auxiliary_loss
         self.auxiliary_weight = auxiliary_weight
-        teacher.eval().requires_grad_(False)
-        self.__dict__["teacher"] = teacher
-
-    @property
-    def model(self) -> EmbeddingModel:
-        return self.student
-
-    def setup(self, device: torch.device) -> None:
-        self.teacher.to(device=device, memory_format=self.memory_format)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         views = self.two_views(images)
