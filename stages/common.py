@@ -99,6 +99,9 @@ def train_and_save(objective, images, settings, out: Path, fingerprint: dict, ru
     seconds = time.perf_counter() - started
     if runtime.is_main:
         save(out / "model.pt")
+    if runtime.distributed:
+        dist.barrier()  # ranks leave together (torchrun tears all down if rank 0 fails to save)
+        dist.destroy_process_group()
     metrics = training_metrics(result, seconds, settings.batch_size)
     run.log_metrics(metrics, step=result.steps)
     return metrics
