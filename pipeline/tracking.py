@@ -330,11 +330,11 @@ def start_run(
         with_retries(lambda: client.update_run(parent_id, status="FINISHED" if status == "FINISHED" else status))
 
 
-def process_owner(pid: int | None = None) -> str:
-    """``host:pid:start-time``: names one process for good, since pids are reused."""
+def process_owner() -> str:
+    """``host:pid:start-time`` of this process: names it for good, since pids are reused."""
     import psutil
 
-    process = psutil.Process(pid)
+    process = psutil.Process()
     return f"{socket.gethostname()}:{process.pid}:{int(process.create_time())}"
 
 
@@ -354,7 +354,7 @@ def owner_is_gone(owner: str) -> bool:
         return False
 
 
-def close_orphaned_runs(client: MlflowClient, experiment_id: str, stage: str, own_parent: str) -> list[str]:
+def close_orphaned_runs(client: MlflowClient, experiment_id: str, stage: str, own_parent: str) -> None:
     """Mark KILLED the runs of ``stage`` left RUNNING by a process that no longer exists, and their
     parent run unless it is this invocation's: the UI must not show a dead run as in progress."""
     query = f"tags.`dvc.stage` = '{stage}' and attributes.status = 'RUNNING'"
@@ -365,7 +365,6 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str, stage: str, ow
         parent = run.data.tags.get("mlflow.parentRunId")
         if parent and parent != own_parent and with_retries(lambda: client.get_run(parent)).info.status == "RUNNING":
             with_retries(lambda: client.set_terminated(parent, "KILLED"))
-    return [run.info.run_id for run in orphans]
 
 
 def _experiment_id(client: MlflowClient, name: str, uri: str, root: Path) -> str:
