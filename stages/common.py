@@ -53,7 +53,23 @@ def load():
 
 
 def run_stage(main: Callable[[list[str]], None]) -> None:
-    """Run a stage's main, mapping known failures to one readable line and a non-zero exit code."""
+    """Run a stage's main, mapping known failures to one readable line and a non-zero exit code.
+
+    The process then ends with ``os._exit``: every output is written and closed and the MLflow run is
+    terminated by then, and the interpreter's teardown of torch, mlflow and friends cost 1.1-1.8 s per
+    stage here (40 stages in the default run). A bug's traceback still takes the normal path.
+    """
+    try:
+        _run_mapped(main)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_mapped(main: Callable[[list[str]], None]) -> None:
     from pipeline.config import ConfigError
     from pipeline.data import DatasetNotFoundError
     from pipeline.train.runtime import NonFiniteLossError, TrainingInterrupted

@@ -19,8 +19,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import KMeans
-from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor
 
 from pipeline.eval.checks import check_distance, check_embeddings_and_labels
@@ -145,6 +143,11 @@ def _per_query_metrics(
 
 
 def _nmi(embeddings: Tensor, class_index: Tensor, num_classes: int, distance: str, seed: int) -> float:
+    # Imported here: every stage imports this module (params validation reaches it), only evaluation
+    # needs scikit-learn, and its import costs 0.6 s.
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
     points = embeddings.float()
     if distance == "cosine":
         points = F.normalize(points, dim=1)
