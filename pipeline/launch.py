@@ -21,7 +21,7 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def resolve_processes(train: TrainConfig, key: str) -> int:
+def _resolve_processes(train: TrainConfig, key: str) -> int:
     """How many processes the ``train`` section at dotted ``key`` asks for. ``"auto"``: one per visible
     GPU (one on a CPU machine). Refused before any process starts, naming the key: more processes than
     visible GPUs (they would only compete for one), or a global batch that does not split evenly."""
@@ -38,14 +38,17 @@ def resolve_processes(train: TrainConfig, key: str) -> int:
     return processes
 
 
-def relaunch_under_torchrun(module: str, argv: list[str], processes: int) -> None:
-    """Replace this process by ``torchrun --standalone --nproc-per-node N -m module argv`` when N > 1 and
-    this is not already a worker; return otherwise.
+def relaunch_under_torchrun(module: str, argv: list[str], train: TrainConfig, key: str) -> None:
+    """Replace this process by ``torchrun --standalone --nproc-per-node N -m module argv`` when the
+    ``train`` section at ``key`` asks for N > 1 processes and this is not already a worker; return otherwise.
 
     exec rather than a child process: a signal DVC or a cluster scheduler sends to the stage reaches
     torchrun, which forwards it to every worker, and each worker checkpoints before exiting.
     """
-    if processes <= 1 or WORKER_ENV in os.environ:
+    if WORKER_ENV in os.environ:
+        return
+    processes = _resolve_processes(train, key)
+    if processes <= 1:
         return
     sys.stdout.flush()
     sys.stderr.flush()

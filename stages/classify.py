@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
         train_key, train_cfg = f"classification.teachers.{args.teacher}.train", section.teachers[args.teacher].train
     else:
         train_key, train_cfg = "classification.train", section.train
-    launch.relaunch_under_torchrun("stages.classify", argv, launch.resolve_processes(train_cfg, train_key))
+    launch.relaunch_under_torchrun("stages.classify", argv, train_cfg, train_key)
 
     from pipeline import recipes, tracking
     from pipeline.config import flatten
@@ -76,6 +76,8 @@ def main(argv: list[str]) -> None:
         settings = recipes.train_settings(train_cfg, params.seed, len(train))
         metrics = train_and_save(objective, train, settings, out, fingerprint, run, stage,
                                  lambda path: save_classifier(objective.model, spec, path))
+        if not launch.is_main_process():
+            return  # every rank holds the same model: rank 0 alone scores it and writes
         preprocess = build_augmentation("none", params.data.image_size, test.channels, test.mean, test.std)
         scores = classification_metrics(objective.model, test.images, test.labels,
                                         batch_size=params.evaluation.batch_size, transform=preprocess)

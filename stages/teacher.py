@@ -18,8 +18,7 @@ def main(argv: list[str]) -> None:
     from pipeline import launch
 
     teacher = params.teachers[args.name]
-    launch.relaunch_under_torchrun("stages.teacher", argv,
-                                   launch.resolve_processes(teacher.train, f"teachers.{args.name}.train"))
+    launch.relaunch_under_torchrun("stages.teacher", argv, teacher.train, f"teachers.{args.name}.train")
 
     from pipeline import recipes, tracking
     from pipeline.config import flatten

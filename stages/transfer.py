@@ -29,8 +29,7 @@ def main(argv: list[str]) -> None:
 
     from pipeline import launch
 
-    launch.relaunch_under_torchrun("stages.transfer", argv,
-                                   launch.resolve_processes(params.transfer.train, "transfer.train"))
+    launch.relaunch_under_torchrun("stages.transfer", argv, params.transfer.train, "transfer.train")
 
     from pipeline import recipes, tracking
     from pipeline.config import flatten
