@@ -139,7 +139,7 @@ _CIFAR_LAYOUTS = {
 }
 # The CRD benchmark's classifier backbones live in classifiers.py (which builds on this module).
 _CLASSIFIER_BACKBONES = ("resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_2")
-BACKBONES = (*_CIFAR_LAYOUTS, "resnet18", "resnet50", "small_resnet", *_CLASSIFIER_BACKBONES)
+BACKBONES = (*_CIFAR_LAYOUTS, "resnet18", "resnet50", "bn_inception", "small_resnet", *_CLASSIFIER_BACKBONES)
 
 
 def build_backbone(name: str, in_channels: int = 3, **kwargs) -> nn.Module:
@@ -158,6 +158,10 @@ def build_backbone(name: str, in_channels: int = 3, **kwargs) -> nn.Module:
         return CifarResNet(block, layout, (64, 128, 256, 512), in_channels, stem_stride=1, **kwargs)
     if name in ("resnet18", "resnet50"):
         return TorchvisionResNet(int(name.removeprefix("resnet")), in_channels, **kwargs)
+    if name == "bn_inception":
+        from pipeline.models.bn_inception import BNInception  # options: weights_path, input_space/mean/std
+
+        return BNInception(in_channels, **kwargs)
     if name == "small_resnet":
         widths = tuple(kwargs.pop("widths", (32, 64, 128)))
         blocks = tuple(kwargs.pop("blocks_per_stage", (1,) * len(widths)))
