@@ -27,7 +27,7 @@ RKD_ANGLE_ROWS = 128  # angle-term anchor subsample for n > 180 (the full term i
 
 def student_model(widths: tuple[int, ...]) -> tuple[nn.Module, str]:
     """The default CPU student: the pipeline's small ResNet (one BasicBlock per stage, stride-2 stem) + 64-d head."""
-    from pipeline.models import build_backbone
+    from pipeline.models.registry import build_backbone
     from pipeline.models.embedding_model import EmbeddingModel
 
     backbone = build_backbone("small_resnet", in_channels=1, widths=widths)

@@ -49,7 +49,7 @@ def make_embeddings(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray
 
 
 def run_ours(embeddings, labels, budget_mib: int) -> dict:
-    from pipeline.eval import retrieval_metrics
+    from pipeline.eval.retrieval import retrieval_metrics
 
     metrics = retrieval_metrics(
         embeddings, labels, ks=KS, distance="euclidean", memory_budget_bytes=budget_mib * 2**20, nmi=False

@@ -38,10 +38,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.config import OptimizerConfig, TrainConfig
 from pipeline.data import ImageSet, load_dataset
 from pipeline.data.augment import build_augmentation
-from pipeline.models import EmbeddingModel, build_backbone
-from pipeline.train.config import TrainConfig
+from pipeline.models.embedding_model import EmbeddingModel
+from pipeline.models.registry import build_backbone
 from pipeline.train.loop import fit
 from pipeline.train.objectives import SimCLRObjective
 
@@ -82,8 +83,9 @@ def cpu_seconds() -> float:
 def ours(data: ImageSet, batch_size: int, steps: int, channels_last: bool) -> tuple[float, float]:
     augment = build_augmentation("simclr", data.image_size, data.channels, data.mean, data.std)
     objective = SimCLRObjective(make_model(), augment)
-    config = TrainConfig(epochs=1, max_steps=WARMUP_STEPS + steps, batch_size=batch_size, lr=0.06,
-                         log_every_steps=1, channels_last=channels_last)  # explicit: both layouts measured
+    config = TrainConfig(epochs=1, max_steps=WARMUP_STEPS + steps, batch_size=batch_size, log_every_steps=1,
+                         optimizer=OptimizerConfig(name="sgd", lr=0.06, weight_decay=5e-4),
+                         channels_last=channels_last)  # explicit: both layouts measured
     clock = StepClock()
     cpu_start = cpu_seconds()
     with redirect_stderr(io.StringIO()):

@@ -10,6 +10,7 @@ import json
 import re
 from difflib import get_close_matches
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
@@ -38,15 +39,49 @@ class Strict(BaseModel):
 
 
 def _backbones() -> tuple[str, ...]:
-    from pipeline.models import BACKBONES
+    from pipeline.models.registry import BACKBONES
 
     return tuple(BACKBONES)
 
 
-def _loss_names() -> tuple[str, ...]:
-    from pipeline.losses import NAMES
+def _loss_class(name: str):
+    from pipeline.losses import loss_class
 
-    return tuple(NAMES)
+    return loss_class(name)
+
+
+def _loss_names() -> tuple[str, ...]:
+    """Registered loss names (no loss module is imported for this)."""
+    from pipeline.losses.registry import names
+
+    return names()
+
+
+def _transfer_usable(cls) -> bool:
+    """Losses a transfer grid can train a student with: student and teacher embeddings or stage maps."""
+    return cls.role in ("transfer", "supervised") and cls.features in ("embedding", "stage_maps")
+
+
+def _classification_usable(cls) -> bool:
+    """Terms beside cross-entropy: penultimate embeddings or logits of both classifiers, no labels."""
+    return cls.role == "transfer" and cls.features in ("embedding", "logits") and "labels" not in cls.inputs
+
+
+def _check_loss_params(where: str, name: str, params: dict) -> None:
+    """`params` against the typed `Params` model loss `name` declares; the error names the dotted key."""
+    model = _loss_class(name).Params
+    try:
+        model.model_validate(params)
+    except ValidationError as err:
+        from pipeline.losses.contract import describe_error
+
+        error = err.errors()[0]
+        key, reason = describe_error(error)
+        if error["type"] == "extra_forbidden":
+            hint = get_close_matches(key, list(model.model_fields), n=1)
+            reason += f"; did you mean {hint[0]!r}?" if hint else ""
+            reason += f" (allowed here: {', '.join(model.model_fields) or 'none'})"
+        raise ValueError(f"{where}.params.{key}: {reason}") from None
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -107,18 +142,48 @@ class OptimizerConfig(Strict):
     warmup_epochs: NonNegativeFloat = 0.0
     milestones_epochs: tuple[PositiveInt, ...] = ()  # empty: cosine decay; else lr x gamma at each epoch listed
     gamma: Fraction = 0.1
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0  # the cosine schedule's floor, as a fraction of lr
 
 
 class TrainConfig(Strict):
+    """One `train` section; the training loop (`pipeline.train.loop.fit`) reads it as it is.
+
+    `batch_size` counts images per optimiser step over all processes (each image gives two views in the
+    SSL and transfer recipes); `max_steps` caps the run below `epochs` full epochs. `amp` acts on CUDA
+    only. `channels_last` is on by default for CUDA and CPU alike: on this project's 2-core CPU it made the
+    small-ResNet SimCLR step 27% faster (benchmarks/results/train_throughput.md).
+    """
+
     epochs: PositiveInt
     max_steps: PositiveInt | None = None
     batch_size: Annotated[int, Field(ge=2)]
     optimizer: OptimizerConfig
     checkpoint_every_steps: PositiveInt | None = None
+    log_every_steps: PositiveInt = 10
     amp: Literal["bf16", "fp16", "off"] = "bf16"
+    channels_last: bool = True
+    grad_clip_norm: PositiveFloat | None = None
+    sync_batchnorm: bool = True  # under CUDA DDP
     # >1 or "auto" (one per visible GPU): the stage relaunches itself under torchrun (pipeline.launch);
     # batch_size stays the global batch.
     processes: PositiveInt | Literal["auto"] = 1
+    # >1: machines joined by torchrun's c10d rendezvous (pipeline.launch); "auto": as many as the launcher
+    # that started the stage (torchrun --nnodes, srun) has, else 1. `processes` counts per node.
+    nodes: PositiveInt | Literal["auto"] = 1
+    # host:port every node reaches (else MASTER_ADDR / MASTER_PORT, or the SLURM job's first node), and how
+    # long the nodes may take to gather. Where the job meets, not what it computes: left out of the dumped
+    # section, so the run fingerprint and the MLflow params do not change with the cluster's host names.
+    rendezvous: str | None = Field(default=None, exclude=True)
+    rendezvous_timeout_s: PositiveInt = Field(default=300, exclude=True)
+
+    @field_validator("rendezvous")
+    @classmethod
+    def _endpoint_form(cls, value: str | None) -> str | None:
+        from pipeline.launch import parse_endpoint
+
+        if value is not None:
+            parse_endpoint(value)
+        return value
 
 
 class MocoConfig(Strict):
@@ -171,22 +236,24 @@ class StudentConfig(Strict):
 
 class LossConfig(Strict):
     name: str
-    params: dict[str, Union[bool, int, float, str]] = {}
-    # Weight of the Proxy-Anchor term added on the student embedding; None: the paper's choice
-    # (1 for FitNet, Attention and CRD, 0 otherwise).
+    params: dict[str, Any] = {}  # checked against the loss's declared `Params` model
+    # Weight of the Proxy-Anchor term added on the student embedding; None: the paper's choice, declared by
+    # the loss (`proxy_anchor`: 1 for FitNet, Attention and CRD, 0 otherwise).
     proxy_anchor_weight: NonNegativeFloat | None = None
 
     def effective_proxy_anchor_weight(self) -> float:
-        from pipeline.losses import NEEDS_PROXY_ANCHOR
-
         if self.proxy_anchor_weight is not None:
             return self.proxy_anchor_weight
-        return 1.0 if self.name in NEEDS_PROXY_ANCHOR else 0.0
+        if self.name == TEACHER_OBJECTIVE:
+            return 0.0
+        return 1.0 if _loss_class(self.name).proxy_anchor else 0.0
 
     def uses_labels(self) -> bool:
         """Whether training with this loss reads class labels (not allowed in the self-supervised setting)."""
-        triplet = self.name == "darkrank" and float(self.params.get("triplet_weight", 1.0)) > 0
-        return self.name == "contrastive" or triplet or self.effective_proxy_anchor_weight() > 0
+        if self.name == TEACHER_OBJECTIVE:
+            return False
+        cls = _loss_class(self.name)
+        return cls.reads_labels(cls.Params(**self.params)) or self.effective_proxy_anchor_weight() > 0
 
     @field_validator("name")
     @classmethod
@@ -194,19 +261,20 @@ class LossConfig(Strict):
         return _choice(value, (*_loss_names(), TEACHER_OBJECTIVE), "loss")
 
     @model_validator(mode="after")
-    def _params_fit_the_loss(self) -> "LossConfig":
-        """A dry build, so a misspelt or out-of-range loss parameter fails now, not after the teachers trained."""
-        if self.name == TEACHER_OBJECTIVE:
-            if self.params:
-                raise ValueError(f"the {TEACHER_OBJECTIVE} control takes no params, got {sorted(self.params)}")
-            return self
-        from pipeline.losses import build
-
-        try:
-            build(self.name, **self.params)
-        except TypeError:
-            pass  # arguments the stage supplies at run time (channels, dimensions, data size) are absent here
+    def _control_takes_no_params(self) -> "LossConfig":
+        if self.name == TEACHER_OBJECTIVE and self.params:
+            raise ValueError(f"the {TEACHER_OBJECTIVE} control takes no params, got {sorted(self.params)}")
         return self
+
+    def check_contract(self, where: str) -> None:
+        """What the loss's declared contract says of this entry: a student can be trained with it, and
+        its params have the declared types and ranges (`check_contracts` calls this)."""
+        if self.name == TEACHER_OBJECTIVE:
+            return
+        if not _transfer_usable(_loss_class(self.name)):
+            raise ValueError(f"{where}.name: {self.name!r} is not a transfer loss (a teacher's objective or a "
+                             "classifier term)")
+        _check_loss_params(where, self.name, self.params)
 
 
 class GridConfig(Strict):
@@ -264,16 +332,28 @@ class DistillationMethodConfig(Strict):
     """One row of the classification table: cross-entropy plus (optionally) one transfer term."""
 
     loss: str | None = None  # None: the student trained alone (the control)
-    params: dict[str, Union[bool, int, float, str]] = {}
+    params: dict[str, Any] = {}  # checked against the loss's declared `Params` model
     ce_weight: NonNegativeFloat = 1.0
     transfer_weight: NonNegativeFloat = 1.0
 
     @field_validator("loss")
     @classmethod
     def _known_term(cls, value: str | None) -> str | None:
-        from pipeline.train.classification import TRANSFER_TERMS
+        return None if value is None else _choice(value, _loss_names(), "classification transfer loss")
 
-        return None if value is None else _choice(value, tuple(TRANSFER_TERMS), "classification transfer loss")
+    @model_validator(mode="after")
+    def _params_need_a_loss(self) -> "DistillationMethodConfig":
+        if self.loss is None and self.params:
+            raise ValueError(f"params given without a loss: {sorted(self.params)}")
+        return self
+
+    def check_contract(self, where: str) -> None:
+        if self.loss is None:
+            return
+        if not _classification_usable(_loss_class(self.loss)):
+            raise ValueError(f"{where}.loss: {self.loss!r} is not a classification transfer term (it needs "
+                             "embeddings or logits of both classifiers and no labels)")
+        _check_loss_params(where, self.loss, self.params)
 
 
 class ClassificationGridConfig(Strict):
@@ -358,13 +438,6 @@ class Params(Strict):
                 if batch != self.transfer.train.batch_size:
                     raise ValueError(f"transfer.sampler: classes_per_batch x samples_per_class = {batch} "
                                      f"must equal transfer.train.batch_size ({self.transfer.train.batch_size})")
-            if grid_key == "grid":
-                for name in grid.loss:
-                    if self.losses[name].uses_labels():
-                        raise ValueError(
-                            f"transfer.grid.loss: {name!r} reads class labels (a Proxy-Anchor, triplet or label term), "
-                            "which the self-supervised setting does not have; set its proxy_anchor_weight: 0 "
-                            "(or darkrank params.triplet_weight: 0), or move it to transfer.metric_grid")
             for teacher in grid.teacher:
                 method = self.teachers[teacher].method
                 if (grid_key == "metric_grid") != (method == "proxy_anchor"):
@@ -413,21 +486,52 @@ def _describe(error: dict) -> str:
     return f"{key}: {message}{shown}"
 
 
-def validate_params(raw: dict, source: str = "params.yaml") -> Params:
-    """Validate a parsed params mapping; raise ConfigError with the first problem on one line."""
+def check_contracts(params: Params, losses: Iterable[str] | None = None, methods: Iterable[str] | None = None) -> None:
+    """Check loss entries against the contracts their losses declare (`pipeline.losses.contract`): usable
+    in their section, params typed and in range, no label-reading loss in the self-supervised grid.
+
+    `losses` / `methods`: the `losses` and `classification.methods` keys to check, None for all. A stage
+    checks only what it trains with, so it imports no other loss module (and its code fingerprint,
+    `pipeline.train.fingerprint`, covers no other loss); the `prepare` stage checks everything first.
+    """
+    for key in params.losses if losses is None else [k for k in losses if k in params.losses]:
+        params.losses[key].check_contract(f"losses.{key}")
+        if key in params.transfer.grid.loss and params.losses[key].uses_labels():
+            raise ValueError(
+                f"transfer.grid.loss: {key!r} reads class labels (a Proxy-Anchor, triplet or label term), "
+                "which the self-supervised setting does not have; set its proxy_anchor_weight: 0 "
+                "(or darkrank params.triplet_weight: 0), or move it to transfer.metric_grid")
+    chosen = params.classification.methods
+    for key in chosen if methods is None else [k for k in methods if k in chosen]:
+        chosen[key].check_contract(f"classification.methods.{key}")
+
+
+def validate_params(raw: dict, source: str = "params.yaml", *, losses: Iterable[str] | None = None,
+                    methods: Iterable[str] | None = None) -> Params:
+    """Validate a parsed params mapping; raise ConfigError with the first problem on one line.
+
+    Every section's structure and types are checked; loss contracts for the `losses` / `methods` keys
+    given (None: all of them, see `check_contracts`).
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
         # A misspelt key also makes its correct spelling "missing": report the misspelling first.
         errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
         problems = [_describe(e) for e in errors]
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise ConfigError(f"{source}: {problems[0]}{more}") from None
+    try:
+        check_contracts(params, losses, methods)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return params
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = "params.yaml", *, losses: Iterable[str] | None = None,
+                methods: Iterable[str] | None = None) -> Params:
     """Read and validate params.yaml; every error is a ConfigError naming the file and key."""
     path = Path(path)
     try:
@@ -440,7 +544,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}: {getattr(err, 'problem', err)}") from None
-    return validate_params(raw, str(path))
+    return validate_params(raw, str(path), losses=losses, methods=methods)
 
 
 def flatten(params: Params | dict, prefix: str = "") -> dict[str, Any]:

@@ -7,20 +7,24 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.eval.plots import recall_at_k_plot
+from pipeline.outputs import (classifier_student_dir, classifier_teacher_dir, eval_dir, pixels_id, student_id,
+                              teacher_id)
 
-COLUMNS: tuple[tuple[str, str, str], ...] = (
-    # (metrics key, column title, format)
-    ("probe_top1", "Probe top-1", "pct"),
-    ("knn_top1", "kNN top-1", "pct"),
-    ("recall@1", "R@1", "pct"),
-    ("recall@2", "R@2", "pct"),
-    ("recall@4", "R@4", "pct"),
-    ("recall@8", "R@8", "pct"),
-    ("map@r", "MAP@R", "pct"),
-    ("embedding_dim", "Dim", "int"),
-    ("parameters", "Params", "params"),
-    ("ms_per_image", "ms/img", "ms"),
-)
+Column = tuple[str, str, str]  # (metrics key, column title, format)
+
+
+def retrieval_columns(ks: Sequence[int]) -> tuple[Column, ...]:
+    """The table's columns; Recall@K for the K the evaluation computed (`evaluation.retrieval.ks`)."""
+    return (
+        ("probe_top1", "Probe top-1", "pct"),
+        ("knn_top1", "kNN top-1", "pct"),
+        *((f"recall@{k}", f"R@{k}", "pct") for k in ks),
+        ("map@r", "MAP@R", "pct"),
+        ("r_precision", "R-Prec", "pct"),
+        ("embedding_dim", "Dim", "int"),
+        ("parameters", "Params", "params"),
+        ("ms_per_image", "ms/img", "ms"),
+    )
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ def _cell(value: Any, kind: str) -> str:
     return f"{float(value):.3f}"
 
 
-def results_table(rows: Sequence[ResultRow], columns: Sequence[tuple[str, str, str]] = COLUMNS) -> str:
+def results_table(rows: Sequence[ResultRow], columns: Sequence[Column]) -> str:
     """A Markdown table: one row per model, a bold section line where the section changes."""
     shown = [c for c in columns if any(c[0] in r.metrics for r in rows)]
     lines = ["| Model | " + " | ".join(title for _, title, _ in shown) + " |",
@@ -73,12 +77,13 @@ def _label(student: str, loss: str, loss_names: dict[str, str]) -> str:
     return f"{student} student, {loss} ({loss_names.get(loss, loss)})"
 
 
-def build_report(params, eval_root: Path, out_dir: Path) -> tuple[str, dict[str, float]]:
+def build_report(params, out_dir: Path) -> tuple[str, dict[str, float]]:
     """Markdown report and a flat summary from the evaluation metrics of every model in the grids.
 
     Sections: one per teacher, holding raw pixels, the teacher, then each student of the grid.
     """
     loss_names = {name: loss.name for name, loss in params.losses.items()}
+    columns = retrieval_columns(params.evaluation.retrieval.ks)
     sections: list[tuple[str, list[ResultRow]]] = []
     summary: dict[str, float] = {}
     for grid in (params.transfer.grid, params.transfer.metric_grid):
@@ -90,17 +95,14 @@ def build_report(params, eval_root: Path, out_dir: Path) -> tuple[str, dict[str,
                 title = f"{teacher} teacher ({t.method}), all classes"
             else:
                 title = f"{teacher} teacher ({t.method}), trained on classes {list(t.train_classes)}, evaluated on the others"
-            rows = [ResultRow(title, "raw pixels", read_metrics(eval_root / f"pixels-{teacher}" / "metrics.json")),
-                    ResultRow(title, f"teacher ({t.model.backbone})",
-                              read_metrics(eval_root / f"teacher-{teacher}" / "metrics.json"))]
-            for student in grid.student:
-                for loss in grid.loss:
-                    model_id = f"{teacher}-{student}-{loss}"
-                    rows.append(ResultRow(title, _label(student, loss, loss_names),
-                                          read_metrics(eval_root / model_id / "metrics.json")))
+            model_ids = [pixels_id(teacher), teacher_id(teacher)] + [
+                student_id(teacher, s, loss) for s in grid.student for loss in grid.loss]
+            labels = ["raw pixels", f"teacher ({t.model.backbone})"] + [
+                _label(s, loss, loss_names) for s in grid.student for loss in grid.loss]
+            rows = [ResultRow(title, label, read_metrics(eval_dir(model_id) / "metrics.json"))
+                    for label, model_id in zip(labels, model_ids)]
             sections.append((teacher, rows))
-            for row, model_id in zip(rows, [f"pixels-{teacher}", f"teacher-{teacher}"] + [
-                    f"{teacher}-{s}-{l}" for s in grid.student for l in grid.loss]):
+            for row, model_id in zip(rows, model_ids):
                 for key in ("recall@1", "map@r", "probe_top1"):
                     if key in row.metrics:
                         summary[f"{model_id}.{key}"] = float(row.metrics[key])
@@ -113,10 +115,10 @@ def build_report(params, eval_root: Path, out_dir: Path) -> tuple[str, dict[str,
     for teacher, rows in sections:
         figure = out_dir / f"recall_{teacher}.png"
         recall_at_k_plot(figure, {row.label: row.metrics for row in rows})
-        parts += [f"## {rows[0].section}", "", results_table(rows), "", f"![Recall@K]({figure.relative_to(out_dir.parent)})", ""]
+        parts += [f"## {rows[0].section}", "", results_table(rows, columns), "", f"![Recall@K]({figure.relative_to(out_dir.parent)})", ""]
     classification = params.classification.grid
     if classification.student:
-        rows = classification_rows(params, eval_root.parent / "classification")
+        rows = classification_rows(params)
         parts += ["## Classification: the loss as a distillation term beside cross-entropy", "",
                   results_table(rows, CLASSIFICATION_COLUMNS), ""]
         for row in rows:
@@ -127,16 +129,16 @@ def build_report(params, eval_root: Path, out_dir: Path) -> tuple[str, dict[str,
 CLASSIFICATION_COLUMNS = (("top1", "Top-1", "pct"), ("top5", "Top-5", "pct"), ("parameters", "Params", "params"))
 
 
-def classification_rows(params, root: Path) -> list[ResultRow]:
+def classification_rows(params) -> list[ResultRow]:
     """Teacher, then each (student, method) of the classification grid, in grid order."""
     grid = params.classification.grid
     rows = []
     for teacher in grid.teacher:
         title = f"{teacher} classifier teacher ({params.classification.teachers[teacher].model.backbone})"
-        rows.append(ResultRow(title, f"teacher {teacher}", read_metrics(root / "teachers" / teacher / "metrics.json")))
+        rows.append(ResultRow(title, f"teacher {teacher}", read_metrics(classifier_teacher_dir(teacher) / "metrics.json")))
         for student in grid.student:
             for method in grid.method:
                 loss = params.classification.methods[method].loss or "cross-entropy only"
                 rows.append(ResultRow(title, f"{student} student, {method} ({loss})",
-                                      read_metrics(root / f"{teacher}-{student}-{method}" / "metrics.json")))
+                                      read_metrics(classifier_student_dir(teacher, student, method) / "metrics.json")))
     return rows

@@ -6,11 +6,8 @@ the frozen teacher (or alone, the control). Both are scored by top-1 / top-5 on 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from stages.common import OUTPUTS, load, quiet_libraries, run_stage, stage_name, train_and_save, write_json
-
-CLASSIFICATION = OUTPUTS / "classification"
+from stages.common import load, quiet_libraries, run_stage, stage_name, write_json
 
 
 def main(argv: list[str]) -> None:
@@ -20,7 +17,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--student")
     parser.add_argument("--method")
     args = parser.parse_args(argv)
-    params = load()
+    params = load(methods=(args.method,) if args.role == "student" else ())
     section = params.classification
     if args.teacher not in section.teachers:
         raise KeyError(f"classification.teachers.{args.teacher} is not in params.yaml "
@@ -38,44 +35,47 @@ def main(argv: list[str]) -> None:
         train_key, train_cfg = "classification.train", section.train
     launch.relaunch_under_torchrun("stages.classify", argv, train_cfg, train_key)
 
-    from pipeline import recipes, tracking
+    from pipeline import tracking
     from pipeline.config import flatten
     from pipeline.data.augment import build_augmentation
+    from pipeline.data.loading import load_images
     from pipeline.models.classifier import load_classifier, save_classifier
+    from pipeline.outputs import classifier_student_dir, classifier_teacher_dir, student_id
     from pipeline.train.classification import classification_metrics
     from pipeline.train.fingerprint import file_sha256
+    from pipeline.train.classifier_recipes import classifier_student_objective, classifier_teacher_objective
+    from pipeline.train.session import train_and_save
 
     common = {"seed": params.seed, "data": params.data.model_dump(mode="json")}
     teacher_cfg = {"teachers": {args.teacher: section.teachers[args.teacher].model_dump(mode="json")},
                    "augmentation": section.augmentation}
     if args.role == "teacher":
-        out = CLASSIFICATION / "teachers" / args.teacher
+        out = classifier_teacher_dir(args.teacher)
         chosen = teacher_cfg
         stage = stage_name(f"classifier_teacher@{args.teacher}")
     else:
-        out = CLASSIFICATION / f"{args.teacher}-{args.student}-{args.method}"
+        out = classifier_student_dir(args.teacher, args.student, args.method)
         chosen = {**teacher_cfg,
                   "students": {args.student: section.students[args.student].model_dump(mode="json")},
                   "methods": {args.method: section.methods[args.method].model_dump(mode="json")},
                   "train": section.train.model_dump(mode="json")}
-        stage = stage_name(f"classifier_student@{args.teacher}-{args.student}-{args.method}")
+        stage = stage_name(f"classifier_student@{student_id(args.teacher, args.student, args.method)}")
     settings_section = {**common, "classification": chosen}
     with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(settings_section)) as run:
-        train = recipes.load_images(params.data, "train")
-        test = recipes.load_images(params.data, "test")
-        fingerprint = dict(settings_section)
+        train = load_images(params.data, "train")
+        test = load_images(params.data, "test")
+        settings = dict(settings_section)
         if args.role == "teacher":
-            objective, spec = recipes.classifier_teacher_objective(params, args.teacher, train)
+            objective, spec = classifier_teacher_objective(params, args.teacher, train)
         else:
-            teacher_path = CLASSIFICATION / "teachers" / args.teacher / "model.pt"
+            teacher_path = classifier_teacher_dir(args.teacher) / "model.pt"
             if not teacher_path.is_file():
                 raise FileNotFoundError(f"{teacher_path} does not exist; run classifier_teacher@{args.teacher} first")
             teacher, _ = load_classifier(teacher_path)
-            fingerprint["teacher_sha256"] = file_sha256(teacher_path)
-            objective, spec = recipes.classifier_student_objective(params, args.student, args.method, teacher, train)
-        settings = recipes.train_settings(train_cfg, params.seed, len(train))
-        metrics = train_and_save(objective, train, settings, out, fingerprint, run, stage,
-                                 lambda path: save_classifier(objective.model, spec, path))
+            settings["teacher_sha256"] = file_sha256(teacher_path)
+            objective, spec = classifier_student_objective(params, args.student, args.method, teacher, train)
+        metrics = train_and_save(objective, train, train_cfg, out, settings, run, stage,
+                                 lambda path: save_classifier(objective.model, spec, path), seed=params.seed)
         if not launch.is_main_process():
             return  # every rank holds the same model: rank 0 alone scores it and writes
         preprocess = build_augmentation("none", params.data.image_size, test.channels, test.mean, test.std)
@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
         scores["parameters"] = sum(p.numel() for p in objective.model.parameters())
         run.log_metrics(scores, step=int(metrics["steps"]))
         metrics.update(scores)
-    write_json(Path(out) / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What every stage shares: where outputs go, reading params.yaml, and turning failures into one line.
+"""What every stage shares: reading params.yaml, atomic writes, and turning failures into one line.
 
 A failure before training (bad params, a missing dataset, a wrong or corrupt checkpoint, an unreachable
 MLflow store) prints one line naming the key, file or value and exits 2; an interrupted run exits
@@ -13,25 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-OUTPUTS = Path("outputs")
-PARAMS_FILE = Path("params.yaml")
-
-
-def teacher_dir(name: str) -> Path:
-    return OUTPUTS / "teachers" / name
-
-
-def student_id(teacher: str, student: str, loss: str) -> str:
-    return f"{teacher}-{student}-{loss}"
-
-
-def student_dir(teacher: str, student: str, loss: str) -> Path:
-    return OUTPUTS / "students" / student_id(teacher, student, loss)
-
-
-def eval_dir(model_id: str) -> Path:
-    return OUTPUTS / "eval" / model_id
-
 
 def write_json(path: Path, payload: Any) -> None:
     """Atomic write, so a metrics file that exists is always complete; under torchrun rank 0 writes."""
@@ -45,11 +26,13 @@ def write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def load():
-    """Validated params.yaml (the import is here so `--help` and errors stay fast)."""
+def load(losses: tuple[str, ...] | None = (), methods: tuple[str, ...] | None = ()):
+    """Validated params.yaml, the contracts of the `losses` / `classification.methods` entries this stage
+    trains with included (None: all, as the `prepare` stage checks them). The import is here so `--help`
+    and errors stay fast."""
     from pipeline.config import load_params
 
-    return load_params(PARAMS_FILE)
+    return load_params("params.yaml", losses=losses, methods=methods)
 
 
 def run_stage(main: Callable[[list[str]], None]) -> None:
@@ -87,53 +70,6 @@ def _run_mapped(main: Callable[[list[str]], None]) -> None:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
-
-
-def train_and_save(objective, images, settings, out: Path, fingerprint: dict, run, stage: str,
-                   save: Callable[[Path], None]) -> dict[str, float]:
-    """Train into `out/checkpoints` (resuming a run of the same `fingerprint`), save `out/model.pt`
-    through `save`, log and return the training summary; every training stage ends this way.
-
-    Under torchrun, rank 0 alone claims the checkpoint folder and writes files; the others wait for it
-    (the folder may be cleared for a changed fingerprint) and train beside it.
-    """
-    import time
-
-    import torch.distributed as dist
-
-    from pipeline.train.fingerprint import claim_checkpoint_dir
-    from pipeline.train.loop import fit
-    from pipeline.train.runtime import resolve_runtime
-
-    runtime = resolve_runtime(settings.device)  # joins torchrun's process group, if any
-    if runtime.is_main:
-        claim_checkpoint_dir(out / "checkpoints", fingerprint)
-    if runtime.distributed:
-        dist.barrier()
-    started = time.perf_counter()
-    result = fit(objective, images, settings, checkpoint_dir=out / "checkpoints", logger=run, description=stage)
-    seconds = time.perf_counter() - started
-    if runtime.is_main:
-        save(out / "model.pt")
-    if runtime.distributed:
-        dist.barrier()  # ranks leave together (torchrun tears all down if rank 0 fails to save)
-        dist.destroy_process_group()
-    metrics = training_metrics(result, seconds, settings.batch_size)
-    run.log_metrics(metrics, step=result.steps)
-    return metrics
-
-
-def training_metrics(result, seconds: float, batch_size: int) -> dict[str, float]:
-    """The flat summary a training stage writes: final loss (mean of the last 10 steps), steps, speed."""
-    tail = [loss for _, loss in result.losses[-10:]]
-    trained = result.steps - result.resumed_from_step
-    return {
-        "final_loss": sum(tail) / len(tail) if tail else float("nan"),
-        "steps": result.steps,
-        "resumed_from_step": result.resumed_from_step,
-        "train_seconds": seconds,
-        "images_per_second": trained * batch_size / seconds if seconds > 0 and trained else 0.0,
-    }
 
 
 def stage_name(default: str) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from stages.common import quiet_libraries, stage_name, eval_dir, load, run_stage, student_dir, student_id, teacher_dir, write_json
+from stages.common import load, quiet_libraries, run_stage, stage_name, write_json
 
 
 def main(argv: list[str]) -> None:
@@ -20,17 +20,20 @@ def main(argv: list[str]) -> None:
     if args.kind == "student" and (args.student not in params.students or args.loss not in params.losses):
         raise KeyError(f"students.{args.student} / losses.{args.loss}: not both declared in params.yaml")
 
-    from pipeline import recipes, tracking
+    from pipeline import tracking
     from pipeline.config import flatten
-    from pipeline.evaluation import evaluate, evaluation_figures
+    from pipeline.data.loading import evaluation_classes, load_images
+    from pipeline.eval.protocol import evaluate, evaluation_figures
+    from pipeline.models.loading import load_saved_model
+    from pipeline.outputs import eval_dir, pixels_id, student_dir, student_id, teacher_dir, teacher_id
 
     if args.kind == "teacher":
-        model_id, checkpoint = f"teacher-{args.teacher}", teacher_dir(args.teacher) / "model.pt"
+        model_id, checkpoint = teacher_id(args.teacher), teacher_dir(args.teacher) / "model.pt"
     elif args.kind == "student":
         model_id = student_id(args.teacher, args.student, args.loss)
         checkpoint = student_dir(args.teacher, args.student, args.loss) / "model.pt"
     else:
-        model_id, checkpoint = f"pixels-{args.teacher}", None
+        model_id, checkpoint = pixels_id(args.teacher), None
     section = {"seed": params.seed, "data": params.data.model_dump(mode="json"),
                "evaluation": params.evaluation.model_dump(mode="json")}
     out = eval_dir(model_id)
@@ -40,10 +43,10 @@ def main(argv: list[str]) -> None:
         if checkpoint is not None:
             if not checkpoint.is_file():
                 raise FileNotFoundError(f"{checkpoint} does not exist; run the stage that trains {model_id} first")
-            model, _ = recipes.load_saved_model(checkpoint)
-        classes = recipes.evaluation_classes(params, args.teacher)
-        train = recipes.load_images(params.data, "train", classes)
-        test = recipes.load_images(params.data, "test", classes)
+            model, _ = load_saved_model(checkpoint)
+        classes = evaluation_classes(params, args.teacher)
+        train = load_images(params.data, "train", classes)
+        test = load_images(params.data, "test", classes)
         metrics, test_embeddings = evaluate(model, train, test, params.evaluation, params.data.image_size, params.seed)
         figures = evaluation_figures(out / "figures", test, test_embeddings, params)
         run.log_metrics(metrics, step=0)

@@ -6,22 +6,23 @@ from __future__ import annotations
 
 import argparse
 
-from stages.common import OUTPUTS, load, quiet_libraries, run_stage, stage_name, write_json
+from stages.common import load, quiet_libraries, run_stage, stage_name, write_json
 
 
 def main(argv: list[str]) -> None:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
-    params = load()
+    params = load(losses=None, methods=None)  # every section, before any stage computes
     quiet_libraries()
 
     from pipeline import tracking
     from pipeline.config import flatten
+    from pipeline.outputs import DATA_SUMMARY
 
     summary = check_dataset(params)
     with tracking.start_run(stage_name("prepare"), experiment=params.mlflow.experiment,
                             params=flatten({"data": params.data.model_dump(mode="json")})) as run:
         run.log_metrics(summary, step=0)
-    write_json(OUTPUTS / "data" / "summary.json", summary)
+    write_json(DATA_SUMMARY, summary)
 
 
 def check_dataset(params) -> dict[str, int]:

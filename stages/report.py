@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from stages.common import quiet_libraries, stage_name, OUTPUTS, load, run_stage, write_json
-
-REPORTS = Path("reports")
+from stages.common import load, quiet_libraries, run_stage, stage_name, write_json
 
 
 def main(argv: list[str]) -> None:
@@ -16,11 +13,12 @@ def main(argv: list[str]) -> None:
 
     from pipeline import tracking
     from pipeline.config import flatten
+    from pipeline.outputs import REPORTS
     from pipeline.report import build_report
 
     with tracking.start_run(stage_name("report"), experiment=params.mlflow.experiment,
                             params=flatten({"transfer": {"grid": params.transfer.grid.model_dump(mode="json")}})) as run:
-        markdown, summary = build_report(params, OUTPUTS / "eval", REPORTS / "figures")
+        markdown, summary = build_report(params, REPORTS / "figures")
         tmp = REPORTS / "results.md.tmp"
         tmp.write_text(markdown + "\n")
         tmp.replace(REPORTS / "results.md")

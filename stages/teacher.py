@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from stages.common import load, quiet_libraries, run_stage, stage_name, teacher_dir, train_and_save, write_json
+from stages.common import load, quiet_libraries, run_stage, stage_name, write_json
 
 
 def main(argv: list[str]) -> None:
@@ -20,21 +20,24 @@ def main(argv: list[str]) -> None:
     teacher = params.teachers[args.name]
     launch.relaunch_under_torchrun("stages.teacher", argv, teacher.train, f"teachers.{args.name}.train")
 
-    from pipeline import recipes, tracking
+    from pipeline import tracking
     from pipeline.config import flatten
-    from pipeline.models import save_model
+    from pipeline.data.loading import load_images
+    from pipeline.models.embedding_model import save_model
+    from pipeline.outputs import teacher_dir
+    from pipeline.train.recipes import teacher_objective, teacher_sampler
+    from pipeline.train.session import train_and_save
 
     stage = stage_name(f"teacher@{args.name}")
     section = {"seed": params.seed, "data": params.data.model_dump(mode="json"),
                "teachers": {args.name: teacher.model_dump(mode="json")}}
     with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(section)) as run:
-        images = recipes.load_images(params.data, "train", teacher.train_classes)
-        objective, spec = recipes.teacher_objective(params, args.name, images)
-        settings = recipes.train_settings(teacher.train, params.seed, len(images),
-                                          samples_per_class=recipes.teacher_sampler(params, args.name))
+        images = load_images(params.data, "train", teacher.train_classes)
+        objective, spec = teacher_objective(params, args.name, images)
         out = teacher_dir(args.name)
-        metrics = train_and_save(objective, images, settings, out, section, run, stage,
-                                 lambda path: save_model(objective.model, spec, path))
+        metrics = train_and_save(objective, images, teacher.train, out, section, run, stage,
+                                 lambda path: save_model(objective.model, spec, path), seed=params.seed,
+                                 samples_per_class=teacher_sampler(params, args.name))
     write_json(out / "metrics.json", metrics)
 
 

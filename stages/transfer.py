@@ -3,16 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from stages.common import (
-    load,
-    quiet_libraries,
-    run_stage,
-    stage_name,
-    student_dir,
-    teacher_dir,
-    train_and_save,
-    write_json,
-)
+from stages.common import load, quiet_libraries, run_stage, stage_name, write_json
 
 
 def main(argv: list[str]) -> None:
@@ -21,7 +12,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--student", required=True)
     parser.add_argument("--loss", required=True)
     args = parser.parse_args(argv)
-    params = load()
+    params = load(losses=(args.loss,))
     quiet_libraries()
     for section, name in (("teachers", args.teacher), ("students", args.student), ("losses", args.loss)):
         if name not in getattr(params, section):
@@ -31,13 +22,18 @@ def main(argv: list[str]) -> None:
 
     launch.relaunch_under_torchrun("stages.transfer", argv, params.transfer.train, "transfer.train")
 
-    from pipeline import recipes, tracking
+    from pipeline import tracking
     from pipeline.config import flatten
-    from pipeline.models import save_model
+    from pipeline.data.loading import load_images
+    from pipeline.models.embedding_model import save_model
+    from pipeline.models.loading import load_teacher
+    from pipeline.outputs import student_dir, student_id, teacher_dir
     from pipeline.train.fingerprint import file_sha256
+    from pipeline.train.recipes import transfer_objective
+    from pipeline.train.session import train_and_save
 
     teacher_cfg = params.teachers[args.teacher]
-    stage = stage_name(f"transfer@{args.teacher}-{args.student}-{args.loss}")
+    stage = stage_name(f"transfer@{student_id(args.teacher, args.student, args.loss)}")
     section = {
         "seed": params.seed,
         "data": params.data.model_dump(mode="json"),
@@ -48,17 +44,16 @@ def main(argv: list[str]) -> None:
     }
     with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(section)) as run:
         teacher_path = teacher_dir(args.teacher) / "model.pt"
-        teacher, _ = recipes.load_teacher(teacher_path, teacher_cfg)
-        images = recipes.load_images(params.data, "train", teacher_cfg.train_classes)
-        objective, spec = recipes.transfer_objective(params, args.teacher, args.student, args.loss, teacher, images)
+        teacher, _ = load_teacher(teacher_path, teacher_cfg)
+        images = load_images(params.data, "train", teacher_cfg.train_classes)
+        objective, spec = transfer_objective(params, args.teacher, args.student, args.loss, teacher, images)
         sampler = params.transfer.sampler
-        settings = recipes.train_settings(params.transfer.train, params.seed, len(images),
-                                          samples_per_class=sampler.samples_per_class if sampler else None)
         out = student_dir(args.teacher, args.student, args.loss)
         # A retrained teacher invalidates a half-trained student, so the teacher file is part of the fingerprint.
-        fingerprint = {**section, "teacher_sha256": file_sha256(teacher_path)}
-        metrics = train_and_save(objective, images, settings, out, fingerprint, run, stage,
-                                 lambda path: save_model(objective.model, spec, path))
+        settings = {**section, "teacher_sha256": file_sha256(teacher_path)}
+        metrics = train_and_save(objective, images, params.transfer.train, out, settings, run, stage,
+                                 lambda path: save_model(objective.model, spec, path), seed=params.seed,
+                                 samples_per_class=sampler.samples_per_class if sampler else None)
     write_json(out / "metrics.json", metrics)
 
 

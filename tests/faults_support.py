@@ -216,8 +216,8 @@ def warm_up() -> None:
     import sklearn.datasets  # noqa: F401
 
     import pipeline.config  # noqa: F401
-    import pipeline.evaluation  # noqa: F401
-    import pipeline.recipes  # noqa: F401
+    import pipeline.eval.protocol  # noqa: F401
+    import pipeline.train.recipes  # noqa: F401
     import pipeline.tracking  # noqa: F401
     import pipeline.train.loop  # noqa: F401
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pipeline.data.augment import build_augmentation
-from pipeline.models import BACKBONES, EmbeddingModel, ModelSpec, build_backbone, save_model
+from pipeline.models.embedding_model import EmbeddingModel, ModelSpec, save_model
+from pipeline.models.registry import BACKBONES, build_backbone
 from pipeline.models.classifier import (
     Classifier,
     ClassifierSpec,
@@ -14,7 +15,7 @@ from pipeline.models.classifier import (
     load_classifier,
     save_classifier,
 )
-from pipeline.models.classifiers import CLASSIFIER_BACKBONES
+from pipeline.models.repdistiller import CLASSIFIER_BACKBONES
 
 
 def parameter_count(module: torch.nn.Module) -> int:
@@ -98,8 +99,8 @@ def test_classifier_save_load_round_trip_and_refuses_embedding_models(tmp_path):
     [
         (lambda: build_backbone("resnet8x4", widths=(8,)), "takes no options"),
         (lambda: Classifier(build_backbone("small_resnet", 1, widths=(4,)), 1), "num_classes"),
-        (lambda: __import__("pipeline.models.classifiers", fromlist=["x"]).RepDistillerResNet(10), "depth"),
-        (lambda: __import__("pipeline.models.classifiers", fromlist=["x"]).WideResNet(12, 2), "depth"),
+        (lambda: __import__("pipeline.models.repdistiller", fromlist=["x"]).RepDistillerResNet(10), "depth"),
+        (lambda: __import__("pipeline.models.repdistiller", fromlist=["x"]).WideResNet(12, 2), "depth"),
     ],
 )
 def test_bad_arguments_raise_value_error(call, message):

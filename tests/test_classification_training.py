@@ -15,7 +15,7 @@ from torch import nn
 from pipeline import losses, tracking
 from pipeline.data import ImageSet, load_dataset
 from pipeline.data.augment import build_augmentation
-from pipeline.models import build_backbone
+from pipeline.models.registry import build_backbone
 from pipeline.models.classifier import Classifier
 from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.classification import (
@@ -23,9 +23,9 @@ from pipeline.train.classification import (
     DistillationObjective,
     classification_metrics,
 )
-from pipeline.train.config import TrainConfig
 from pipeline.train.loop import fit
 from pipeline.train.runtime import NonFiniteLossError
+from train_support import train_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,8 +55,8 @@ TERMS = {  # transfer term: (loss params, transfer weight); PKT's term is ~1e-4,
     "hinton_kd": ({"temperature": 4.0}, 1.0),
 }
 TRAINERS = ["teacher", "student_alone", *TERMS]
-CONFIG = TrainConfig(
-    epochs=10, batch_size=32, optimizer="sgd", lr=0.1, weight_decay=0.0, warmup_steps=2, log_every_steps=5
+CONFIG = train_config(
+    epochs=10, batch_size=32, optimizer="sgd", lr=0.1, weight_decay=0.0, warmup_epochs=0.5, log_every_steps=5
 )  # 4 steps per epoch on 128 images
 
 
@@ -85,7 +85,7 @@ def make_objective(trainer: str, digits, teacher: Classifier | None = None):
             "teacher_dim": teacher.embedding_dim,
             "n_data": len(digits),
         }
-    return DistillationObjective(student, teacher, augment, losses.build(trainer, **params), trainer, weight)
+    return DistillationObjective(student, teacher, augment, losses.build(trainer, **params), weight)
 
 
 def fixed_batch_parts(objective, digits) -> tuple[float, float]:
@@ -119,7 +119,7 @@ def test_classification_trainer_learns_checkpoints_and_is_tracked(trainer, digit
     )
     with tracking.start_run(
         f"test_cls_{trainer}",
-        params={"train": dataclasses.asdict(config), "trainer": trainer},
+        params={"train": config.model_dump(mode="json"), "trainer": trainer},
         system_metrics=False,
     ) as run:
         result = fit(objective, digits, config, checkpoint_dir=tmp_path / "ckpt", logger=run)
@@ -145,7 +145,7 @@ def test_classification_trainer_learns_checkpoints_and_is_tracked(trainer, digit
         f"tags.`dvc.stage` = 'test_cls_{trainer}'",
     )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert runs[0].data.params["trainer"] == trainer and runs[0].data.params["train.lr"] == "0.1"
+    assert runs[0].data.params["trainer"] == trainer and runs[0].data.params["train.optimizer.lr"] == "0.1"
     history = sorted(client.get_metric_history(runs[0].info.run_id, "train/loss"), key=lambda m: m.step)
     assert [m.step for m in history] == list(range(1, 41))
     assert [m.value for m in history] == pytest.approx([v for _, v in result.losses])
@@ -190,7 +190,6 @@ def test_hinton_kd_objective_matches_hand_computation_with_t_squared():
         teacher,
         nn.Identity(),
         losses.build("hinton_kd", temperature=4.0),
-        "hinton_kd",
         transfer_weight=0.9,
         ce_weight=0.1,
     )
@@ -207,13 +206,14 @@ def test_non_finite_distillation_loss_stops_the_loop(digits):
     with torch.no_grad():
         objective.teacher.fc.bias.fill_(math.nan)  # NaN teacher logits -> NaN KD term
     with pytest.raises(NonFiniteLossError, match="at step 1"):
-        fit(objective, digits, TrainConfig(epochs=1, batch_size=64, lr=0.05, log_every_steps=1))
+        fit(objective, digits, train_config(epochs=1, batch_size=64, lr=0.05, log_every_steps=1))
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"transfer_name": "fitnet"}, "transfer_name"),
+        ({"transfer_loss": losses.build("fitnet", student_channels=[2], teacher_channels=[2])}, "not a classification"),
+        ({"transfer_loss": losses.build("darkrank")}, "not a classification"),
         ({"transfer_weight": -1.0}, "transfer_weight"),
         ({"ce_weight": math.nan}, "ce_weight"),
     ],
@@ -221,7 +221,6 @@ def test_non_finite_distillation_loss_stops_the_loop(digits):
 def test_bad_distillation_arguments_raise_value_error(kwargs, message):
     arguments = {
         "transfer_loss": losses.build("pkt"),
-        "transfer_name": "pkt",
         "transfer_weight": 1.0,
         **kwargs,
     }
@@ -233,7 +232,7 @@ def test_hinton_kd_needs_the_same_classes():
     student = Classifier(PixelsAsFeatures(3), 5)
     with pytest.raises(ValueError, match="5 classes, teacher 10"):
         DistillationObjective(
-            student, tiny_classifier(), nn.Identity(), losses.build("hinton_kd"), "hinton_kd", 1.0
+            student, tiny_classifier(), nn.Identity(), losses.build("hinton_kd"), 1.0
         )
 
 
@@ -287,10 +286,8 @@ def test_paper_backbones_distil_on_cuda_under_bf16_and_channels_last(term, tmp_p
     if term == "crd":
         params = {**params, "student_dim": 256, "teacher_dim": 256, "n_data": len(data)}
     augment = build_augmentation("cifar", 32, 3, data.mean, data.std)
-    objective = DistillationObjective(student, teacher, augment, losses.build(term, **params), term, weight)
-    config = TrainConfig(
-        epochs=1, max_steps=3, batch_size=64, lr=0.05, amp="bf16", device="cuda", log_every_steps=1
-    )
-    result = fit(objective, data, config, checkpoint_dir=tmp_path)
+    objective = DistillationObjective(student, teacher, augment, losses.build(term, **params), weight)
+    config = train_config(epochs=1, max_steps=3, batch_size=64, lr=0.05, amp="bf16", log_every_steps=1)
+    result = fit(objective, data, config, device="cuda", checkpoint_dir=tmp_path)
     assert len(result.losses) == 3 and all(math.isfinite(v) for _, v in result.losses)
     assert next(objective.teacher.parameters()).is_cuda and not objective.teacher.training

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.eval import extract_features
+from pipeline.eval.features import extract_features
 
 
 def small_model() -> nn.Module:

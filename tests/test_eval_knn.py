@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.eval import knn_classify
+from pipeline.eval.knn import knn_classify
 
 
 def brute_force_knn(train_x, train_y, test_x, k, temperature):

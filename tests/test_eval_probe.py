@@ -8,7 +8,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
-from pipeline.eval import linear_probe
+from pipeline.eval.linear_probe import linear_probe
 from pipeline.eval.linear_probe import fit_logistic_regression
 
 

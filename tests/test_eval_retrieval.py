@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.eval import retrieval_metrics
+from pipeline.eval.retrieval import retrieval_metrics
 
 
 def brute_force(x: np.ndarray, y: np.ndarray, ks: tuple[int, ...], distance: str) -> dict[str, float]:

@@ -77,10 +77,15 @@ def checkpoint_step(folder: Path) -> int:
 def assert_resumed_equal(root: Path, env: dict, name: str, reference: Path, expected_resume_step: int) -> None:
     """Re-run the stage: it resumes from the expected step and ends where the uninterrupted run ended."""
     out = teacher_out(root, name)
+    earlier_seconds = float(torch.load(out / "checkpoints" / "last.pt", weights_only=True)["train_seconds"])
     again = stage(["stages.teacher", name], root, env)
     assert again.returncode == 0, again.stderr
     metrics, expected = read_json(out / "metrics.json"), read_json(reference / "metrics.json")
     assert metrics["resumed_from_step"] == expected_resume_step
+    # The summary describes the whole training: the interrupted session's seconds are counted too.
+    batch_size = yaml.safe_load((root / "params.yaml").read_text())["teachers"][name]["train"]["batch_size"]
+    assert earlier_seconds > 0 and metrics["train_seconds"] > earlier_seconds
+    assert metrics["images_per_second"] == pytest.approx(FAULT_STEPS * batch_size / metrics["train_seconds"])
     assert metrics["steps"] == expected["steps"] == FAULT_STEPS
     # final_loss is the mean of the last 10 steps' losses; at the epoch-end kill 5 of them precede the resume.
     assert metrics["final_loss"] == expected["final_loss"]

@@ -140,6 +140,22 @@ PARAM_CASES = [
      ["teachers.../../etc", "not in params.yaml"]),
     ("unknown loss on the command line", ["stages.transfer", "--teacher", "simclr", "--student", "small", "--loss",
                                           "../x"], None, ["losses.../x", "not in params.yaml"]),
+    # Loss parameters, typed by the `Params` model each loss declares (pipeline.losses.contract).
+    ("loss parameter given a string", PREPARE, setting("losses.relaxed.params", {"sigma": "abc"}),
+     ["losses.relaxed.params.sigma", "valid number", "'abc'"]),
+    ("loss parameter given a bool", TRANSFER, setting("losses.relaxed.params", {"sigma": True}),
+     ["losses.relaxed.params.sigma", "valid number", "True"]),
+    ("misspelt loss parameter in the transfer stage", TRANSFER, setting("losses.relaxed.params", {"sigmaa": 1.0}),
+     ["losses.relaxed.params.sigmaa", "unknown parameter", "did you mean 'sigma'"]),
+    ("integer loss parameter given a string", PREPARE,
+     setting("losses.rkd", {"name": "rkd", "params": {"angle_max_rows": "x"}}),
+     ["losses.rkd.params.angle_max_rows", "valid integer", "'x'"]),
+    ("classification term parameter of the wrong type", ["stages.classify", "student", "--teacher", "wide",
+                                                         "--student", "small", "--method", "kd"],
+     setting("classification.methods.kd.params", {"temperature": "hot"}),
+     ["classification.methods.kd.params.temperature", "valid number", "'hot'"]),
+    ("teacher objective named as a transfer loss", PREPARE, setting("losses.relaxed.name", "ntxent"),
+     ["losses.relaxed.name", "'ntxent'", "not a transfer loss"]),
 ]
 
 
@@ -261,7 +277,7 @@ class CodeRunningPickle:
 @pytest.fixture(scope="module")
 def checkpoint_results(tmp_path_factory):
     """Real teacher runs, then each scenario's file damaged, then every stage that reads it run once."""
-    from pipeline.models import ModelSpec, build_model, save_model
+    from pipeline.models.embedding_model import ModelSpec, build_model, save_model
 
     root = tmp_path_factory.mktemp("checkpoints")
     params = tiny_params()

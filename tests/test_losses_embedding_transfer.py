@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 
-from pipeline.losses import HardDarkRankLoss, PKTLoss, RKDLoss
+from pipeline.losses.darkrank import HardDarkRankLoss
+from pipeline.losses.pkt import PKTLoss
+from pipeline.losses.rkd import RKDLoss
 from pipeline.losses.triplet import triplet_margin_loss
 
 

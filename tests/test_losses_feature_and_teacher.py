@@ -7,15 +7,13 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 
-from pipeline.losses import (
-    AttentionTransferLoss,
-    CRDLoss,
-    FitNetLoss,
-    HintonKDLoss,
-    MoCoLoss,
-    NTXentLoss,
-    ProxyAnchorLoss,
-)
+from pipeline.losses.attention import AttentionTransferLoss
+from pipeline.losses.crd import CRDLoss
+from pipeline.losses.fitnet import FitNetLoss
+from pipeline.losses.hinton_kd import HintonKDLoss
+from pipeline.losses.moco import MoCoLoss
+from pipeline.losses.ntxent import NTXentLoss
+from pipeline.losses.proxy_anchor import ProxyAnchorLoss
 
 
 def softmax(x, axis=-1):

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import ContrastiveLoss, RelaxedContrastiveLoss
+from pipeline.losses.contrastive import ContrastiveLoss
+from pipeline.losses.relaxed_contrastive import RelaxedContrastiveLoss
 
 
 def reference_relaxed(student, teacher, sigma=1.0, delta=1.0, normalize="row"):

@@ -6,15 +6,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from pipeline.models import (
-    EmbeddingModel,
-    ModelSpec,
-    build_backbone,
-    build_model,
-    load_model,
-    save_model,
-    teacher_embedding,
-)
+from pipeline.models.embedding_model import EmbeddingModel, ModelSpec, build_model, load_model, save_model, teacher_embedding
+from pipeline.models.registry import build_backbone
 
 
 def small_resnet_params(in_channels: int, widths: tuple[int, ...]) -> int:
@@ -152,3 +145,31 @@ def test_save_and_load_round_trip(tmp_path):
 def test_bad_arguments_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("name", ["BasicBlock", "Bottleneck"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_our_residual_blocks_equal_torchvisions(name, stride):
+    """Same submodule names, the same seeded initial weights, the same outputs and gradients."""
+    from torchvision.models import resnet as tv
+
+    from pipeline.models import blocks
+
+    def build(module):
+        torch.manual_seed(3)
+        expansion = getattr(module, name).expansion
+        downsample = nn.Sequential(nn.Conv2d(16, 8 * expansion, 1, stride=stride, bias=False),
+                                   nn.BatchNorm2d(8 * expansion))
+        return getattr(module, name)(16, 8, stride, downsample)
+
+    ours, theirs = build(blocks), build(tv)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    x = torch.randn(4, 16, 8, 8)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ours, out_theirs = ours(a), theirs(b)
+    assert torch.equal(out_ours, out_theirs)
+    out_ours.square().sum().backward()
+    out_theirs.square().sum().backward()
+    assert torch.equal(a.grad, b.grad)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.data.metric_sets import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.models import build_backbone
+from pipeline.models.registry import build_backbone
 from pipeline.models.bn_inception import BNInception
 
 CADENE_CONVS = (

@@ -124,7 +124,31 @@ def test_changing_one_loss_parameter_invalidates_only_its_branch(repro):
         changed = changed_stages(root, env)
     finally:
         params_path.write_text(original)
-    assert changed == {"transfer@simclr-small-relaxed", "metric_transfer@proxy_anchor-small-relaxed"}
+    # prepare validates the whole file (its params dep is params.yaml), so it re-checks every change first;
+    assert changed == {"prepare", "transfer@simclr-small-relaxed", "metric_transfer@proxy_anchor-small-relaxed",
+                       "report"}  # the report labels rows by loss name (params: losses)
+
+
+@pytest.mark.parametrize("edited", ["pipeline/report.py", "pipeline/eval/knn.py", "pipeline/train/classifier_recipes.py"])
+def test_a_code_change_invalidates_exactly_the_stages_that_import_it(repro, edited):
+    """DVC's promise: after editing a file, `dvc status` lists the stages whose command imports it, no others."""
+    from import_closure import closure
+
+    root, env, _ = repro
+    modules = {"prepare": "stages.prepare", "teacher": "stages.teacher", "transfer": "stages.transfer",
+               "metric_transfer": "stages.transfer", "classifier_teacher": "stages.classify",
+               "classifier_student": "stages.classify", "report": "stages.report"}
+    expected = {name for name in stage_names(root, env)
+                if Path(edited) in closure(modules.get(name.split("@")[0], "stages.evaluate"), root)}
+    assert expected, f"no stage imports {edited}"
+    path = root / edited
+    original = path.read_text()
+    path.write_text(original + "\n_EDITED = True\n")
+    try:
+        changed = changed_stages(root, env)
+    finally:
+        path.write_text(original)
+    assert changed == expected
 
 
 def test_exp_run_is_visible_in_dvc_and_mlflow(repro):
@@ -144,3 +168,28 @@ def test_exp_run_is_visible_in_dvc_and_mlflow(repro):
     assert "transfer@simclr-small-own_objective" not in stages, "unchanged branches must not re-run"
     transfer = next(r for r in tagged if r.data.tags.get("dvc.stage") == "transfer@simclr-small-relaxed")
     assert transfer.data.params["losses.relaxed.params.sigma"] == "0.5"
+
+
+def test_a_loss_code_change_retrains_its_students_from_step_zero(repro):
+    """Changing one line of the relaxed loss: its students train from step 0 and their models change; the
+    teachers re-run (their command imports every loss module for validation) but resume their finished
+    run, because the code they ran is unchanged, and write back the same model. Last in this module: it
+    leaves the repository at the edited code."""
+    root, env, _ = repro
+    student = root / "outputs/students/simclr-small-relaxed"
+    teacher = root / "outputs/teachers/simclr"
+    before = {path: (path / "model.pt").read_bytes() for path in (student, teacher)}
+    loss = root / "pipeline/losses/relaxed_contrastive.py"
+    source = loss.read_text()
+    assert "return weighted_contrastive(distances, weights, self.delta)" in source
+    loss.write_text(source.replace("return weighted_contrastive(distances, weights, self.delta)",
+                                   "return weighted_contrastive(distances, weights.square(), self.delta)"))
+    out = run([str(BIN / "dvc"), "repro"], root, env).stdout
+    assert "Running stage 'transfer@simclr-small-relaxed'" in out
+    assert "Running stage 'transfer@simclr-small-own_objective'" not in out
+    retrained = json.loads((student / "metrics.json").read_text())
+    assert retrained["resumed_from_step"] == 0 and retrained["steps"] == 2
+    assert (student / "model.pt").read_bytes() != before[student]
+    resumed = json.loads((teacher / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] == resumed["steps"] == 2
+    assert (teacher / "model.pt").read_bytes() == before[teacher]

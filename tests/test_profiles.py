@@ -14,10 +14,11 @@ import torch
 import yaml
 
 from fake_archives import build_cars, build_cub, build_sop
-from pipeline import recipes
 from pipeline.config import validate_params
 from pipeline.data import ImageSet
-from pipeline.evaluation import evaluate
+from pipeline.data.loading import load_images
+from pipeline.eval.protocol import evaluate
+from pipeline.train import classifier_recipes, recipes
 from pipeline.train.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,20 +94,19 @@ def one_step_of_every_recipe(params, tmp_path: Path) -> dict:
             continue
         teacher_name = grid.teacher[0]
         teacher_cfg = params.teachers[teacher_name]
-        images = recipes.load_images(params.data, "train", teacher_cfg.train_classes)
+        images = load_images(params.data, "train", teacher_cfg.train_classes)
         objective, _ = recipes.teacher_objective(params, teacher_name, images)
-        settings = recipes.train_settings(teacher_cfg.train, params.seed, len(images), device="cpu",
-                                          samples_per_class=recipes.teacher_sampler(params, teacher_name))
-        fit(objective, images, settings, checkpoint_dir=tmp_path / teacher_name)
+        fit(objective, images, teacher_cfg.train, seed=params.seed, device="cpu",
+            samples_per_class=recipes.teacher_sampler(params, teacher_name), checkpoint_dir=tmp_path / teacher_name)
         teacher = objective.model.eval()
         sampler = params.transfer.sampler
         for student in grid.student:
             student_objective, _ = recipes.transfer_objective(params, teacher_name, student, grid.loss[0], teacher, images)
-            settings = recipes.train_settings(params.transfer.train, params.seed, len(images), device="cpu",
-                                              samples_per_class=sampler.samples_per_class if sampler else None)
-            result = fit(student_objective, images, settings, checkpoint_dir=tmp_path / f"{teacher_name}-{student}")
+            result = fit(student_objective, images, params.transfer.train, seed=params.seed, device="cpu",
+                         samples_per_class=sampler.samples_per_class if sampler else None,
+                         checkpoint_dir=tmp_path / f"{teacher_name}-{student}")
             results[f"{teacher_name}-{student}"] = result.losses
-        test = recipes.load_images(params.data, "test")
+        test = load_images(params.data, "test")
         metrics, _ = evaluate(student_objective.model, images, test, params.evaluation, params.data.image_size, params.seed)
         results["metrics"] = metrics
     return results
@@ -158,17 +158,17 @@ def test_cifar100_profile_runs_one_step_of_each_classifier_method(tmp_path, monk
         entry.update(epochs=1, max_steps=1, batch_size=16)
     raw["classification"]["methods"]["crd"]["params"]["num_negatives"] = 32
     params = validate_params(raw)
-    images = recipes.load_images(params.data, "train")
+    images = load_images(params.data, "train")
     teacher_name = params.classification.grid.teacher[0]
-    objective, _ = recipes.classifier_teacher_objective(params, teacher_name, images)
-    settings = recipes.train_settings(params.classification.teachers[teacher_name].train, 0, len(images), device="cpu")
-    assert settings.lr_milestones == tuple(m * (200 // 16) for m in (150, 180, 210))
-    fit(objective, images, settings)
+    objective, _ = classifier_recipes.classifier_teacher_objective(params, teacher_name, images)
+    teacher_train = params.classification.teachers[teacher_name].train
+    assert teacher_train.optimizer.milestones_epochs == (150, 180, 210)  # RepDistiller's schedule
+    fit(objective, images, teacher_train, device="cpu")
     teacher = objective.model.eval()
     for method in params.classification.grid.method:
-        student, _ = recipes.classifier_student_objective(params, params.classification.grid.student[0], method,
+        student, _ = classifier_recipes.classifier_student_objective(params, params.classification.grid.student[0], method,
                                                           teacher, images)
-        result = fit(student, images, recipes.train_settings(params.classification.train, 0, len(images), device="cpu"))
+        result = fit(student, images, params.classification.train, device="cpu")
         assert torch.isfinite(torch.tensor(result.losses[0][1])), method
     top = classification_metrics(student.model, images.images[:32], images.labels[:32])
     assert 0.0 <= top["top1"] <= top["top5"] <= 1.0

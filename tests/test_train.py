@@ -11,13 +11,14 @@ from mlflow import MlflowClient
 from pipeline import losses, tracking
 from pipeline.data import load_dataset
 from pipeline.data.augment import build_augmentation
-from pipeline.models import EmbeddingModel, build_backbone
+from pipeline.models.embedding_model import EmbeddingModel
+from pipeline.models.registry import build_backbone
 from pipeline.train.checkpoint import load_checkpoint
-from pipeline.train.config import TrainConfig
 from pipeline.train.loop import fit
 from pipeline.train.objectives import MoCoObjective, ProxyAnchorObjective, SimCLRObjective, TransferObjective
 from pipeline.train.runtime import NonFiniteLossError
 from pipeline.train.schedule import WarmupCosine
+from train_support import train_config
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def make_objective(recipe: str, digits):
     teacher = tiny_model(projection="simclr", projection_dim=16)
     augment = build_augmentation("simclr", 8, 1, digits.mean, digits.std)
     return TransferObjective(tiny_model(embedding_dim=8), teacher, augment, losses.build("relaxed_contrastive"),
-                             "relaxed_contrastive", teacher_embedding_kind="projection")
+                             teacher_embedding_kind="projection")
 
 
 def fixed_batch_loss(objective, digits) -> float:
@@ -97,11 +98,11 @@ def test_recipe_learns_checkpoints_and_is_tracked(recipe, digits, tracking_store
     torch.manual_seed(0)
     objective = make_objective(recipe, digits)
     optimizer, lr, epochs, ratio = RECIPES[recipe]
-    config = TrainConfig(epochs=epochs, batch_size=64, optimizer=optimizer, lr=lr, weight_decay=0.0,
-                         warmup_steps=2, log_every_steps=5)
+    config = train_config(epochs=epochs, batch_size=64, optimizer=optimizer, lr=lr, weight_decay=0.0,
+                          warmup_epochs=1.0, log_every_steps=5)  # 2 steps per epoch on 128 images
     objective.train()
     before = fixed_batch_loss(objective, digits)
-    with tracking.start_run(f"test_{recipe}", params={"train": dataclasses.asdict(config), "recipe": recipe},
+    with tracking.start_run(f"test_{recipe}", params={"train": config.model_dump(mode="json"), "recipe": recipe},
                             system_metrics=False) as run:
         result = fit(objective, digits, config, checkpoint_dir=tmp_path / "ckpt", logger=run)
     after = fixed_batch_loss(objective, digits)
@@ -120,7 +121,7 @@ def test_recipe_learns_checkpoints_and_is_tracked(recipe, digits, tracking_store
     assert len(runs) == 1
     tracked = runs[0]
     assert tracked.info.status == "FINISHED"
-    assert tracked.data.params["train.lr"] == str(lr) and tracked.data.params["recipe"] == recipe
+    assert tracked.data.params["train.optimizer.lr"] == str(lr) and tracked.data.params["recipe"] == recipe
     assert tracked.data.params["train.batch_size"] == "64"
     history = client.get_metric_history(tracked.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(1, result.steps + 1))
@@ -137,7 +138,7 @@ def test_moco_queue_and_key_encoder_follow_the_recipe(digits):
     objective = make_objective("moco", digits)
     queue_before = objective.criterion.queue_state()["queue"].clone()
     key_before = [p.clone() for p in objective.key_encoder.parameters()]
-    fit(objective, digits, TrainConfig(epochs=1, batch_size=64, lr=0.1, log_every_steps=1))
+    fit(objective, digits, train_config(epochs=1, batch_size=64, lr=0.1, log_every_steps=1))
     queue = objective.criterion.queue_state()
     # 2 steps x 128 keys (two views of 64 images) filled the 128-slot queue twice: pointer back at 0,
     # every slot holds a unit-norm key.
@@ -162,7 +163,7 @@ def test_proxy_anchor_warmup_trains_only_head_and_proxies_and_frozen_bn_keeps_st
     bn_mean_before = bn.running_mean.clone()
     head_before = objective.encoder.head.linear.weight.clone()
     proxies_before = objective.criterion.proxies.detach().clone()
-    fit(objective, digits, TrainConfig(epochs=1, batch_size=64, optimizer="adamw", lr=1e-3))
+    fit(objective, digits, train_config(epochs=1, batch_size=64, optimizer="adamw", lr=1e-3))
     assert torch.equal(objective.encoder.backbone.stem[0].weight, conv_before)  # warm-up: backbone fixed
     assert not torch.equal(objective.encoder.head.linear.weight, head_before)
     assert not torch.equal(objective.criterion.proxies, proxies_before)
@@ -172,7 +173,7 @@ def test_proxy_anchor_warmup_trains_only_head_and_proxies_and_frozen_bn_keeps_st
     head_step = (objective.encoder.head.linear.weight - head_before).abs().max().item()
     proxy_step = (objective.criterion.proxies - proxies_before).abs().max().item()
     assert 50 < proxy_step / head_step < 150
-    fit(objective, digits, TrainConfig(epochs=2, batch_size=64, optimizer="adamw", lr=1e-3))
+    fit(objective, digits, train_config(epochs=2, batch_size=64, optimizer="adamw", lr=1e-3))
     assert not torch.equal(objective.encoder.backbone.stem[0].weight, conv_before)  # after warm-up it trains
 
 
@@ -180,7 +181,7 @@ def test_transfer_keeps_teacher_frozen_and_out_of_the_checkpoint(digits, tmp_pat
     torch.manual_seed(0)
     objective = make_objective("transfer", digits)
     teacher_before = {k: v.clone() for k, v in objective.teacher.state_dict().items()}
-    fit(objective, digits, TrainConfig(epochs=1, batch_size=64, lr=0.05), checkpoint_dir=tmp_path)
+    fit(objective, digits, train_config(epochs=1, batch_size=64, lr=0.05), checkpoint_dir=tmp_path)
     assert not objective.teacher.training
     for key, value in objective.teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key  # BN statistics included: eval mode
@@ -205,7 +206,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(di
     torch.manual_seed(0)
     augment = build_augmentation("simclr", 8, 1, digits.mean, digits.std)
     objective = NaNAtCall(tiny_model(projection="simclr", projection_dim=16), augment)
-    config = TrainConfig(epochs=5, batch_size=64, lr=0.1, checkpoint_every_steps=2, log_every_steps=3)
+    config = train_config(epochs=5, batch_size=64, lr=0.1, checkpoint_every_steps=2, log_every_steps=3)
     with pytest.raises(NonFiniteLossError, match="at step 5"):
         fit(objective, digits, config, checkpoint_dir=tmp_path)
     state = load_checkpoint(tmp_path / "last.pt")
@@ -222,22 +223,26 @@ def test_warmup_cosine_schedule_hand_values():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"optimizer": "lamb"}, "optimizer"),
+    ({"optimizer": "lamb"}, "name"),
     ({"amp": "fp8"}, "amp"),
     ({"epochs": 0}, "epochs"),
     ({"max_steps": 0}, "max_steps"),
-    ({"sampler": "class_balanced", "batch_size": 10, "samples_per_class": 4}, "samples_per_class"),
     ({"lr": -1.0}, "lr"),
 ])
 def test_bad_config_raises_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**kwargs)
+        train_config(**kwargs)
+
+
+def test_class_balanced_batches_must_split_into_classes(digits):
+    with pytest.raises(ValueError, match="samples_per_class"):
+        fit(make_objective("simclr", digits), digits, train_config(batch_size=10), samples_per_class=4)
 
 
 def test_batch_larger_than_data_is_refused_before_training(digits):
     objective = make_objective("simclr", digits)
     with pytest.raises(ValueError, match="batch_size 256 exceeds"):
-        fit(objective, digits, TrainConfig(batch_size=256))
+        fit(objective, digits, train_config(batch_size=256))
 
 
 @pytest.mark.gpu
@@ -246,11 +251,11 @@ def test_batch_larger_than_data_is_refused_before_training(digits):
 def test_cuda_path_with_amp_and_channels_last_trains_and_resumes(amp, digits, tmp_path):
     torch.manual_seed(0)
     objective = make_objective("transfer", digits)
-    config = TrainConfig(epochs=2, batch_size=64, lr=0.05, amp=amp, device="cuda", log_every_steps=1)
-    result = fit(objective, digits, config, checkpoint_dir=tmp_path)
+    config = train_config(epochs=2, batch_size=64, lr=0.05, amp=amp, log_every_steps=1)
+    result = fit(objective, digits, config, device="cuda", checkpoint_dir=tmp_path)
     assert all(math.isfinite(v) for _, v in result.losses)
     assert objective.student.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["step"] == 4 and ("scale" in state["scaler"]) == (amp == "fp16")
-    again = fit(objective, digits, dataclasses.replace(config, epochs=3), checkpoint_dir=tmp_path)
+    again = fit(objective, digits, config.model_copy(update={"epochs": 3}), device="cuda", checkpoint_dir=tmp_path)
     assert again.resumed_from_step == 4

@@ -26,8 +26,9 @@ SCRIPT = textwrap.dedent('''
     from pipeline.distributed import rank
     from pipeline.data import load_dataset
     from pipeline.data.augment import build_augmentation
-    from pipeline.models import EmbeddingModel, build_backbone
-    from pipeline.train.config import TrainConfig
+    from pipeline.models.embedding_model import EmbeddingModel
+    from pipeline.models.registry import build_backbone
+    from train_support import train_config
     from pipeline.train.loop import fit
     from pipeline.train.objectives import ProxyAnchorObjective, TransferObjective
 
@@ -41,11 +42,11 @@ SCRIPT = textwrap.dedent('''
                                   norm_layer=lambda c: nn.GroupNorm(4, c))
         return EmbeddingModel(backbone, **kwargs)
 
-    config = TrainConfig(epochs=1, max_steps=1, batch_size=32, lr=0.5, momentum=0.0, weight_decay=0.0)
+    config = train_config(epochs=1, max_steps=1, batch_size=32, lr=0.5, momentum=0.0, weight_decay=0.0)
     torch.manual_seed(0)
     teacher = model(projection="simclr", projection_dim=8)
     transfer = TransferObjective(model(embedding_dim=6), teacher, augment, losses.build("relaxed_contrastive"),
-                                 "relaxed_contrastive", teacher_embedding_kind="projection")
+                                 teacher_embedding_kind="projection")
     proxy = ProxyAnchorObjective(model(embedding_dim=6), augment,
                                  losses.build("proxy_anchor", num_classes=10, embedding_dim=6))
     states = {}
@@ -66,7 +67,7 @@ def run(tmp_path: Path, processes: int) -> dict:
     if processes > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                    str(processes), str(script), str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     try:

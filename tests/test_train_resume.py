@@ -23,8 +23,9 @@ TRAIN_SCRIPT = textwrap.dedent('''
     from pipeline import tracking
     from pipeline.data import load_dataset
     from pipeline.data.augment import build_augmentation
-    from pipeline.models import EmbeddingModel, build_backbone
-    from pipeline.train.config import TrainConfig
+    from pipeline.models.embedding_model import EmbeddingModel
+    from pipeline.models.registry import build_backbone
+    from train_support import train_config
     from pipeline.train.loop import fit
     from pipeline.train.objectives import MoCoObjective
 
@@ -35,7 +36,7 @@ TRAIN_SCRIPT = textwrap.dedent('''
     model = EmbeddingModel(build_backbone("small_resnet", 1, widths=(8, 16, 32), stem_stride=1),
                            projection="simclr", projection_dim=16)
     objective = MoCoObjective(model, build_augmentation("metric", 8, 1, data.mean, data.std), queue_size=96)
-    config = TrainConfig(epochs=3, batch_size=64, lr=0.1, warmup_steps=2, log_every_steps=3)
+    config = train_config(epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.5, log_every_steps=3)  # 4 steps per epoch
 
     def on_checkpoint(step, epochs_completed):
         if mode == "kill" and epochs_completed == 1:
@@ -59,7 +60,7 @@ def run_training(tmp_path: Path, checkpoint_dir: Path, mode: str, env: dict | No
     script = tmp_path / "train_digits.py"
     script.write_text(TRAIN_SCRIPT)
     out = tmp_path / f"{mode}-{checkpoint_dir.name}.pt"
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), **(env or {})}
     completed = subprocess.run([sys.executable, str(script), str(checkpoint_dir), mode, str(out)],
                                cwd=REPO, env=full_env, capture_output=True, text=True, timeout=300)
     return completed, out

@@ -3,8 +3,9 @@
 from collections.abc import Sequence
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from pipeline.losses.contract import Loss
 from pipeline.losses.feature_maps import check_stages, resize_like
 
 
@@ -16,12 +17,19 @@ def attention_map(maps: Tensor, size_of: Tensor | None = None) -> Tensor:
     return F.normalize(energy.flatten(1), dim=1)
 
 
-class AttentionTransferLoss(nn.Module):
+class AttentionTransferLoss(Loss):
     """`loss(student_maps, teacher_maps)` = sum over stages of mean((a(s_k) - a(t_k))^2), with
     a() the normalised squared-activation map.  Channel counts may differ; a student map at another
     resolution is resized (bilinear) to the teacher's before normalising.  The paper adds a
-    Proxy-Anchor term in training (see `pipeline.losses.NEEDS_PROXY_ANCHOR`).
+    Proxy-Anchor term in training.
     """
+
+    features = "stage_maps"
+    proxy_anchor = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.params = self.checked_params()
 
     def forward(self, student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
         check_stages(student, teacher)

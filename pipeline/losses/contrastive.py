@@ -1,15 +1,24 @@
 """The label-based contrastive loss on normalised distances, and the weighted form it shares with
 the relaxed contrastive loss (which replaces the 0/1 labels by teacher similarities)."""
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from pipeline.distributed import gather_batch
+from pipeline.losses.contract import Loss, LossParams
 from pipeline.losses.distances import off_diagonal, pairwise_distances
-from pipeline.losses.validation import check_choice, check_embeddings, check_labels, check_positive
+from pipeline.losses.validation import PositiveFloat, check_embeddings, check_labels
 
-NORMALIZATIONS = ("row", "global", "none")
+
+class DistanceParams(LossParams):
+    """The margin and distance normalisation shared by the label and the relaxed contrastive loss."""
+
+    delta: PositiveFloat = 1.0
+    normalize: Literal["row", "global", "none"] = "row"
+    student_l2: bool = False
 
 
 def normalized_student_distances(student: Tensor, normalize: str, student_l2: bool) -> Tensor:
@@ -33,7 +42,7 @@ def weighted_contrastive(distances: Tensor, weights: Tensor, delta: float) -> Te
     return per_pair[off_diagonal(n, distances.device)].sum() / n
 
 
-class ContrastiveLoss(nn.Module):
+class ContrastiveLoss(Loss):
     """Label-based contrastive loss, `loss(student, labels)`: w_ij = 1 for same class, else 0.
 
     The hard-label counterpart of RelaxedContrastiveLoss, with identical distance normalisation, so
@@ -41,10 +50,13 @@ class ContrastiveLoss(nn.Module):
     Under torch.distributed the loss is computed over the all-gathered global batch.
     """
 
+    role = "supervised"
+    inputs = ("student", "labels")
+    Params = DistanceParams
+
     def __init__(self, delta: float = 1.0, normalize: str = "row", student_l2: bool = False):
         super().__init__()
-        check_positive("delta", delta)
-        check_choice("normalize", normalize, NORMALIZATIONS)
+        self.params = self.checked_params(delta=delta, normalize=normalize, student_l2=student_l2)
         self.delta = delta
         self.normalize = normalize
         self.student_l2 = student_l2

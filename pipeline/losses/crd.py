@@ -2,13 +2,16 @@
 following the official RepDistiller code that the label-relaxation paper reused."""
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from pipeline.distributed import gather_batch, mean_over_ranks
-from pipeline.losses.validation import check_non_negative, check_pair, check_positive
+from pipeline.losses.contract import Loss, LossParams
+from pipeline.losses.validation import NonNegativeFloat, PositiveFloat, PositiveInt, check_pair, check_positive
 
 
 class L2Head(nn.Module):
@@ -30,7 +33,7 @@ def nce_loss(scores: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:
     return -(log_positive.sum() + log_negative.sum()) / scores.shape[0]
 
 
-class CRDLoss(nn.Module):
+class CRDLoss(Loss):
     """`loss(student, teacher, index[, contrast_index])` with `index` the dataset indices of the rows.
 
     Both sides get a 128-d linear + L2 head (trainable: put `loss.parameters()` in the optimiser).
@@ -41,8 +44,18 @@ class CRDLoss(nn.Module):
     they are checkpointed with `state_dict()`.  Under DDP every rank applies the whole global batch's
     updates and Z is averaged over ranks, so the banks stay identical on every rank (a rank updating
     only its own rows would leave the others' entries stale).  The paper adds a
-    Proxy-Anchor term in training (see `pipeline.losses.NEEDS_PROXY_ANCHOR`).
+    Proxy-Anchor term in training.
     """
+
+    inputs = ("student", "teacher", "indices")
+    proxy_anchor = True
+    runtime_args = ("student_dim", "teacher_dim", "n_data")
+
+    class Params(LossParams):
+        feat_dim: PositiveInt = 128
+        num_negatives: PositiveInt = 4096
+        temperature: PositiveFloat = 0.07
+        momentum: Annotated[float, Field(ge=0, lt=1)] = 0.5
 
     def __init__(
         self,
@@ -55,12 +68,10 @@ class CRDLoss(nn.Module):
         momentum: float = 0.5,
     ):
         super().__init__()
-        for name, value in (("student_dim", student_dim), ("teacher_dim", teacher_dim), ("n_data", n_data),
-                            ("feat_dim", feat_dim), ("num_negatives", num_negatives), ("temperature", temperature)):
+        for name, value in (("student_dim", student_dim), ("teacher_dim", teacher_dim), ("n_data", n_data)):
             check_positive(name, value)
-        check_non_negative("momentum", momentum)
-        if momentum >= 1:
-            raise ValueError(f"momentum must be < 1, got {momentum}")
+        self.params = self.checked_params(feat_dim=feat_dim, num_negatives=num_negatives, temperature=temperature,
+                                          momentum=momentum)
         self.n_data = n_data
         self.num_negatives = num_negatives
         self.temperature = temperature

@@ -2,12 +2,13 @@
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from pipeline.distributed import gather_batch
+from pipeline.losses.contract import Loss, LossParams
 from pipeline.losses.distances import pairwise_distances
 from pipeline.losses.triplet import triplet_margin_loss
-from pipeline.losses.validation import check_labels, check_non_negative, check_pair, check_positive
+from pipeline.losses.validation import NonNegativeFloat, PositiveFloat, PositiveInt, check_labels, check_pair
 
 
 def plackett_luce_log_likelihood(scores: Tensor) -> Tensor:
@@ -16,7 +17,7 @@ def plackett_luce_log_likelihood(scores: Tensor) -> Tensor:
     return (scores - tail_logsumexp).sum(dim=1)
 
 
-class HardDarkRankLoss(nn.Module):
+class HardDarkRankLoss(Loss):
     """`loss(student, teacher, labels)`: teacher's top-`list_length` neighbour list of each sample,
     scored by the student (score = -alpha * ||s_i - s_j||^beta on L2-normalised rows) under the
     Plackett-Luce model; minus the mean log-likelihood, plus `triplet_weight` * triplet loss
@@ -27,6 +28,20 @@ class HardDarkRankLoss(nn.Module):
     `labels` may be omitted.  Under torch.distributed the loss is computed over the all-gathered batch.
     """
 
+    inputs = ("student", "teacher", "labels")
+
+    class Params(LossParams):
+        alpha: PositiveFloat = 3.0
+        beta: PositiveFloat = 3.0
+        list_length: PositiveInt = 4
+        triplet_margin: NonNegativeFloat = 0.2
+        triplet_weight: NonNegativeFloat = 1.0
+
+    @classmethod
+    def inputs_for(cls, params: LossParams) -> tuple[str, ...]:
+        """Label-free (the self-supervised setting allows it) when the triplet term is off."""
+        return cls.inputs if params.triplet_weight > 0 else ("student", "teacher")
+
     def __init__(
         self,
         alpha: float = 3.0,
@@ -36,11 +51,8 @@ class HardDarkRankLoss(nn.Module):
         triplet_weight: float = 1.0,
     ):
         super().__init__()
-        check_positive("alpha", alpha)
-        check_positive("beta", beta)
-        check_positive("list_length", list_length)
-        check_non_negative("triplet_margin", triplet_margin)
-        check_non_negative("triplet_weight", triplet_weight)
+        self.params = self.checked_params(alpha=alpha, beta=beta, list_length=list_length,
+                                          triplet_margin=triplet_margin, triplet_weight=triplet_weight)
         self.alpha = alpha
         self.beta = beta
         self.list_length = list_length

@@ -4,21 +4,26 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from pipeline.losses.contract import Loss
 from pipeline.losses.feature_maps import check_stages, resize_like
 from pipeline.losses.validation import check_positive
 
 
-class FitNetLoss(nn.Module):
+class FitNetLoss(Loss):
     """`loss(student_maps, teacher_maps)` = sum over stages of mean((W_k * s_k - t_k)^2).
 
     One bias-free 1x1 conv per stage maps student channels to teacher channels, initialised
     uniform(-0.005, 0.005) as in the label-relaxation code; its parameters belong in the optimiser.
-    (n, c) vectors are treated as 1x1 maps.  The paper adds a Proxy-Anchor term in training
-    (see `pipeline.losses.NEEDS_PROXY_ANCHOR`).
+    (n, c) vectors are treated as 1x1 maps.  The paper adds a Proxy-Anchor term in training.
     """
+
+    features = "stage_maps"
+    proxy_anchor = True
+    runtime_args = ("student_channels", "teacher_channels")
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
         super().__init__()
+        self.params = self.checked_params()
         if len(student_channels) != len(teacher_channels) or not student_channels:
             raise ValueError(
                 "student_channels and teacher_channels must be non-empty and of equal length, "

@@ -1,18 +1,24 @@
 """Classic knowledge distillation (Hinton et al., 2015) for classification students."""
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from pipeline.losses.validation import check_pair, check_positive
+from pipeline.losses.contract import Loss, LossParams
+from pipeline.losses.validation import PositiveFloat, check_pair
 
 
-class HintonKDLoss(nn.Module):
+class HintonKDLoss(Loss):
     """`loss(student_logits, teacher_logits)` = T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean.
     The T^2 factor keeps gradient magnitudes comparable across temperatures."""
 
+    features = "logits"
+
+    class Params(LossParams):
+        temperature: PositiveFloat = 4.0
+
     def __init__(self, temperature: float = 4.0):
         super().__init__()
-        check_positive("temperature", temperature)
+        self.params = self.checked_params(temperature=temperature)
         self.temperature = temperature
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:

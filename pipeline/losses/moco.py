@@ -4,12 +4,13 @@ from typing import Any
 
 import torch
 from lightly.loss import NTXentLoss as _LightlyNTXent
-from torch import Tensor, nn
+from torch import Tensor
 
-from pipeline.losses.validation import check_embeddings, check_positive, check_same_rows
+from pipeline.losses.contract import Loss, LossParams
+from pipeline.losses.validation import PositiveFloat, PositiveInt, check_embeddings, check_positive, check_same_rows
 
 
-class MoCoLoss(nn.Module):
+class MoCoLoss(Loss):
     """`loss(query, key)`: InfoNCE of each query against its key (momentum encoder) and the queue.
 
     Wraps `lightly.loss.NTXentLoss(memory_bank_size=(queue_size, embedding_dim))`; the keys are
@@ -19,11 +20,18 @@ class MoCoLoss(nn.Module):
     torch.distributed the keys of all ranks are enqueued.
     """
 
+    role = "teacher"
+    inputs = ()  # the query and momentum-key projections: loss(query, key)
+    runtime_args = ("embedding_dim",)
+
+    class Params(LossParams):
+        queue_size: PositiveInt = 4096
+        temperature: PositiveFloat = 0.2
+
     def __init__(self, embedding_dim: int = 128, queue_size: int = 4096, temperature: float = 0.2):
         super().__init__()
         check_positive("embedding_dim", embedding_dim)
-        check_positive("queue_size", queue_size)
-        check_positive("temperature", temperature)
+        self.params = self.checked_params(queue_size=queue_size, temperature=temperature)
         self.embedding_dim = embedding_dim
         self.queue_size = queue_size
         self.temperature = temperature

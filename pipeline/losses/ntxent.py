@@ -1,12 +1,13 @@
 """NT-Xent, the SimCLR teacher loss: lightly's implementation with cross-rank negatives."""
 
 from lightly.loss import NTXentLoss as _LightlyNTXent
-from torch import Tensor, nn
+from torch import Tensor
 
-from pipeline.losses.validation import check_embeddings, check_positive, check_same_rows
+from pipeline.losses.contract import Loss, LossParams
+from pipeline.losses.validation import PositiveFloat, check_embeddings, check_same_rows
 
 
-class NTXentLoss(nn.Module):
+class NTXentLoss(Loss):
     """`loss(view0, view1)`: projections of two augmentations of the same images, row-aligned.
 
     Wraps `lightly.loss.NTXentLoss`.  Under torch.distributed each rank scores its own rows against
@@ -14,9 +15,15 @@ class NTXentLoss(nn.Module):
     gather summing gradients, DDP's averaging reproduces the single-process gradient.
     """
 
+    role = "teacher"
+    inputs = ()  # two views of the student's own projections: loss(view0, view1)
+
+    class Params(LossParams):
+        temperature: PositiveFloat = 0.5
+
     def __init__(self, temperature: float = 0.5):
         super().__init__()
-        check_positive("temperature", temperature)
+        self.params = self.checked_params(temperature=temperature)
         self.temperature = temperature
         self.criterion = _LightlyNTXent(temperature=temperature, gather_distributed=True)
 

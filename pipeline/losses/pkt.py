@@ -1,10 +1,11 @@
 """Probabilistic Knowledge Transfer (Passalis & Tefas, ECCV 2018)."""
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pipeline.distributed import gather_batch
-from pipeline.losses.validation import check_pair
+from pipeline.losses.contract import Loss, LossParams
+from pipeline.losses.validation import PositiveFloat, check_pair
 
 
 def cosine_probabilities(embeddings: Tensor, eps: float) -> Tensor:
@@ -14,14 +15,18 @@ def cosine_probabilities(embeddings: Tensor, eps: float) -> Tensor:
     return similarity / similarity.sum(dim=1, keepdim=True)
 
 
-class PKTLoss(nn.Module):
+class PKTLoss(Loss):
     """`loss(student, teacher)`: KL(teacher || student) between cosine-similarity distributions,
     averaged over all n^2 entries (the `mean` of the authors' code, not a per-row sum).
     Under torch.distributed the loss is computed over the all-gathered global batch.
     """
 
+    class Params(LossParams):
+        eps: PositiveFloat = 1e-7
+
     def __init__(self, eps: float = 1e-7):
         super().__init__()
+        self.params = self.checked_params(eps=eps)
         self.eps = eps
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:

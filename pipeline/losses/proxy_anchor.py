@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.losses.validation import check_embeddings, check_labels, check_positive
+from pipeline.losses.contract import Loss, LossParams
+from pipeline.losses.validation import NonNegativeFloat, PositiveFloat, check_embeddings, check_labels, check_positive
 
 
 def _log1p_sum_exp(logits: Tensor, keep: Tensor) -> Tensor:
@@ -15,7 +16,7 @@ def _log1p_sum_exp(logits: Tensor, keep: Tensor) -> Tensor:
     return torch.logsumexp(torch.cat([zeros, masked], dim=0), dim=0)
 
 
-class ProxyAnchorLoss(nn.Module):
+class ProxyAnchorLoss(Loss):
     """`loss(embeddings, labels)`; one learnable proxy per class in `self.proxies`.
 
     pos = mean over classes present in the batch of log(1 + sum_{x in class} exp(-alpha (cos - margin)))
@@ -26,11 +27,19 @@ class ProxyAnchorLoss(nn.Module):
 
     LR_MULTIPLIER = 100.0
 
+    role = "teacher"
+    inputs = ("student", "labels")
+    runtime_args = ("num_classes", "embedding_dim")
+
+    class Params(LossParams):
+        margin: NonNegativeFloat = 0.1
+        alpha: PositiveFloat = 32.0
+
     def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.1, alpha: float = 32.0):
         super().__init__()
         check_positive("num_classes", num_classes)
         check_positive("embedding_dim", embedding_dim)
-        check_positive("alpha", alpha)
+        self.params = self.checked_params(margin=margin, alpha=alpha)
         self.num_classes = num_classes
         self.margin = margin
         self.alpha = alpha

@@ -1,58 +1,79 @@
-"""Build a loss by name, so params.yaml can pick one; every name, its class and its call order."""
+"""Every loss by the name `params.yaml` uses, its declared contract, and `build`.
+
+Classes are imported when first asked for, so validating a config that names the relaxed loss does not
+import lightly (NT-Xent, MoCo) or any other loss module. `register` adds a loss without editing this file.
+"""
+from __future__ import annotations
 
 import difflib
-import inspect
+import importlib
+from collections.abc import Mapping
+from typing import Any
 
-from torch import nn
+from pipeline.losses.contract import FEATURES, INPUTS, RUNTIME_ARGS, Loss, LossParams
 
-from pipeline.losses.attention import AttentionTransferLoss
-from pipeline.losses.contrastive import ContrastiveLoss
-from pipeline.losses.crd import CRDLoss
-from pipeline.losses.darkrank import HardDarkRankLoss
-from pipeline.losses.fitnet import FitNetLoss
-from pipeline.losses.hinton_kd import HintonKDLoss
-from pipeline.losses.moco import MoCoLoss
-from pipeline.losses.ntxent import NTXentLoss
-from pipeline.losses.pkt import PKTLoss
-from pipeline.losses.proxy_anchor import ProxyAnchorLoss
-from pipeline.losses.relaxed_contrastive import RelaxedContrastiveLoss
-from pipeline.losses.rkd import RKDLoss
-
-# name -> class; the comment gives the call order.
-_REGISTRY: dict[str, type[nn.Module]] = {
-    "relaxed_contrastive": RelaxedContrastiveLoss,  # loss(student, teacher)
-    "contrastive": ContrastiveLoss,  # loss(student, labels)
-    "rkd": RKDLoss,  # loss(student, teacher)
-    "pkt": PKTLoss,  # loss(student, teacher)
-    "darkrank": HardDarkRankLoss,  # loss(student, teacher, labels)
-    "fitnet": FitNetLoss,  # loss(student_maps, teacher_maps)
-    "attention": AttentionTransferLoss,  # loss(student_maps, teacher_maps)
-    "crd": CRDLoss,  # loss(student, teacher, index)
-    "hinton_kd": HintonKDLoss,  # loss(student_logits, teacher_logits)
-    "proxy_anchor": ProxyAnchorLoss,  # loss(embeddings, labels)
-    "ntxent": NTXentLoss,  # loss(view0, view1)
-    "moco": MoCoLoss,  # loss(query, key)
+_REGISTRY: dict[str, str | type[Loss]] = {
+    "relaxed_contrastive": "pipeline.losses.relaxed_contrastive:RelaxedContrastiveLoss",
+    "contrastive": "pipeline.losses.contrastive:ContrastiveLoss",
+    "rkd": "pipeline.losses.rkd:RKDLoss",
+    "pkt": "pipeline.losses.pkt:PKTLoss",
+    "darkrank": "pipeline.losses.darkrank:HardDarkRankLoss",
+    "fitnet": "pipeline.losses.fitnet:FitNetLoss",
+    "attention": "pipeline.losses.attention:AttentionTransferLoss",
+    "crd": "pipeline.losses.crd:CRDLoss",
+    "hinton_kd": "pipeline.losses.hinton_kd:HintonKDLoss",
+    "proxy_anchor": "pipeline.losses.proxy_anchor:ProxyAnchorLoss",
+    "ntxent": "pipeline.losses.ntxent:NTXentLoss",
+    "moco": "pipeline.losses.moco:MoCoLoss",
 }
 
-NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
-# Transfer losses that the paper trains together with a Proxy-Anchor term on the student embedding:
-# training adds `proxy_anchor(student_embedding, labels)` to these (weight 1), nothing else does.
-NEEDS_PROXY_ANCHOR: frozenset[str] = frozenset({"fitnet", "attention", "crd"})
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
 
 
-def build(name: str, **params: object) -> nn.Module:
-    """Instantiate the loss registered as `name` with keyword `params` (its constructor arguments)."""
+def register(name: str, cls: type[Loss]) -> None:
+    """Make `cls` buildable as `name`; its contract is checked here, so a bad declaration fails at once."""
+    if not (isinstance(cls, type) and issubclass(cls, Loss)):
+        raise TypeError(f"loss {name!r}: {cls!r} must subclass pipeline.losses.contract.Loss")
+    if name in _REGISTRY:
+        raise ValueError(f"loss name {name!r} is already registered")
+    unknown = [*(set(cls.inputs) - set(INPUTS)), *(set(cls.runtime_args) - set(RUNTIME_ARGS))]
+    if unknown or cls.features not in FEATURES or not issubclass(cls.Params, LossParams):
+        raise ValueError(f"loss {name!r}: undeclared inputs, runtime args or features {unknown or cls.features!r}")
+    _REGISTRY[name] = cls
+
+
+def loss_class(name: str) -> type[Loss]:
+    """The class registered as `name` (its contract is on the class); unknown names get a suggestion."""
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), NAMES, n=1)
+        close = difflib.get_close_matches(str(name), names(), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown loss name {name!r}; allowed: {', '.join(NAMES)}.{hint}")
-    cls = _REGISTRY[name]
-    accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
-    unknown = sorted(set(params) - set(accepted))
+        raise ValueError(f"unknown loss name {name!r}; allowed: {', '.join(names())}.{hint}")
+    entry = _REGISTRY[name]
+    if isinstance(entry, str):
+        module, _, attribute = entry.partition(":")
+        entry = _REGISTRY[name] = getattr(importlib.import_module(module), attribute)
+    return entry
+
+
+def build(name: str, **arguments: Any) -> Loss:
+    """Instantiate loss `name`: `arguments` are its `Params` fields plus the runtime args it declares."""
+    cls = loss_class(name)
+    accepted = [*cls.Params.model_fields, *cls.runtime_args]
+    unknown = sorted(set(arguments) - set(accepted))
     if unknown:
         raise ValueError(
             f"unknown parameter(s) {', '.join(map(repr, unknown))} for loss {name!r}; "
             f"accepted: {', '.join(accepted) or 'none'}"
         )
-    return cls(**params)
+    return cls(**arguments)
+
+
+def build_with(name: str, params: Mapping[str, Any], context: Mapping[str, Any]) -> Loss:
+    """Loss `name` from user `params` and the runtime values its contract asks of `context`."""
+    cls = loss_class(name)
+    missing = [arg for arg in cls.runtime_args if arg not in context]
+    if missing:
+        raise ValueError(f"loss {name!r} needs {', '.join(missing)}, which this stage does not provide")
+    return build(name, **params, **{arg: context[arg] for arg in cls.runtime_args})

@@ -5,30 +5,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.distributed import gather_batch
-from pipeline.losses.contrastive import NORMALIZATIONS, normalized_student_distances, weighted_contrastive
+from pipeline.losses.contract import Loss
+from pipeline.losses.contrastive import DistanceParams, normalized_student_distances, weighted_contrastive
 from pipeline.losses.distances import pairwise_distances
-from pipeline.losses.validation import check_choice, check_pair, check_positive
+from pipeline.losses.validation import PositiveFloat, check_pair
 
 
-class RelaxedContrastiveLoss(nn.Module):
+class RelaxedContrastiveLoss(Loss):
     """`loss(student, teacher)`: contrastive loss whose pair labels are the teacher's similarities.
 
     - teacher rows are L2-normalised here; w_ij = exp(-||t_i - t_j||^2 / sigma), without gradient;
     - student distances are raw (or L2-normalised with `student_l2=True`), divided per row by the row
       mean over all n entries, zero diagonal included (`normalize="row"`, the published form);
     - loss = (1/n) * sum_{i != j} [w_ij d_ij^2 + (1 - w_ij) relu(delta - d_ij)^2].
-    Differs from the authors' code in one corner only: they drop pairs whose student distance is
-    exactly 0 (coincident points); here every i != j pair counts, as the paper's formula says.
+    As in the authors' code, only the diagonal is masked: their `pdist` clamps squared distances at
+    1e-12, so coincident points still count as pairs, as every i != j pair does here.
     Under torch.distributed the loss is computed over the all-gathered global batch.
     """
+
+    class Params(DistanceParams):
+        sigma: PositiveFloat = 1.0
 
     def __init__(
         self, sigma: float = 1.0, delta: float = 1.0, normalize: str = "row", student_l2: bool = False
     ):
         super().__init__()
-        check_positive("sigma", sigma)
-        check_positive("delta", delta)
-        check_choice("normalize", normalize, NORMALIZATIONS)
+        self.params = self.checked_params(sigma=sigma, delta=delta, normalize=normalize, student_l2=student_l2)
         self.sigma = sigma
         self.delta = delta
         self.normalize = normalize

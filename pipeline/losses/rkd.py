@@ -2,11 +2,12 @@
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from pipeline.distributed import gather_batch
+from pipeline.losses.contract import Loss, LossParams
 from pipeline.losses.distances import off_diagonal, pairwise_distances
-from pipeline.losses.validation import check_non_negative, check_pair, check_positive
+from pipeline.losses.validation import NonNegativeFloat, PositiveInt, check_pair
 
 
 def mean_normalized_distances(embeddings: Tensor) -> Tensor:
@@ -30,7 +31,7 @@ def triplet_angles(embeddings: Tensor, anchors: Tensor, eps: float = 1e-12) -> T
         return torch.bmm(units, units.transpose(1, 2))
 
 
-class RKDLoss(nn.Module):
+class RKDLoss(Loss):
     """`loss(student, teacher)` = distance_weight * smooth-L1(distances) + angle_weight * smooth-L1(angles).
 
     Each side's distances are divided by its own mean off-diagonal distance; both smooth-L1 terms are
@@ -40,14 +41,17 @@ class RKDLoss(nn.Module):
     computed over the all-gathered global batch (ranks draw their anchor rows independently).
     """
 
+    class Params(LossParams):
+        distance_weight: NonNegativeFloat = 1.0
+        angle_weight: NonNegativeFloat = 2.0
+        angle_max_rows: PositiveInt | None = None
+
     def __init__(
         self, distance_weight: float = 1.0, angle_weight: float = 2.0, angle_max_rows: int | None = None
     ):
         super().__init__()
-        check_non_negative("distance_weight", distance_weight)
-        check_non_negative("angle_weight", angle_weight)
-        if angle_max_rows is not None:
-            check_positive("angle_max_rows", angle_max_rows)
+        self.params = self.checked_params(distance_weight=distance_weight, angle_weight=angle_weight,
+                                          angle_max_rows=angle_max_rows)
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
         self.angle_max_rows = angle_max_rows

@@ -1,8 +1,14 @@
 """Argument checks shared by the losses: bad input fails with a ValueError naming it, before compute."""
 
-from collections.abc import Sequence
+from typing import Annotated
 
+from pydantic import Field
 from torch import Tensor
+
+# Field types of the losses' `Params` models (pipeline.losses.contract).
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
 
 
 def check_positive(name: str, value: float) -> None:
@@ -13,11 +19,6 @@ def check_positive(name: str, value: float) -> None:
 def check_non_negative(name: str, value: float) -> None:
     if not value >= 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
-
-
-def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
 
 
 def check_embeddings(name: str, embeddings: Tensor, min_rows: int = 2) -> None:

@@ -2,21 +2,20 @@
 
 Every backbone returns its last feature map from ``forward`` and the output of every stage from
 ``forward_stages`` (FitNet / Attention transfer need those), and exposes ``num_features`` (channels of
-the last map) and ``stage_channels``. The residual blocks are torchvision's; only the stems and the
-stage layout are written here, because torchvision's ResNet fixes four stages of widths 64..512.
+the last map) and ``stage_channels``. The residual blocks are laid out as torchvision's
+(``pipeline.models.blocks``); the stems and the stage layout are written here, because torchvision's
+ResNet fixes four stages of widths 64..512. Names are resolved in ``pipeline.models.registry``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
-NormLayer = Callable[[int], nn.Module]
+from pipeline.models.blocks import BasicBlock, Bottleneck, NormLayer
 
 
 class _StagedBackbone(nn.Module):
@@ -102,6 +101,8 @@ class TorchvisionResNet(_StagedBackbone):
 
     def __init__(self, depth: int, in_channels: int = 3, weights_path: str | Path | None = None) -> None:
         super().__init__()
+        import torchvision  # deferred: 1.6 s of imports that only these backbones need
+
         constructors = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}
         if depth not in constructors:
             raise ValueError(f"depth must be one of {sorted(constructors)}, got {depth}")
@@ -130,45 +131,3 @@ def _init_like_torchvision(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-
-_CIFAR_LAYOUTS = {
-    "cifar_resnet18": (BasicBlock, (2, 2, 2, 2)),
-    "cifar_resnet34": (BasicBlock, (3, 4, 6, 3)),
-    "cifar_resnet50": (Bottleneck, (3, 4, 6, 3)),
-}
-# The CRD benchmark's classifier backbones live in classifiers.py (which builds on this module).
-_CLASSIFIER_BACKBONES = ("resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_2")
-BACKBONES = (*_CIFAR_LAYOUTS, "resnet18", "resnet50", "bn_inception", "small_resnet", *_CLASSIFIER_BACKBONES)
-
-
-def build_backbone(name: str, in_channels: int = 3, **kwargs) -> nn.Module:
-    """Build a backbone by name.
-
-    Names: ``cifar_resnet18|34|50`` (3x3 stride-1 stem, no max-pool; optional ``norm_layer``),
-    ``resnet18|50`` (ImageNet stem; optional ``weights_path``), ``small_resnet`` (one BasicBlock per
-    stage; ``widths`` default (32, 64, 128), ``stem_stride`` default 2, optional ``blocks_per_stage``,
-    ``norm_layer``), ``resnet8x4|32x4`` and ``wrn_16_2|40_2`` (the CRD benchmark's classifier
-    backbones, ``pipeline.models.classifiers``; no options).
-    """
-    if in_channels < 1:
-        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-    if name in _CIFAR_LAYOUTS:
-        block, layout = _CIFAR_LAYOUTS[name]
-        return CifarResNet(block, layout, (64, 128, 256, 512), in_channels, stem_stride=1, **kwargs)
-    if name in ("resnet18", "resnet50"):
-        return TorchvisionResNet(int(name.removeprefix("resnet")), in_channels, **kwargs)
-    if name == "bn_inception":
-        from pipeline.models.bn_inception import BNInception  # options: weights_path, input_space/mean/std
-
-        return BNInception(in_channels, **kwargs)
-    if name == "small_resnet":
-        widths = tuple(kwargs.pop("widths", (32, 64, 128)))
-        blocks = tuple(kwargs.pop("blocks_per_stage", (1,) * len(widths)))
-        stem_stride = kwargs.pop("stem_stride", 2)
-        return CifarResNet(BasicBlock, blocks, widths, in_channels, stem_stride=stem_stride, **kwargs)
-    if name in _CLASSIFIER_BACKBONES:
-        from pipeline.models.classifiers import build_classifier_backbone  # deferred: it imports this module
-
-        return build_classifier_backbone(name, in_channels, **kwargs)
-    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")

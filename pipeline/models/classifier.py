@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.models.backbones import build_backbone
+from pipeline.models.registry import build_backbone
 from pipeline.models.embedding_model import save_model
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.backbones import build_backbone
+from pipeline.models.registry import build_backbone
 from pipeline.models.heads import EmbeddingHead, build_projection_head, global_pool
 
 TEACHER_EMBEDDINGS = ("projection", "backbone", "embedding")

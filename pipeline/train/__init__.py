@@ -1,25 +1,2 @@
-"""Training: one loop (``fit``) and one objective per recipe."""
-
-from pipeline.train.config import TrainConfig
-from pipeline.train.loop import FitResult, fit
-from pipeline.train.objectives import (
-    MoCoObjective,
-    Objective,
-    ProxyAnchorObjective,
-    SimCLRObjective,
-    TransferObjective,
-)
-from pipeline.train.runtime import NonFiniteLossError, TrainingInterrupted
-
-__all__ = [
-    "FitResult",
-    "MoCoObjective",
-    "NonFiniteLossError",
-    "Objective",
-    "ProxyAnchorObjective",
-    "SimCLRObjective",
-    "TrainConfig",
-    "TrainingInterrupted",
-    "TransferObjective",
-    "fit",
-]
+"""Training: one loop (`loop.fit`), one objective per recipe, the recipes that build them from
+params.yaml, and the session that runs one stage's training. Import from the submodules."""

@@ -18,14 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.eval.features import extract_features
+from pipeline.losses.contract import Loss
 from pipeline.eval.linear_probe import topk_accuracy
 from pipeline.models.classifier import Classifier
 from pipeline.train.objectives import FrozenTeacherObjective, Objective, full_precision
-
-EMBEDDING_TERMS = ("relaxed_contrastive", "rkd", "pkt", "crd")
-LOGIT_TERMS = ("hinton_kd",)
-TRANSFER_TERMS = (*EMBEDDING_TERMS, *LOGIT_TERMS)
-
 
 class CrossEntropyObjective(Objective):
     """A classifier trained on its labels alone: the teacher, or the student-alone control."""
@@ -45,7 +41,8 @@ class CrossEntropyObjective(Objective):
 
 
 class DistillationObjective(FrozenTeacherObjective):
-    """Student cross-entropy plus one transfer term from the frozen ``teacher``.
+    """Student cross-entropy plus one transfer term from the frozen ``teacher``, fed what the term's
+    contract declares: penultimate embeddings or logits (``features``), and dataset indices (CRD).
 
     The embedding terms gather over DDP ranks themselves; CE and Hinton KD are per-sample means, whose
     gradients DDP's averaging already makes global.
@@ -56,24 +53,23 @@ class DistillationObjective(FrozenTeacherObjective):
         student: Classifier,
         teacher: Classifier,
         augment: nn.Module,
-        transfer_loss: nn.Module,
-        transfer_name: str,
+        transfer_loss: Loss,
         transfer_weight: float,
         ce_weight: float = 1.0,
     ) -> None:
-        if transfer_name not in TRANSFER_TERMS:
-            raise ValueError(f"transfer_name must be one of {TRANSFER_TERMS}, got {transfer_name!r}")
+        if transfer_loss.features not in ("embedding", "logits") or "labels" in transfer_loss.active_inputs:
+            raise ValueError(f"{type(transfer_loss).__name__} is not a classification transfer term "
+                             f"(it reads {transfer_loss.features} and {transfer_loss.active_inputs})")
         for name, value in (("transfer_weight", transfer_weight), ("ce_weight", ce_weight)):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
-        if transfer_name in LOGIT_TERMS and student.num_classes != teacher.num_classes:
+        if transfer_loss.features == "logits" and student.num_classes != teacher.num_classes:
             raise ValueError(
-                f"{transfer_name} compares logits: student has {student.num_classes} classes, "
+                f"{type(transfer_loss).__name__} compares logits: student has {student.num_classes} classes, "
                 f"teacher {teacher.num_classes}"
             )
         super().__init__(augment, student, teacher)
         self.criterion = transfer_loss
-        self.transfer_name = transfer_name
         self.transfer_weight = transfer_weight
         self.ce_weight = ce_weight
 
@@ -85,12 +81,11 @@ class DistillationObjective(FrozenTeacherObjective):
             teacher_features = self.teacher.features(view)
         with full_precision(images.device):
             ce = F.cross_entropy(student_logits.float(), labels)
-            if self.transfer_name in LOGIT_TERMS:
-                term = self.criterion(student_logits.float(), self.teacher.logits(teacher_features).float())
-            elif self.transfer_name == "crd":
-                term = self.criterion(student_features.float(), teacher_features.float(), indices)
+            if self.criterion.features == "logits":
+                inputs = {"student": student_logits.float(), "teacher": self.teacher.logits(teacher_features).float()}
             else:
-                term = self.criterion(student_features.float(), teacher_features.float())
+                inputs = {"student": student_features.float(), "teacher": teacher_features.float()}
+            term = self.criterion(*({**inputs, "indices": indices}[name] for name in self.criterion.active_inputs))
             return self.ce_weight * ce + self.transfer_weight * term
 
 

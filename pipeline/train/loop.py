@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.config import TrainConfig
 from pipeline.data import ImageSet
 from pipeline.train.batches import BatchPlan
 from pipeline.train.checkpoint import (
@@ -22,7 +24,6 @@ from pipeline.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from pipeline.train.config import TrainConfig
 from pipeline.train.objectives import Objective
 from pipeline.train.progress import Progress
 from pipeline.train.runtime import (
@@ -45,27 +46,35 @@ class MetricLogger(Protocol):
 
 @dataclass
 class FitResult:
+    """`seconds`: time in the training loop over the whole run, the sessions before a resume included."""
+
     steps: int
     epochs: int
     resumed_from_step: int
     losses: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 def build_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
-    """Each group's lr is ``config.lr * lr_scale`` (Proxy-Anchor's proxies train at 100x)."""
+    """Each group's lr is ``optimizer.lr * lr_scale`` (Proxy-Anchor's proxies train at 100x)."""
+    settings = config.optimizer
     param_groups = [
-        {"params": g["params"], "lr": config.lr * g.get("lr_scale", 1.0)} for g in groups if g["params"]
+        {"params": g["params"], "lr": settings.lr * g.get("lr_scale", 1.0)} for g in groups if g["params"]
     ]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    return torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
+    if settings.name == "sgd":
+        return torch.optim.SGD(param_groups, lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(param_groups, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 def fit(
     objective: Objective,
     data: ImageSet,
     config: TrainConfig,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    samples_per_class: int | None = None,
     checkpoint_dir: str | Path | None = None,
     logger: MetricLogger | None = None,
     description: str = "train",
@@ -73,39 +82,51 @@ def fit(
 ) -> FitResult:
     """Train ``objective`` on ``data`` for ``config.epochs`` epochs (or ``config.max_steps`` steps).
 
+    ``config`` is a ``train`` section of params.yaml; warm-up and lr milestones given there in epochs
+    become steps of this data set. ``samples_per_class=K`` draws class-balanced P x K batches, else
+    random ones; ``seed`` fixes the batch order and every RNG of the run.
     With ``checkpoint_dir``, a checkpoint is written after every epoch (and every
     ``config.checkpoint_every_steps`` steps), and an existing one is resumed from. SIGTERM / SIGINT save
     one and raise ``TrainingInterrupted``; a non-finite loss raises ``NonFiniteLossError`` without
     saving. ``on_checkpoint(step, epochs_completed)`` runs after each save (tests use it to kill the process).
     """
-    runtime = resolve_runtime(config.device)
-    seed_everything(config.seed + runtime.rank)
+    if samples_per_class is not None and config.batch_size % samples_per_class:
+        raise ValueError(f"batch_size {config.batch_size} must be a multiple of samples_per_class {samples_per_class}")
+    runtime = resolve_runtime(device)
+    seed_everything(seed + runtime.rank)
     cuda = runtime.device.type == "cuda"
-    if config.channels_last:
+    channels_last = config.channels_last and not _onednn_channels_last_bug(objective, runtime.device)
+    if channels_last:
         objective.memory_format = torch.channels_last
     objective.to(runtime.device)
-    if config.channels_last:
+    if channels_last:
         objective.to(memory_format=torch.channels_last)
     objective.setup(runtime.device)
 
-    plan = BatchPlan(data.labels, config.batch_size, config.seed, config.sampler == "class_balanced",
-                     config.samples_per_class, runtime.world_size, runtime.rank)
+    plan = BatchPlan(data.labels, config.batch_size, seed, samples_per_class is not None,
+                     samples_per_class or 1, runtime.world_size, runtime.rank)
     total_steps = plan.steps_per_epoch * config.epochs
     if config.max_steps is not None:
+        if config.max_steps > total_steps:
+            warnings.warn(f"{description}: max_steps {config.max_steps} is never reached: {config.epochs} epoch(s) of "
+                          f"{plan.steps_per_epoch} batches stop after {total_steps} steps; raise epochs", stacklevel=2)
         total_steps = min(total_steps, config.max_steps)
     epochs = math.ceil(total_steps / plan.steps_per_epoch)
 
     optimizer = build_optimizer(objective.parameter_groups(), config)
+    warmup_steps = round(config.optimizer.warmup_epochs * plan.steps_per_epoch)
+    milestones = tuple(m * plan.steps_per_epoch for m in config.optimizer.milestones_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        WarmupMultiStep(config.warmup_steps, config.lr_milestones, config.lr_gamma) if config.lr_milestones
-        else WarmupCosine(config.warmup_steps, total_steps, config.min_lr_ratio),
+        WarmupMultiStep(warmup_steps, milestones, config.optimizer.gamma) if milestones
+        else WarmupCosine(warmup_steps, total_steps, config.optimizer.min_lr_ratio),
     )
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp) if cuda else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     start_step = 0
+    earlier_seconds = 0.0  # spent by the sessions this run resumes
     state = load_checkpoint(checkpoint_path, runtime.device) if checkpoint_path is not None else None
     if state is not None:
         objective.load_state_dict(state["objective"])
@@ -114,6 +135,7 @@ def fit(
         scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"][runtime.rank] if len(state["rng"]) > runtime.rank else state["rng"][0])
         start_step = int(state["step"])
+        earlier_seconds = float(state.get("train_seconds", 0.0))
 
     module: nn.Module = objective
     if runtime.distributed:
@@ -134,6 +156,10 @@ def fit(
     if state is not None:
         result.losses = [(int(s), float(v)) for s, v in state.get("recent_losses", [])]
     pending: list[tuple[int, torch.Tensor]] = []
+    started = time.perf_counter()
+
+    def seconds_so_far() -> float:
+        return earlier_seconds + time.perf_counter() - started
 
     def flush() -> None:
         """Check and log the losses of the steps since the last flush (one host sync per flush)."""
@@ -177,6 +203,7 @@ def fit(
                 "epochs_completed": step // plan.steps_per_epoch,
                 # so a resumed run reports the same final-loss summary as an uninterrupted one
                 "recent_losses": [[s, v] for s, v in result.losses[-RECENT_LOSSES_KEPT:]],
+                "train_seconds": seconds_so_far(),
             })
         if runtime.distributed:
             dist.barrier()
@@ -219,7 +246,23 @@ def fit(
                 progress.end_epoch(epoch, epochs, step, result.losses[-1][1] if result.losses else float("nan"))
     finally:
         progress.close()
+    result.seconds = seconds_so_far()
     return result
+
+
+def _onednn_channels_last_bug(objective: nn.Module, device: torch.device) -> bool:
+    """oneDNN in torch 2.14.1 corrupts the heap (glibc aborts the process) in the backward pass of a
+    channels_last 1x1 stride-2 convolution with 2-6 input channels on CPU (reproduced on an AVX2 EPYC;
+    1, 7 and >= 8 channels, stride 1 and contiguous tensors are fine). Such nets, like the tests' width-4
+    students, train in the contiguous layout instead, with a warning."""
+    if device.type != "cpu":
+        return False
+    affected = [m for m in objective.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+                and m.stride != (1, 1) and 2 <= m.in_channels <= 6]
+    if affected:
+        warnings.warn(f"channels_last is off for this run: a 1x1 strided convolution with {affected[0].in_channels} "
+                      "input channels hits a oneDNN heap-corruption bug on CPU", stacklevel=3)
+    return bool(affected)
 
 
 def _signal_received(signals: SignalFlag, runtime: Runtime) -> bool:

@@ -19,7 +19,9 @@ from torch import nn
 
 from pipeline import losses
 from pipeline.distributed import gather_batch
-from pipeline.models import TEACHER_EMBEDDINGS, EmbeddingModel, global_pool, teacher_embedding
+from pipeline.losses.contract import Loss
+from pipeline.models.embedding_model import TEACHER_EMBEDDINGS, EmbeddingModel, teacher_embedding
+from pipeline.models.heads import global_pool
 
 
 def full_precision(device: torch.device):
@@ -190,11 +192,6 @@ class ProxyAnchorObjective(Objective):
             return self.criterion(gather_batch(embeddings.float()), gather_batch(labels))
 
 
-STAGE_LOSSES = ("fitnet", "attention")
-INDEXED_LOSSES = ("crd",)
-LABELLED_LOSSES = ("darkrank",)
-
-
 class FrozenTeacherObjective(Objective):
     """A student trained against a frozen ``teacher`` (embedding transfer and classifier distillation).
 
@@ -218,7 +215,8 @@ class FrozenTeacherObjective(Objective):
 
 class TransferObjective(FrozenTeacherObjective):
     """Student transfer: the teacher frozen in eval mode, two views of every image, both seen by teacher
-    and student, ``loss(student, teacher[, index | labels])``; optional auxiliary label loss on the
+    and student; the loss gets what its contract declares (``features``: embeddings or stage maps;
+    ``active_inputs``: student, teacher, labels, dataset indices); optional auxiliary label loss on the
     student embedding (the paper's FitNet / Attention / CRD baselines add Proxy-Anchor).
 
     The transfer losses all-gather over DDP ranks themselves (``pipeline.losses``), so local rows are
@@ -230,17 +228,18 @@ class TransferObjective(FrozenTeacherObjective):
         student: EmbeddingModel,
         teacher: EmbeddingModel,
         augment: nn.Module,
-        loss: nn.Module,
-        loss_name: str,
+        loss: Loss,
         teacher_embedding_kind: str = "projection",
         auxiliary_loss: nn.Module | None = None,
         auxiliary_weight: float = 1.0,
     ) -> None:
         if teacher_embedding_kind not in TEACHER_EMBEDDINGS:
             raise ValueError(f"teacher_embedding must be one of {TEACHER_EMBEDDINGS}, got {teacher_embedding_kind!r}")
+        if loss.features not in ("embedding", "stage_maps"):
+            raise ValueError(f"{type(loss).__name__} compares {loss.features}; embedding transfer has "
+                             "embeddings and stage maps")
         super().__init__(augment, student, teacher)
         self.criterion = loss
-        self.loss_name = loss_name
         self.teacher_embedding_kind = teacher_embedding_kind
         self.auxiliary = auxiliary_loss
         self.auxiliary_weight = auxiliary_weight
@@ -248,21 +247,20 @@ class TransferObjective(FrozenTeacherObjective):
     def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         views = self.two_views(images)
         view_labels, view_indices = torch.cat([labels, labels]), torch.cat([indices, indices])
-        if self.loss_name in STAGE_LOSSES:
+        inputs = {"labels": view_labels, "indices": view_indices}
+        if self.criterion.features == "stage_maps":
             student_stages = self.student.stage_features(views)
             with torch.no_grad():
                 teacher_stages = self.teacher.stage_features(views)
-            with full_precision(images.device):
-                loss = self.criterion([s.float() for s in student_stages], [t.float() for t in teacher_stages])
+            inputs.update(student=[s.float() for s in student_stages], teacher=[t.float() for t in teacher_stages])
             student = self.student.embed_pooled(global_pool(student_stages[-1], self.student.pooling))
         else:
             student = self.student(views)
             with torch.no_grad():
                 teacher = teacher_embedding(self.teacher, views, self.teacher_embedding_kind)
-            extra = (view_indices,) if self.loss_name in INDEXED_LOSSES else ()
-            extra = (view_labels,) if self.loss_name in LABELLED_LOSSES else extra
-            with full_precision(images.device):
-                loss = self.criterion(student.float(), teacher.float(), *extra)
+            inputs.update(student=student.float(), teacher=teacher.float())
+        with full_precision(images.device):
+            loss = self.criterion(*(inputs[name] for name in self.criterion.active_inputs))
         if self.auxiliary is not None:
             with full_precision(images.device):
                 loss = loss + self.auxiliary_weight * self.auxiliary(

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
+from pipeline.models.blocks import BasicBlock
 
 from pipeline.models.backbones import CifarResNet, _init_like_torchvision, _StagedBackbone
 

@@ -16,7 +16,10 @@ import torch
 from pipeline import config as cfg
 from pipeline.data import ImageSet
 from pipeline.data.augment import build_augmentation
-from pipeline.eval import extract_features, knn_classify, linear_probe, retrieval_metrics
+from pipeline.eval.features import extract_features
+from pipeline.eval.knn import knn_classify
+from pipeline.eval.linear_probe import linear_probe
+from pipeline.eval.retrieval import retrieval_metrics
 
 
 def subsample(images: ImageSet, count: int | None, seed: int) -> ImageSet:
@@ -72,7 +75,7 @@ def evaluate(
         metrics.update(knn_classify(train_x, train.labels, test_x, test.labels, k=evaluation.knn.k,
                                     temperature=evaluation.knn.temperature))
     if model is not None:
-        from pipeline.recipes import count_parameters
+        from pipeline.models.loading import count_parameters
 
         metrics["parameters"] = count_parameters(model)
     else:

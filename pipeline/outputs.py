@@ -1,0 +1,42 @@
+"""Where every stage's outputs live and what each model is called: defined once, used by the stages and
+the report (dvc.yaml spells the same paths; tests/test_dvc_deps.py holds the two together)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+OUTPUTS = Path("outputs")
+REPORTS = Path("reports")
+DATA_SUMMARY = OUTPUTS / "data" / "summary.json"
+
+
+def teacher_id(teacher: str) -> str:
+    return f"teacher-{teacher}"
+
+
+def pixels_id(teacher: str) -> str:
+    """Raw pixels scored on the classes `teacher`'s students are evaluated on."""
+    return f"pixels-{teacher}"
+
+
+def student_id(teacher: str, student: str, loss: str) -> str:
+    return f"{teacher}-{student}-{loss}"
+
+
+def teacher_dir(teacher: str) -> Path:
+    return OUTPUTS / "teachers" / teacher
+
+
+def student_dir(teacher: str, student: str, loss: str) -> Path:
+    return OUTPUTS / "students" / student_id(teacher, student, loss)
+
+
+def eval_dir(model_id: str) -> Path:
+    return OUTPUTS / "eval" / model_id
+
+
+def classifier_teacher_dir(teacher: str) -> Path:
+    return OUTPUTS / "classification" / "teachers" / teacher
+
+
+def classifier_student_dir(teacher: str, student: str, method: str) -> Path:
+    return OUTPUTS / "classification" / student_id(teacher, student, method)

@@ -1,0 +1,118 @@
+"""From validated params.yaml sections to the objective a training stage runs (SimCLR, MoCo v2,
+Proxy-Anchor teachers; transfer students; `classifier_recipes.py` builds the classifiers).
+
+Stages stay thin by calling these; tests build the same objects from a tiny config. Losses are built
+from their declared contracts (`pipeline.losses.contract`): the user's params plus the runtime
+arguments (model widths, dataset size) that only this layer knows.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from pipeline import config as cfg
+from pipeline import losses
+from pipeline.data import ImageSet
+from pipeline.data.augment import build_augmentation
+from pipeline.models.embedding_model import EmbeddingModel, ModelSpec, build_model
+from pipeline.models.loading import model_spec, teacher_embedding_dim
+from pipeline.train.objectives import (
+    MoCoObjective,
+    Objective,
+    ProxyAnchorObjective,
+    SimCLRObjective,
+    TransferObjective,
+)
+
+PROJECTION_KIND = {"simclr": "simclr", "moco": "mocov2"}
+
+
+def augment_for(kind: str, data: cfg.DataConfig, images: ImageSet) -> torch.nn.Module:
+    return build_augmentation(kind, data.image_size, images.channels, images.mean, images.std)
+
+
+def _own_objective(method: str, teacher: cfg.TeacherConfig, model: EmbeddingModel, augment: torch.nn.Module,
+                   num_classes: int) -> Objective:
+    """The recipe's own objective: trains a teacher, or the control student with no teacher signal."""
+    if method == "simclr":
+        return SimCLRObjective(model, augment, temperature=teacher.temperature)
+    if method == "moco":
+        return MoCoObjective(model, augment, queue_size=teacher.moco.queue_size, temperature=teacher.temperature,
+                             momentum_base=teacher.moco.momentum)
+    pa = teacher.proxy_anchor
+    loss = losses.build("proxy_anchor", num_classes=num_classes, embedding_dim=model.embedding_dim,
+                        margin=pa.margin, alpha=pa.alpha)
+    return ProxyAnchorObjective(model, augment, loss, proxy_lr_multiplier=pa.proxy_lr_multiplier,
+                                warmup_epochs=pa.warmup_epochs, freeze_batchnorm=pa.frozen_bn)
+
+
+def initialised_from_seed(build):
+    """Initial weights (backbones, heads, proxies, regressors, queues) come from params.yaml's `seed` alone,
+    so two runs of a stage start alike and a resumed run can equal an uninterrupted one; the caller's
+    global RNG is left as it was."""
+
+    @functools.wraps(build)
+    def seeded_build(params: cfg.Params, *args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(params.seed)
+            return build(params, *args, **kwargs)
+
+    return seeded_build
+
+
+@initialised_from_seed
+def teacher_objective(params: cfg.Params, name: str, images: ImageSet) -> tuple[Objective, ModelSpec]:
+    """The objective that trains teacher `name` on `images`, and the spec its model is saved with."""
+    teacher = params.teachers[name]
+    spec = model_spec(teacher.model, images.channels, PROJECTION_KIND.get(teacher.method), teacher.projection_dim)
+    model = build_model(spec)
+    objective = _own_objective(teacher.method, teacher, model, augment_for(teacher.augmentation, params.data, images),
+                               images.num_classes)
+    return objective, spec
+
+
+def teacher_sampler(params: cfg.Params, name: str) -> int | None:
+    """Images per class in a Proxy-Anchor teacher's class-balanced batches; None means random batches."""
+    teacher = params.teachers[name]
+    return teacher.proxy_anchor.samples_per_class if teacher.method == "proxy_anchor" else None
+
+
+@initialised_from_seed
+def transfer_objective(
+    params: cfg.Params, teacher_name: str, student_name: str, loss_name: str,
+    teacher: EmbeddingModel, images: ImageSet,
+) -> tuple[Objective, ModelSpec]:
+    """A student trained from the frozen `teacher` with loss `loss_name`, or by the teacher's own objective."""
+    teacher_cfg = params.teachers[teacher_name]
+    loss_cfg = params.losses[loss_name]
+    student_model = params.students[student_name].model
+    augment = augment_for(params.transfer.augmentation, params.data, images)
+    if loss_cfg.name == cfg.TEACHER_OBJECTIVE:
+        spec = model_spec(student_model, images.channels, PROJECTION_KIND.get(teacher_cfg.method),
+                          teacher_cfg.projection_dim)
+        if teacher_cfg.method in PROJECTION_KIND:
+            # An SSL objective never trains an embedding head: like the SSL teacher, the control student
+            # is evaluated on its pooled backbone features.
+            spec.embedding_dim = None
+        student = build_model(spec)
+        return _own_objective(teacher_cfg.method, teacher_cfg, student, augment, images.num_classes), spec
+    spec = model_spec(student_model, images.channels)
+    student = build_model(spec)
+    context = {
+        "student_channels": list(student.backbone.stage_channels),
+        "teacher_channels": list(teacher.backbone.stage_channels),
+        "student_dim": student.embedding_dim,
+        "teacher_dim": teacher_embedding_dim(teacher, teacher_cfg.transfer_embedding),
+        "n_data": len(images),
+        "num_classes": images.num_classes,
+    }
+    criterion = losses.build_with(loss_cfg.name, loss_cfg.params, context)
+    auxiliary = None
+    weight = loss_cfg.effective_proxy_anchor_weight()
+    if weight > 0:
+        auxiliary = losses.build("proxy_anchor", num_classes=images.num_classes, embedding_dim=student.embedding_dim)
+    objective = TransferObjective(student, teacher, augment, criterion,
+                                  teacher_embedding_kind=teacher_cfg.transfer_embedding,
+                                  auxiliary_loss=auxiliary, auxiliary_weight=weight)
+    return objective, spec
