@@ -3,6 +3,11 @@
 - Store: ``MLFLOW_TRACKING_URI`` when set, else SQLite at the repository root addressed absolutely
   (root from ``DVC_ROOT``, else the git root, else the working directory), so ``dvc exp run --queue``
   copies in temporary folders write to the same database. Artifacts go next to it (``mlartifacts/``).
+- Team server: ``MLFLOW_TRACKING_URI=http://HOST:PORT`` of an ``mlflow server`` (PostgreSQL backend,
+  basic auth). Credentials are MLflow's own (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``,
+  else ``~/.mlflow/credentials``), never params.yaml. Before any run is opened the store is checked
+  (``check_tracking_store``): unreachable, not MLflow, missing or refused credentials each fail in one
+  line that shows the URI without a password and never a credential.
 - SQLite concurrency: connections wait up to ``SQLITE_TIMEOUT_S`` for the write lock instead of failing
   at once, database creation and parent lookup are serialised by a file lock, and writes retry.
 - Grouping: runs of one pipeline invocation hang under one parent run, found by a run-group id:
@@ -40,6 +45,9 @@ RUN_GROUP_TAG = "pipeline.run_group"
 PARENT_TAG = "pipeline.parent"
 OWNER_TAG = "pipeline.owner"
 DEFAULT_EXPERIMENT = "embedding-transfer"
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy stores besides SQLite
+SERVER_CHECK_ENDPOINT = "/api/2.0/mlflow/experiments/search"
+CREDENTIALS_FILE = "~/.mlflow/credentials"
 T = TypeVar("T")
 
 
@@ -85,22 +93,106 @@ def tracking_uri() -> str:
     return uri
 
 
-def check_tracking_store(uri: str, timeout_s: float = 3.0) -> None:
-    """Fail fast, with the URI in the message, when the store is unreachable."""
+def redact_uri(uri: str) -> str:
+    """``uri`` with the password of its user part masked: what messages may show."""
     parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        try:
-            with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
-                return
-        except OSError as err:
-            raise TrackingUnavailableError(
-                f"MLflow tracking server {uri} is unreachable ({err}); start it or unset MLFLOW_TRACKING_URI"
-            ) from err
-    if parsed.scheme == "sqlite":
+    if parsed.password is None:
+        return uri
+    host = parsed.netloc.rsplit("@", 1)[1]
+    return parsed._replace(netloc=f"{parsed.username or ''}:***@{host}").geturl()
+
+
+def check_tracking_store(uri: str, timeout_s: float = 5.0) -> None:
+    """Refuse, in one line and within about ``timeout_s``, a store this stage could not write to: an
+    unreachable server or database, a server that is not MLflow, missing or refused credentials, or a URI
+    scheme MLflow has no store for. Messages show the URI without its password and never a credential."""
+    parsed = urlparse(uri)
+    shown = redact_uri(uri)
+    scheme = parsed.scheme.lower()
+    if scheme in ("http", "https"):
+        _check_server(uri, shown, timeout_s)
+    elif scheme == "sqlite":
         folder = Path(parsed.path).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingUnavailableError(f"MLflow SQLite store {uri}: folder {folder} is missing or not writable")
+            raise TrackingUnavailableError(f"MLflow SQLite store {shown}: folder {folder} is missing or not writable")
+    elif scheme.split("+")[0] in DATABASE_SCHEMES:
+        _check_database(uri, shown, timeout_s)
+    elif not _has_store(scheme):
+        raise TrackingUnavailableError(f"MLFLOW_TRACKING_URI: MLflow has no tracking store for scheme {parsed.scheme!r} "
+                                       f"({shown}); use http(s)://HOST:PORT of an MLflow server, or unset it")
+
+
+def _has_store(scheme: str) -> bool:
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        return scheme in _tracking_store_registry._registry
+    except (ImportError, AttributeError):  # a private registry; without it MLflow itself judges the URI
+        return True
+
+
+def _check_server(uri: str, shown: str, timeout_s: float) -> None:
+    """Reachable, an MLflow server, and accepting this process's credentials (MLflow's own: the
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` / ``MLFLOW_TRACKING_TOKEN`` variables, else
+    ``~/.mlflow/credentials``), checked by one read that any user with access may make."""
+    parsed = urlparse(uri)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {shown} is unreachable ({err}); start it or unset MLFLOW_TRACKING_URI"
+        ) from None
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    try:
+        response = http_request(creds, SERVER_CHECK_ENDPOINT, "GET", max_retries=0, timeout=timeout_s,
+                                raise_on_status=False, params={"max_results": 1})
+    except Exception as err:  # requests' errors may quote the URL, so only their kind is shown
+        raise TrackingUnavailableError(f"MLflow tracking server {shown} did not answer {SERVER_CHECK_ENDPOINT} "
+                                       f"({type(err).__name__}); check MLFLOW_TRACKING_URI") from None
+    status = response.status_code
+    if status == 401:
+        if not (creds.username or creds.password or creds.token):
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {shown} requires credentials: set MLFLOW_TRACKING_USERNAME and "
+                f"MLFLOW_TRACKING_PASSWORD, or put them in {CREDENTIALS_FILE}")
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {shown} refused the credentials of user {creds.username!r} (HTTP 401); "
+            f"check MLFLOW_TRACKING_PASSWORD or {CREDENTIALS_FILE}")
+    if status == 403:
+        raise TrackingUnavailableError(f"MLflow tracking server {shown}: user {creds.username!r} may not read "
+                                       "experiments (HTTP 403); ask its admin for a permission")
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if status != 200 or not isinstance(answer, dict) or (answer and "experiments" not in answer):
+        raise TrackingUnavailableError(f"{shown} does not answer as an MLflow tracking server (HTTP {status} for "
+                                       f"{SERVER_CHECK_ENDPOINT}); check MLFLOW_TRACKING_URI")
+
+
+def _check_database(uri: str, shown: str, timeout_s: float) -> None:
+    """A database store (``postgresql://...``) MLflow would otherwise retry for minutes: one connection."""
+    import sqlalchemy
+
+    parsed = urlparse(uri)
+    connect_args = {"connect_timeout": max(1, int(timeout_s))} if parsed.scheme.startswith("postgresql") else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as err:
+        cause = getattr(err, "orig", None) or err
+        detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        if parsed.password:
+            detail = detail.replace(parsed.password, "***")
+        raise TrackingUnavailableError(f"MLflow database store {shown} cannot be used ({detail[:300]}); check "
+                                       "MLFLOW_TRACKING_URI") from None
 
 
 def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
@@ -284,7 +376,8 @@ def start_run(
     uri = tracking_uri()
     check_tracking_store(uri)
     root = repository_root()
-    with _store_lock(uri):
+    refused = _refusals_in_one_line(redact_uri(uri))
+    with refused, _store_lock(uri):
         client = MlflowClient(uri)
         experiment_id = _experiment_id(client, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
                                        or DEFAULT_EXPERIMENT, uri, root)
@@ -298,10 +391,14 @@ def start_run(
         "device": device_name(),
         RUN_GROUP_TAG: group,
         OWNER_TAG: process_owner(),
+        # torchrun's job size (1 / 1 for a plain process): which runs trained across processes and nodes
+        "distributed.world_size": os.environ.get("WORLD_SIZE", "1"),
+        "distributed.nodes": os.environ.get("GROUP_WORLD_SIZE", "1"),
         "mlflow.parentRunId": parent_id,
         **{k: str(v) for k, v in (tags or {}).items()},
     }
-    run = with_retries(lambda: client.create_run(experiment_id, run_name=run_name or stage, tags=run_tags))
+    with _refusals_in_one_line(redact_uri(uri)):
+        run = with_retries(lambda: client.create_run(experiment_id, run_name=run_name or stage, tags=run_tags))
     run_id = run.info.run_id
     logger = RunLogger(client, run_id)
     monitor = _start_system_metrics(run_id, uri, system_metrics_interval_s) if system_metrics else None
@@ -328,6 +425,24 @@ def start_run(
             logger.log_loss_curve()
         with_retries(lambda: client.set_terminated(run_id, status))
         with_retries(lambda: client.update_run(parent_id, status="FINISHED" if status == "FINISHED" else status))
+
+
+@contextlib.contextmanager
+def _refusals_in_one_line(shown: str) -> Iterator[None]:
+    """A server that lets this user read but not write (MLflow auth's per-experiment permissions) refuses
+    at run creation, still before training: one line with the error code, not MLflow's traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        if err.error_code not in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+            raise
+        from mlflow.utils.credentials import read_mlflow_creds
+
+        user = read_mlflow_creds().username
+        raise TrackingUnavailableError(f"MLflow tracking server {shown} refused to record the run for user {user!r} "
+                                       f"({err.error_code}); ask its admin for EDIT on the experiment") from None
 
 
 def process_owner() -> str:
@@ -374,7 +489,12 @@ def _experiment_id(client: MlflowClient, name: str, uri: str, root: Path) -> str
     # Default artifact roots are relative to the working directory, which for queued DVC experiments is
     # a temporary copy; anchor them next to the SQLite database instead.
     location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException as err:  # a stage on another machine created it meanwhile
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return with_retries(lambda: client.get_experiment_by_name(name)).experiment_id
 
 
 def _parent_run(client: MlflowClient, experiment_id: str, group: str) -> str:
