@@ -121,7 +121,7 @@ class Server:
         import warnings
 
         with warnings.catch_warnings():  # starlette's deprecation notice, on importing MLflow's server app
-            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
             from mlflow.server.auth.client import AuthServiceClient
 
         saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
