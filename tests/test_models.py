@@ -108,7 +108,9 @@ def test_teacher_embedding_kinds():
     torch.testing.assert_close(projected.norm(dim=1), torch.ones(5))
     torch.testing.assert_close(projected, F.normalize(model.projection(x), dim=1))
     assert teacher_embedding(model, x, "backbone").shape == (5, 16)
-    torch.testing.assert_close(teacher_embedding(model, x, "embedding"), model(x))
+    torch.testing.assert_close(teacher_embedding(model, x, "backbone"), model.pooled_features(x))  # raw
+    # The embedding is L2-normalised, as the label-relaxation code's source (--source-norm 1).
+    torch.testing.assert_close(teacher_embedding(model, x, "embedding"), F.normalize(model(x), dim=1))
     with pytest.raises(ValueError, match="teacher_embedding"):
         teacher_embedding(model, x, "logits")
 

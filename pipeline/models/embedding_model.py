@@ -70,17 +70,21 @@ class EmbeddingModel(nn.Module):
 
 
 def teacher_embedding(teacher: EmbeddingModel, x: torch.Tensor, kind: str = "projection") -> torch.Tensor:
-    """What the teacher hands to the student.
+    """What the teacher hands to the student's embedding-transfer loss.
 
     ``projection``: L2-normalised SSL projection output (DESIGN.md measured +1.6..2.6 Recall@1 for every
-    student over pooled features); ``backbone``: pooled backbone features; ``embedding``: head output.
+    student over pooled features); ``backbone``: pooled backbone features, raw; ``embedding``: the
+    teacher's embedding (head output; the pooled features of a model without a head), L2-normalised as
+    the label-relaxation code hands its source embedding to every loss (code/train_target.py builds the
+    source with ``l2_norm=args.source_norm``, default 1, which normalises ``emb`` in code/net/resnet.py
+    and bn_inception.py; the feature maps and pooled features stay raw).
     """
     if kind == "projection":
         return F.normalize(teacher.projection(x), dim=1)
     if kind == "backbone":
         return teacher.pooled_features(x)
     if kind == "embedding":
-        return teacher(x)
+        return F.normalize(teacher(x), dim=1)
     raise ValueError(f"teacher_embedding must be one of {TEACHER_EMBEDDINGS}, got {kind!r}")
 
 
