@@ -21,8 +21,10 @@ class ProxyAnchorLoss(Loss):
 
     pos = mean over classes present in the batch of log(1 + sum_{x in class} exp(-alpha (cos - margin)))
     neg = mean over all classes of log(1 + sum_{x not in class} exp(alpha (cos + margin))).
-    The proxies want a `LR_MULTIPLIER` times higher learning rate than the network (the paper: 100x):
-    give `loss.parameters()` their own optimiser parameter group.
+    The proxies want a `LR_MULTIPLIER` times higher learning rate than the network (100x in the
+    official code, for the teacher and for the term beside FitNet / Attention / CRD students:
+    Proxy-Anchor-CVPR2020 code/train.py and LabelRelaxation-CVPR21 code/train_target.py, both
+    `'lr': float(args.lr) * 100`): give `loss.parameters()` their own optimiser parameter group.
     """
 
     LR_MULTIPLIER = 100.0

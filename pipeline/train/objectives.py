@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 from lightly.models.utils import update_momentum
@@ -22,6 +23,9 @@ from pipeline.distributed import gather_batch
 from pipeline.losses.contract import Loss
 from pipeline.models.embedding_model import TEACHER_EMBEDDINGS, EmbeddingModel, teacher_embedding
 from pipeline.models.heads import global_pool
+
+if TYPE_CHECKING:
+    from pipeline.losses.proxy_anchor import ProxyAnchorLoss
 
 
 def full_precision(device: torch.device):
@@ -230,7 +234,7 @@ class TransferObjective(FrozenTeacherObjective):
         augment: nn.Module,
         loss: Loss,
         teacher_embedding_kind: str = "projection",
-        auxiliary_loss: nn.Module | None = None,
+        auxiliary_loss: ProxyAnchorLoss | None = None,
         auxiliary_weight: float = 1.0,
     ) -> None:
         if teacher_embedding_kind not in TEACHER_EMBEDDINGS:
@@ -243,6 +247,18 @@ class TransferObjective(FrozenTeacherObjective):
         self.teacher_embedding_kind = teacher_embedding_kind
         self.auxiliary = auxiliary_loss
         self.auxiliary_weight = auxiliary_weight
+
+    def parameter_groups(self) -> list[dict]:
+        """The student and the loss's own modules (CRD heads, FitNet regressors) at the base lr, the
+        auxiliary Proxy-Anchor proxies at ``LR_MULTIPLIER`` (100) times it, as the label-relaxation code
+        groups them (code/train_target.py: ``'lr': float(args.lr) * 100`` for the Proxy-Anchor criterion)."""
+        proxies = [] if self.auxiliary is None else [p for p in self.auxiliary.parameters() if p.requires_grad]
+        own = {id(p) for p in proxies}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+        groups = [{"params": rest, "lr_scale": 1.0}]
+        if proxies:
+            groups.append({"params": proxies, "lr_scale": self.auxiliary.LR_MULTIPLIER})
+        return groups
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         views = self.two_views(images)
