@@ -1,5 +1,8 @@
 """FitNet, attention transfer, CRD, Hinton KD, Proxy-Anchor, NT-Xent and MoCo against numpy
-re-derivations of their formulas and, for Proxy-Anchor, pytorch-metric-learning."""
+re-derivations of their formulas and, for Proxy-Anchor, pytorch-metric-learning; CRD's negative sampling
+against the official datasets' rule."""
+
+import copy
 
 import numpy as np
 import pytest
@@ -160,3 +163,58 @@ def test_crd_matches_nce_formula_and_updates_memory_in_training_only():
     assert "student_memory" in loss.state_dict() and "normalizers" in loss.state_dict()
     with pytest.raises(ValueError, match="index must lie"):
         loss(student, teacher, torch.tensor([0, 1, 20]))
+
+
+# Classes of 13 training items: unsorted, unequal sizes, and ids 3 and 4 unused.
+CRD_LABELS = torch.tensor([2, 0, 2, 1, 0, 2, 5, 1, 0, 2, 5, 5, 2])
+
+
+def draw_counts(loss: CRDLoss, rows: torch.Tensor) -> torch.Tensor:
+    """(rows, items) how often each item was drawn among every row's negatives."""
+    drawn = loss.negatives(rows)
+    return torch.zeros(len(rows), loss.n_data).scatter_add_(1, drawn, torch.ones(drawn.shape))
+
+
+def test_crd_negatives_are_uniform_over_the_other_classes_items_when_labels_exist():
+    """The official datasets draw row i's negatives from `cls_negative[y_i]`, every item of the other
+    classes, uniformly with replacement (LabelRelaxation code/dataset/base.py; RepDistiller
+    dataset/cifar100.py): over 12 x 4096 draws per item, no same-class item and each other-class
+    item about equally often."""
+    torch.manual_seed(0)
+    loss = CRDLoss(student_dim=3, teacher_dim=3, n_data=13, dataset_labels=CRD_LABELS, num_negatives=4096)
+    rows = torch.arange(13).repeat(12)
+    counts = draw_counts(loss, rows).reshape(12, 13, 13).sum(0)  # (row item, drawn item)
+    same_class = CRD_LABELS[:, None] == CRD_LABELS[None, :]
+    assert counts[same_class].sum() == 0
+    expected = 12 * 4096 / (~same_class).sum(1, keepdim=True)  # per other-class item, >= 6 k draws
+    assert torch.all((counts - expected).abs()[~same_class] < 5 * expected.expand(13, 13)[~same_class].sqrt())
+
+
+def test_crd_negatives_are_uniform_over_all_items_without_labels():
+    """The self-supervised setting has no labels: RepDistiller's ContrastMemory draws uniformly over the
+    whole data set (crd/memory.py), the row's own class and the row itself included."""
+    torch.manual_seed(0)
+    loss = CRDLoss(student_dim=3, teacher_dim=3, n_data=13, num_negatives=4096)
+    counts = draw_counts(loss, torch.arange(13).repeat(12)).reshape(12, 13, 13).sum(0)
+    expected = 12 * 4096 / 13
+    assert torch.all((counts - expected).abs() < 5 * expected**0.5)
+    same_class = CRD_LABELS[:, None] == CRD_LABELS[None, :]
+    assert torch.all(counts[same_class] > 0)
+
+
+def test_crd_forward_contrasts_with_the_negatives_it_draws_and_refuses_unusable_labels():
+    generator = torch.Generator().manual_seed(7)
+    loss = CRDLoss(student_dim=4, teacher_dim=5, n_data=13, dataset_labels=CRD_LABELS, feat_dim=3,
+                   num_negatives=6).double().eval()
+    student = torch.randn(4, 4, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(4, 5, generator=generator, dtype=torch.float64)
+    index = torch.tensor([0, 3, 6, 12])
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        drawn = loss.negatives(index)
+    torch.manual_seed(3)
+    assert copy.deepcopy(loss)(student, teacher, index).item() == copy.deepcopy(loss)(student, teacher, index, drawn).item()
+    with pytest.raises(ValueError, match="at least two classes"):
+        CRDLoss(student_dim=3, teacher_dim=3, n_data=4, dataset_labels=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"shape \(13,\)"):
+        CRDLoss(student_dim=3, teacher_dim=3, n_data=13, dataset_labels=CRD_LABELS[:5])

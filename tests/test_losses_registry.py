@@ -35,7 +35,10 @@ EXPECTED_CONTRACT = {
     "darkrank": ("transfer", ("student", "teacher", "labels"), "embedding", ()),
     "fitnet": ("transfer", ("student", "teacher"), "stage_maps", ("student_channels", "teacher_channels")),
     "attention": ("transfer", ("student", "teacher"), "stage_maps", ()),
-    "crd": ("transfer", ("student", "teacher", "indices"), "embedding", ("student_dim", "teacher_dim", "n_data")),
+    # CRD on the pooled backbone features (the label-relaxation code's t_feats[-1] / s_feats[-1]), with the
+    # training items' classes for its other-class negatives.
+    "crd": ("transfer", ("student", "teacher", "indices"), "pooled",
+            ("student_dim", "teacher_dim", "n_data", "dataset_labels")),
     "hinton_kd": ("transfer", ("student", "teacher"), "logits", ()),
     "proxy_anchor": ("teacher", ("student", "labels"), "embedding", ("num_classes", "embedding_dim")),
     "ntxent": ("teacher", (), "embedding", ()),

@@ -15,11 +15,14 @@ from torch import nn
 
 # What a loss's `forward` takes, in order: rows of the student and the teacher, class labels, dataset indices.
 INPUTS = ("student", "teacher", "labels", "indices")
-# What the student / teacher rows are: pooled embeddings, the backbone's stage maps, or classifier logits.
-FEATURES = ("embedding", "stage_maps", "logits")
-# Constructor arguments only the stage knows (model shapes, dataset size); never set in params.yaml.
+# What the student / teacher rows are: embeddings (an embedding model's head output, a classifier's
+# penultimate features), the pooled backbone features before any head (CRD, as the label-relaxation code
+# applies it), the backbone's stage maps, or classifier logits.
+FEATURES = ("embedding", "pooled", "stage_maps", "logits")
+# Constructor arguments only the stage knows (model shapes, dataset size, the class of every training
+# item where the setting has labels, else None); never set in params.yaml.
 RUNTIME_ARGS = ("student_channels", "teacher_channels", "student_dim", "teacher_dim", "n_data",
-                "num_classes", "embedding_dim")
+                "num_classes", "embedding_dim", "dataset_labels")
 Role = Literal["transfer", "teacher", "supervised"]
 
 

@@ -1,5 +1,5 @@
 """Contrastive Representation Distillation (Tian et al., ICLR 2020), NCE form with memory banks,
-following the official RepDistiller code that the label-relaxation paper reused."""
+following the official RepDistiller code that the label-relaxation paper reused (its code/CRD_loss.py)."""
 
 import math
 from typing import Annotated
@@ -36,20 +36,25 @@ def nce_loss(scores: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:
 class CRDLoss(Loss):
     """`loss(student, teacher, index[, contrast_index])` with `index` the dataset indices of the rows.
 
-    Both sides get a 128-d linear + L2 head (trainable: put `loss.parameters()` in the optimiser).
-    Each memory bank holds one momentum-averaged embedding per training sample; each row is contrasted
-    with its own bank entry and `num_negatives` uniformly drawn entries of the other side's bank.
+    The rows are pooled backbone features (`features = "pooled"`), not embeddings: the label-relaxation
+    code feeds CRD the last pooling layer's output of both networks (`t_feats[-1]`, `s_feats[-1]` in
+    code/train_target.py, with `t_dim` / `s_dim` the backbones' `num_ftrs`), as RepDistiller feeds it the
+    penultimate features (helper/loops.py).  Both sides get a 128-d linear + L2 head (trainable: put
+    `loss.parameters()` in the optimiser).  Each memory bank holds one momentum-averaged embedding per
+    training sample; each row is contrasted with its own bank entry and `num_negatives` entries of the
+    other side's bank (`negatives`).
     The banks are updated in training mode only (`eval()` freezes them), and the normalising constants
     Z are estimated once, on the first batch, as in the official code.  Banks and Z are buffers, so
     they are checkpointed with `state_dict()`.  Under DDP every rank applies the whole global batch's
     updates and Z is averaged over ranks, so the banks stay identical on every rank (a rank updating
-    only its own rows would leave the others' entries stale).  The paper adds a
-    Proxy-Anchor term in training.
+    only its own rows would leave the others' entries stale); each rank draws its own negatives.  The
+    paper adds a Proxy-Anchor term in training.
     """
 
     inputs = ("student", "teacher", "indices")
+    features = "pooled"
     proxy_anchor = True
-    runtime_args = ("student_dim", "teacher_dim", "n_data")
+    runtime_args = ("student_dim", "teacher_dim", "n_data", "dataset_labels")
 
     class Params(LossParams):
         feat_dim: PositiveInt = 128
@@ -62,6 +67,7 @@ class CRDLoss(Loss):
         student_dim: int,
         teacher_dim: int,
         n_data: int,
+        dataset_labels: Tensor | None = None,
         feat_dim: int = 128,
         num_negatives: int = 4096,
         temperature: float = 0.07,
@@ -82,6 +88,44 @@ class CRDLoss(Loss):
         self.register_buffer("student_memory", torch.empty(n_data, feat_dim).uniform_(-bound, bound))
         self.register_buffer("teacher_memory", torch.empty(n_data, feat_dim).uniform_(-bound, bound))
         self.register_buffer("normalizers", torch.full((2,), -1.0))  # Z for student / teacher anchors
+        self._index_classes(dataset_labels)
+
+    def _index_classes(self, dataset_labels: Tensor | None) -> None:
+        """Items sorted by class with each class's block (start, size), for `negatives`.  Not checkpointed:
+        the stage supplies the labels again on resume."""
+        if dataset_labels is None:
+            for name in ("dataset_labels", "by_class", "class_start", "class_count"):
+                self.register_buffer(name, None, persistent=False)
+            return
+        integer = not (dataset_labels.is_floating_point() or dataset_labels.dtype == torch.bool)
+        if dataset_labels.shape != (self.n_data,) or not integer:
+            raise ValueError(f"dataset_labels must be an integer tensor of shape ({self.n_data},), "
+                             f"got {dataset_labels.dtype} {tuple(dataset_labels.shape)}")
+        if dataset_labels.min() < 0 or dataset_labels.unique().numel() < 2:
+            raise ValueError("dataset_labels must be >= 0 and hold at least two classes "
+                             "(the negatives are other-class items)")
+        labels = dataset_labels.long()
+        counts = torch.bincount(labels)
+        self.register_buffer("dataset_labels", labels, persistent=False)
+        self.register_buffer("by_class", torch.argsort(labels, stable=True), persistent=False)
+        self.register_buffer("class_start", torch.cumsum(counts, 0) - counts, persistent=False)
+        self.register_buffer("class_count", counts, persistent=False)
+
+    def negatives(self, index: Tensor) -> Tensor:
+        """(n, num_negatives) dataset indices drawn with replacement.  With labels, uniformly from the items
+        whose class differs from row i's, as the official datasets sample (`cls_negative`: LabelRelaxation
+        code/dataset/cub.py, cars.py, SOP.py, drawn with replacement in base.py; RepDistiller
+        dataset/cifar100.py); without labels (the self-supervised setting), uniformly from all items, as
+        RepDistiller's ContrastMemory draws when given no contrast indices (crd/memory.py)."""
+        shape = (index.shape[0], self.num_negatives)
+        if self.dataset_labels is None:
+            return torch.randint(0, self.n_data, shape, device=index.device)
+        row_class = self.dataset_labels[index]
+        start, count = self.class_start[row_class, None], self.class_count[row_class, None]
+        # A uniform position among the n_data - count outside the row's class block of `by_class`
+        # (the modulo's bias is below 2^-40 for any data set that fits in memory).
+        draw = torch.randint(0, 2**62, shape, device=index.device) % (self.n_data - count)
+        return self.by_class[draw + count * (draw >= start)]
 
     def forward(
         self, student: Tensor, teacher: Tensor, index: Tensor, contrast_index: Tensor | None = None
@@ -93,7 +137,7 @@ class CRDLoss(Loss):
         if index.min() < 0 or index.max() >= self.n_data:
             raise ValueError(f"index must lie in [0, n_data={self.n_data})")
         if contrast_index is None:
-            contrast_index = torch.randint(0, self.n_data, (n, self.num_negatives), device=index.device)
+            contrast_index = self.negatives(index)
         elif contrast_index.shape != (n, self.num_negatives):
             raise ValueError(f"contrast_index must have shape ({n}, {self.num_negatives}), got {tuple(contrast_index.shape)}")
         student_emb = self.student_head(student)

@@ -219,9 +219,10 @@ class FrozenTeacherObjective(Objective):
 
 class TransferObjective(FrozenTeacherObjective):
     """Student transfer: the teacher frozen in eval mode, two views of every image, both seen by teacher
-    and student; the loss gets what its contract declares (``features``: embeddings or stage maps;
-    ``active_inputs``: student, teacher, labels, dataset indices); optional auxiliary label loss on the
-    student embedding (the paper's FitNet / Attention / CRD baselines add Proxy-Anchor).
+    and student; the loss gets what its contract declares (``features``: embeddings, where the teacher's
+    is ``teacher_embedding`` of ``teacher_embedding_kind``; pooled backbone features of both networks;
+    or stage maps; ``active_inputs``: student, teacher, labels, dataset indices); optional auxiliary
+    Proxy-Anchor term on the student embedding (the paper's FitNet / Attention / CRD baselines add it).
 
     The transfer losses all-gather over DDP ranks themselves (``pipeline.losses``), so local rows are
     passed; the auxiliary Proxy-Anchor term does not, so its inputs are gathered here.
@@ -239,14 +240,16 @@ class TransferObjective(FrozenTeacherObjective):
     ) -> None:
         if teacher_embedding_kind not in TEACHER_EMBEDDINGS:
             raise ValueError(f"teacher_embedding must be one of {TEACHER_EMBEDDINGS}, got {teacher_embedding_kind!r}")
-        if loss.features not in ("embedding", "stage_maps"):
+        if loss.features not in ("embedding", "pooled", "stage_maps"):
             raise ValueError(f"{type(loss).__name__} compares {loss.features}; embedding transfer has "
-                             "embeddings and stage maps")
+                             "embeddings, pooled features and stage maps")
         super().__init__(augment, student, teacher)
         self.criterion = loss
         self.teacher_embedding_kind = teacher_embedding_kind
         self.auxiliary = auxiliary_loss
         self.auxiliary_weight = auxiliary_weight
+        # Without the auxiliary term a loss on pooled features or stage maps leaves the embedding head unused.
+        self.find_unused_parameters = auxiliary_loss is None and loss.features != "embedding"
 
     def parameter_groups(self) -> list[dict]:
         """The student and the loss's own modules (CRD heads, FitNet regressors) at the base lr, the
@@ -270,6 +273,12 @@ class TransferObjective(FrozenTeacherObjective):
                 teacher_stages = self.teacher.stage_features(views)
             inputs.update(student=[s.float() for s in student_stages], teacher=[t.float() for t in teacher_stages])
             student = self.student.embed_pooled(global_pool(student_stages[-1], self.student.pooling))
+        elif self.criterion.features == "pooled":
+            student_pooled = self.student.pooled_features(views)
+            with torch.no_grad():
+                teacher_pooled = self.teacher.pooled_features(views)
+            inputs.update(student=student_pooled.float(), teacher=teacher_pooled.float())
+            student = self.student.embed_pooled(student_pooled)
         else:
             student = self.student(views)
             with torch.no_grad():

@@ -13,6 +13,7 @@ import torch
 
 from pipeline import config as cfg
 from pipeline import losses
+from pipeline.contracts import effective_proxy_anchor_weight
 from pipeline.data import ImageSet
 from pipeline.data.augment import build_augmentation
 from pipeline.models.embedding_model import EmbeddingModel, ModelSpec, build_model
@@ -99,17 +100,21 @@ def transfer_objective(
         return _own_objective(teacher_cfg.method, teacher_cfg, student, augment, images.num_classes), spec
     spec = model_spec(student_model, images.channels)
     student = build_model(spec)
+    pooled = losses.loss_class(loss_cfg.name).features == "pooled"  # CRD: widths of the pooled features
     context = {
         "student_channels": list(student.backbone.stage_channels),
         "teacher_channels": list(teacher.backbone.stage_channels),
-        "student_dim": student.embedding_dim,
-        "teacher_dim": teacher_embedding_dim(teacher, teacher_cfg.transfer_embedding),
+        "student_dim": student.backbone.num_features if pooled else student.embedding_dim,
+        "teacher_dim": (teacher.backbone.num_features if pooled
+                        else teacher_embedding_dim(teacher, teacher_cfg.transfer_embedding)),
         "n_data": len(images),
         "num_classes": images.num_classes,
+        # The metric-learning setting (a Proxy-Anchor teacher) has labels; the self-supervised one has none.
+        "dataset_labels": None if teacher_cfg.method in PROJECTION_KIND else images.labels,
     }
     criterion = losses.build_with(loss_cfg.name, loss_cfg.params, context)
     auxiliary = None
-    weight = loss_cfg.effective_proxy_anchor_weight()
+    weight = effective_proxy_anchor_weight(loss_cfg)
     if weight > 0:
         auxiliary = losses.build("proxy_anchor", num_classes=images.num_classes, embedding_dim=student.embedding_dim)
     objective = TransferObjective(student, teacher, augment, criterion,
