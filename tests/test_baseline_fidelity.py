@@ -1,0 +1,139 @@
+"""The baselines as the official code runs them, pinned to values read from that code, not from ours:
+LabelRelaxation-CVPR21 code/train_target.py (the Proxy-Anchor term's proxies at 100x the lr; the source
+embedding L2-normalised, `--source-norm 1`; CRD on the pooled features, with other-class negatives from
+its datasets' `cls_negative`) and RepDistiller (RKD's classification weights)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from pipeline import losses
+from pipeline.config import load_params, validate_params
+from pipeline.data.loading import load_images
+from pipeline.models.heads import global_pool
+from pipeline.train import recipes
+from pipeline.train.loop import build_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+# code/train_target.py: {'params': ProxyAnchor_criterion.parameters(), 'lr': float(args.lr) * 100}
+OFFICIAL_PROXY_LR_RATIO = 100
+# RepDistiller distiller_zoo/RKD.py: RKDLoss(w_d=25, w_a=50); scripts/run_cifar_distill.sh: rkd -a 0 -b 1
+REPDISTILLER_RKD = (25, 50, 1)
+BATCH = 32  # images; the objectives see both views of each (64 rows)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    """The tiny profile with every baseline in the metric grid (Proxy-Anchor teacher) and CRD without its
+    Proxy-Anchor term in the self-supervised grid; 200 digits; the two teachers untrained. Embedding
+    widths differ from the pooled widths (student 8 -> 6, teacher 16 -> 12), so a mix-up shows."""
+    raw = yaml.safe_load((ROOT / "tests/assets/tiny_params.yaml").read_text())
+    raw["students"]["small"]["model"]["embedding_dim"] = 6
+    raw["teachers"]["proxy_anchor"]["model"]["embedding_dim"] = 12
+    raw["losses"].update(
+        rkd={"name": "rkd"}, pkt={"name": "pkt"}, darkrank={"name": "darkrank"}, fitnet={"name": "fitnet"},
+        attention={"name": "attention"}, crd={"name": "crd", "params": {"num_negatives": 64}},
+        crd_ssl={"name": "crd", "proxy_anchor_weight": 0, "params": {"num_negatives": 64}},
+    )
+    raw["transfer"]["grid"]["loss"] = ["relaxed", "crd_ssl"]
+    raw["transfer"]["metric_grid"]["loss"] = ["relaxed", "rkd", "pkt", "darkrank", "fitnet", "attention", "crd"]
+    params = validate_params(raw)
+    images = load_images(params.data, "train")
+    images = dataclasses.replace(images, images=images.images[:200], labels=images.labels[:200])
+    teachers = {name: recipes.teacher_objective(params, name, images)[0].model.eval() for name in params.teachers}
+    return params, images, teachers
+
+
+def transfer(setting, loss: str, teacher: str = "proxy_anchor"):
+    params, images, teachers = setting
+    return recipes.transfer_objective(params, teacher, "small", loss, teachers[teacher], images)[0]
+
+
+def one_batch(setting, objective) -> torch.Tensor:
+    _, images, _ = setting
+    torch.manual_seed(0)
+    return objective(images.images[:BATCH], images.labels[:BATCH], torch.arange(BATCH))
+
+
+@pytest.mark.parametrize("loss", ["fitnet", "attention", "crd"])
+def test_proxy_anchor_term_moves_its_proxies_100x_further_than_the_embedding_head_in_the_first_adamw_step(
+    setting, loss
+):
+    """AdamW's first step moves each parameter by about lr_group * sign(grad), so the ratio of the
+    proxies' step to the embedding head's is the ratio of their learning rates."""
+    objective = transfer(setting, loss)
+    config = setting[0].transfer.train
+    assert config.optimizer.name == "adamw"
+    optimizer = build_optimizer(objective.parameter_groups(), config)
+    proxies, head = objective.auxiliary.proxies, objective.student.head.linear.weight
+    before = proxies.detach().clone(), head.detach().clone()
+    one_batch(setting, objective).backward()
+    optimizer.step()
+    proxy_step = (proxies.detach() - before[0]).abs().median()
+    head_step = (head.detach() - before[1]).abs().median()
+    assert head_step.item() == pytest.approx(config.optimizer.lr, rel=0.01)
+    assert (proxy_step / head_step).item() == pytest.approx(OFFICIAL_PROXY_LR_RATIO, rel=0.01)
+
+
+def captured_inputs(objective) -> dict[str, torch.Tensor]:
+    """What the transfer loss receives, and the teacher's feature maps of the same views."""
+    captured: dict[str, torch.Tensor] = {}
+    objective.criterion.register_forward_pre_hook(
+        lambda module, args: captured.update(student=args[0], teacher=args[1]))
+    objective.teacher.backbone.register_forward_hook(lambda module, args, out: captured.update(teacher_maps=out))
+    return captured
+
+
+@pytest.mark.parametrize("loss", ["relaxed", "rkd", "pkt", "darkrank"])
+def test_every_embedding_loss_receives_the_proxy_anchor_teachers_embedding_l2_normalised(setting, loss):
+    """code/train_target.py builds the source with l2_norm=args.source_norm (default 1), so every loss on
+    s_emb (relaxed, RKD, PKT, DarkRank) sees unit rows: the head output of these views, normalised."""
+    objective = transfer(setting, loss)
+    captured = captured_inputs(objective)
+    one_batch(setting, objective)
+    teacher = objective.teacher
+    rows = captured["teacher"]
+    assert rows.shape == (2 * BATCH, teacher.embedding_dim)
+    torch.testing.assert_close(rows.norm(dim=1), torch.ones(2 * BATCH))
+    head_output = teacher.head(global_pool(captured["teacher_maps"], teacher.pooling))
+    torch.testing.assert_close(rows, F.normalize(head_output, dim=1))
+
+
+def test_crd_compares_the_raw_pooled_backbone_features_and_the_proxy_anchor_term_the_embedding(setting):
+    """code/train_target.py: CRD_criterion(t_feats[-1], s_feats[-1], ...) on the last pooling layer's output
+    (t_dim / s_dim = num_ftrs), and ProxyAnchor_criterion(t_emb, y) on the student embedding."""
+    objective = transfer(setting, "crd")
+    student, teacher = objective.student, objective.teacher
+    crd = objective.criterion
+    assert crd.student_head.linear.in_features == student.backbone.num_features != student.embedding_dim
+    assert crd.teacher_head.linear.in_features == teacher.backbone.num_features != teacher.embedding_dim
+    assert objective.auxiliary.proxies.shape[1] == student.embedding_dim
+    captured = captured_inputs(objective)
+    one_batch(setting, objective)
+    assert captured["student"].shape == (2 * BATCH, student.backbone.num_features)
+    torch.testing.assert_close(captured["teacher"], global_pool(captured["teacher_maps"], teacher.pooling))
+
+
+def test_crd_draws_other_class_negatives_in_the_metric_setting_and_reads_no_labels_in_the_self_supervised_one(
+    setting
+):
+    _, images, _ = setting
+    metric = transfer(setting, "crd").criterion
+    assert torch.equal(metric.dataset_labels, images.labels)
+    drawn = metric.negatives(torch.arange(len(images)))
+    assert not torch.any(images.labels[drawn] == images.labels[:, None])
+    ssl = transfer(setting, "crd_ssl", teacher="simclr")
+    assert ssl.criterion.dataset_labels is None and ssl.auxiliary is None
+    assert torch.isfinite(one_batch(setting, ssl))
+
+
+@pytest.mark.parametrize("path", ["params.yaml", "profiles/cifar100_kd.yaml"])
+def test_classification_rkd_has_repdistillers_weights(path):
+    method = load_params(ROOT / path).classification.methods["rkd"]
+    term = losses.build(method.loss, **method.params)
+    assert (term.distance_weight, term.angle_weight, method.transfer_weight) == REPDISTILLER_RKD
