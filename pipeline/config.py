@@ -10,22 +10,18 @@ import json
 import re
 from difflib import get_close_matches
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.data import DATASETS
-from pipeline.data.augment import KINDS as AUGMENTATIONS
+from pipeline.data import AUGMENTATIONS, DATASETS
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*\Z")  # \Z, not $: "$" also matches before a final newline
-TEACHER_METHODS = ("simclr", "moco", "proxy_anchor")
-TRANSFER_EMBEDDINGS = ("projection", "backbone", "embedding")
 # The control student: trained with its teacher's own objective (NT-Xent / MoCo / Proxy-Anchor), no teacher signal.
 TEACHER_OBJECTIVE = "teacher_objective"
 
@@ -42,46 +38,6 @@ def _backbones() -> tuple[str, ...]:
     from pipeline.models.registry import BACKBONES
 
     return tuple(BACKBONES)
-
-
-def _loss_class(name: str):
-    from pipeline.losses import loss_class
-
-    return loss_class(name)
-
-
-def _loss_names() -> tuple[str, ...]:
-    """Registered loss names (no loss module is imported for this)."""
-    from pipeline.losses.registry import names
-
-    return names()
-
-
-def _transfer_usable(cls) -> bool:
-    """Losses a transfer grid can train a student with: student and teacher embeddings or stage maps."""
-    return cls.role in ("transfer", "supervised") and cls.features in ("embedding", "stage_maps")
-
-
-def _classification_usable(cls) -> bool:
-    """Terms beside cross-entropy: penultimate embeddings or logits of both classifiers, no labels."""
-    return cls.role == "transfer" and cls.features in ("embedding", "logits") and "labels" not in cls.inputs
-
-
-def _check_loss_params(where: str, name: str, params: dict) -> None:
-    """`params` against the typed `Params` model loss `name` declares; the error names the dotted key."""
-    model = _loss_class(name).Params
-    try:
-        model.model_validate(params)
-    except ValidationError as err:
-        from pipeline.losses.contract import describe_error
-
-        error = err.errors()[0]
-        key, reason = describe_error(error)
-        if error["type"] == "extra_forbidden":
-            hint = get_close_matches(key, list(model.model_fields), n=1)
-            reason += f"; did you mean {hint[0]!r}?" if hint else ""
-            reason += f" (allowed here: {', '.join(model.model_fields) or 'none'})"
-        raise ValueError(f"{where}.params.{key}: {reason}") from None
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -235,46 +191,17 @@ class StudentConfig(Strict):
 
 
 class LossConfig(Strict):
-    name: str
-    params: dict[str, Any] = {}  # checked against the loss's declared `Params` model
+    name: str  # a registered loss (checked with its params by pipeline.contracts) or the control
+    params: dict[str, Any] = {}  # checked against the loss's declared `Params` model (pipeline.contracts)
     # Weight of the Proxy-Anchor term added on the student embedding; None: the paper's choice, declared by
     # the loss (`proxy_anchor`: 1 for FitNet, Attention and CRD, 0 otherwise).
     proxy_anchor_weight: NonNegativeFloat | None = None
-
-    def effective_proxy_anchor_weight(self) -> float:
-        if self.proxy_anchor_weight is not None:
-            return self.proxy_anchor_weight
-        if self.name == TEACHER_OBJECTIVE:
-            return 0.0
-        return 1.0 if _loss_class(self.name).proxy_anchor else 0.0
-
-    def uses_labels(self) -> bool:
-        """Whether training with this loss reads class labels (not allowed in the self-supervised setting)."""
-        if self.name == TEACHER_OBJECTIVE:
-            return False
-        cls = _loss_class(self.name)
-        return cls.reads_labels(cls.Params(**self.params)) or self.effective_proxy_anchor_weight() > 0
-
-    @field_validator("name")
-    @classmethod
-    def _known_loss(cls, value: str) -> str:
-        return _choice(value, (*_loss_names(), TEACHER_OBJECTIVE), "loss")
 
     @model_validator(mode="after")
     def _control_takes_no_params(self) -> "LossConfig":
         if self.name == TEACHER_OBJECTIVE and self.params:
             raise ValueError(f"the {TEACHER_OBJECTIVE} control takes no params, got {sorted(self.params)}")
         return self
-
-    def check_contract(self, where: str) -> None:
-        """What the loss's declared contract says of this entry: a student can be trained with it, and
-        its params have the declared types and ranges (`check_contracts` calls this)."""
-        if self.name == TEACHER_OBJECTIVE:
-            return
-        if not _transfer_usable(_loss_class(self.name)):
-            raise ValueError(f"{where}.name: {self.name!r} is not a transfer loss (a teacher's objective or a "
-                             "classifier term)")
-        _check_loss_params(where, self.name, self.params)
 
 
 class GridConfig(Strict):
@@ -331,29 +258,16 @@ class EvaluationConfig(Strict):
 class DistillationMethodConfig(Strict):
     """One row of the classification table: cross-entropy plus (optionally) one transfer term."""
 
-    loss: str | None = None  # None: the student trained alone (the control)
-    params: dict[str, Any] = {}  # checked against the loss's declared `Params` model
+    loss: str | None = None  # None: the student trained alone (the control); else a registered loss
+    params: dict[str, Any] = {}  # checked against the loss's declared `Params` model (pipeline.contracts)
     ce_weight: NonNegativeFloat = 1.0
     transfer_weight: NonNegativeFloat = 1.0
-
-    @field_validator("loss")
-    @classmethod
-    def _known_term(cls, value: str | None) -> str | None:
-        return None if value is None else _choice(value, _loss_names(), "classification transfer loss")
 
     @model_validator(mode="after")
     def _params_need_a_loss(self) -> "DistillationMethodConfig":
         if self.loss is None and self.params:
             raise ValueError(f"params given without a loss: {sorted(self.params)}")
         return self
-
-    def check_contract(self, where: str) -> None:
-        if self.loss is None:
-            return
-        if not _classification_usable(_loss_class(self.loss)):
-            raise ValueError(f"{where}.loss: {self.loss!r} is not a classification transfer term (it needs "
-                             "embeddings or logits of both classifiers and no labels)")
-        _check_loss_params(where, self.loss, self.params)
 
 
 class ClassificationGridConfig(Strict):
@@ -486,32 +400,11 @@ def _describe(error: dict) -> str:
     return f"{key}: {message}{shown}"
 
 
-def check_contracts(params: Params, losses: Iterable[str] | None = None, methods: Iterable[str] | None = None) -> None:
-    """Check loss entries against the contracts their losses declare (`pipeline.losses.contract`): usable
-    in their section, params typed and in range, no label-reading loss in the self-supervised grid.
-
-    `losses` / `methods`: the `losses` and `classification.methods` keys to check, None for all. A stage
-    checks only what it trains with, so it imports no other loss module (and its code fingerprint,
-    `pipeline.train.fingerprint`, covers no other loss); the `prepare` stage checks everything first.
-    """
-    for key in params.losses if losses is None else [k for k in losses if k in params.losses]:
-        params.losses[key].check_contract(f"losses.{key}")
-        if key in params.transfer.grid.loss and params.losses[key].uses_labels():
-            raise ValueError(
-                f"transfer.grid.loss: {key!r} reads class labels (a Proxy-Anchor, triplet or label term), "
-                "which the self-supervised setting does not have; set its proxy_anchor_weight: 0 "
-                "(or darkrank params.triplet_weight: 0), or move it to transfer.metric_grid")
-    chosen = params.classification.methods
-    for key in chosen if methods is None else [k for k in methods if k in chosen]:
-        chosen[key].check_contract(f"classification.methods.{key}")
-
-
-def validate_params(raw: dict, source: str = "params.yaml", *, losses: Iterable[str] | None = None,
-                    methods: Iterable[str] | None = None) -> Params:
+def validate_params(raw: dict, source: str = "params.yaml") -> Params:
     """Validate a parsed params mapping; raise ConfigError with the first problem on one line.
 
-    Every section's structure and types are checked; loss contracts for the `losses` / `methods` keys
-    given (None: all of them, see `check_contracts`).
+    Every section's structure, types and ranges; what each loss entry's loss declares (its typed
+    params, where it may be used) is checked by `pipeline.contracts`, which imports the losses.
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
@@ -523,15 +416,10 @@ def validate_params(raw: dict, source: str = "params.yaml", *, losses: Iterable[
         problems = [_describe(e) for e in errors]
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise ConfigError(f"{source}: {problems[0]}{more}") from None
-    try:
-        check_contracts(params, losses, methods)
-    except ValueError as err:
-        raise ConfigError(f"{source}: {err}") from None
     return params
 
 
-def load_params(path: str | Path = "params.yaml", *, losses: Iterable[str] | None = None,
-                methods: Iterable[str] | None = None) -> Params:
+def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; every error is a ConfigError naming the file and key."""
     path = Path(path)
     try:
@@ -544,7 +432,7 @@ def load_params(path: str | Path = "params.yaml", *, losses: Iterable[str] | Non
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}: {getattr(err, 'problem', err)}") from None
-    return validate_params(raw, str(path), losses=losses, methods=methods)
+    return validate_params(raw, str(path))
 
 
 def flatten(params: Params | dict, prefix: str = "") -> dict[str, Any]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.eval.plots import recall_at_k_plot
+from pipeline.eval.curves import recall_at_k_plot
 from pipeline.outputs import (classifier_student_dir, classifier_teacher_dir, eval_dir, pixels_id, student_id,
                               teacher_id)
 

@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -235,9 +236,10 @@ def git_commit(root: Path) -> str:
 
 
 def device_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    """The GPU a stage computes on, else "cpu"; a stage that has not imported torch (the report) computes
+    on the CPU, and is not made to import it (3 s) for this tag."""
+    torch = sys.modules.get("torch")
+    return torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else "cpu"
 
 
 def with_retries(action: Callable[[], T], attempts: int = 5, delay_s: float = 0.5) -> T:

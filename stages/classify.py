@@ -17,7 +17,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--student")
     parser.add_argument("--method")
     args = parser.parse_args(argv)
-    params = load(methods=(args.method,) if args.role == "student" else ())
+    params = load()
     section = params.classification
     if args.teacher not in section.teachers:
         raise KeyError(f"classification.teachers.{args.teacher} is not in params.yaml "
@@ -25,6 +25,10 @@ def main(argv: list[str]) -> None:
     if args.role == "student" and (args.student not in section.students or args.method not in section.methods):
         raise KeyError(f"classification.students.{args.student} / classification.methods.{args.method}: "
                        "not both declared in params.yaml")
+    if args.role == "student":
+        from pipeline.contracts import check_contracts
+
+        check_contracts(params, losses=(), methods=(args.method,))
     quiet_libraries()
 
     from pipeline import launch

@@ -26,13 +26,12 @@ def write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def load(losses: tuple[str, ...] | None = (), methods: tuple[str, ...] | None = ()):
-    """Validated params.yaml, the contracts of the `losses` / `classification.methods` entries this stage
-    trains with included (None: all, as the `prepare` stage checks them). The import is here so `--help`
-    and errors stay fast."""
+def load():
+    """Validated params.yaml (the import is here so `--help` and errors stay fast). Stages that train with
+    a loss also check its entry against the loss's contract (`pipeline.contracts`)."""
     from pipeline.config import load_params
 
-    return load_params("params.yaml", losses=losses, methods=methods)
+    return load_params("params.yaml")
 
 
 def run_stage(main: Callable[[list[str]], None]) -> None:
@@ -55,7 +54,7 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
 def _run_mapped(main: Callable[[list[str]], None]) -> None:
     from pipeline.config import ConfigError
     from pipeline.data import DatasetNotFoundError
-    from pipeline.train.runtime import NonFiniteLossError, TrainingInterrupted
+    from pipeline.train.stops import NonFiniteLossError, TrainingInterrupted
 
     try:
         main(sys.argv[1:])

@@ -11,7 +11,10 @@ from stages.common import load, quiet_libraries, run_stage, stage_name, write_js
 
 def main(argv: list[str]) -> None:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
-    params = load(losses=None, methods=None)  # every section, before any stage computes
+    params = load()
+    from pipeline.contracts import check_contracts
+
+    check_contracts(params)  # every loss entry too, before any stage computes
     quiet_libraries()
 
     from pipeline import tracking

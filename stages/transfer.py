@@ -12,11 +12,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--student", required=True)
     parser.add_argument("--loss", required=True)
     args = parser.parse_args(argv)
-    params = load(losses=(args.loss,))
+    params = load()
     quiet_libraries()
     for section, name in (("teachers", args.teacher), ("students", args.student), ("losses", args.loss)):
         if name not in getattr(params, section):
             raise KeyError(f"{section}.{name} is not in params.yaml (declared: {', '.join(getattr(params, section))})")
+    from pipeline.contracts import check_contracts
+
+    check_contracts(params, losses=(args.loss,), methods=())
 
     from pipeline import launch
 

@@ -24,7 +24,7 @@ from pipeline.train.classification import (
     classification_metrics,
 )
 from pipeline.train.loop import fit
-from pipeline.train.runtime import NonFiniteLossError
+from pipeline.train.stops import NonFiniteLossError
 from train_support import train_config
 
 

@@ -7,10 +7,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, flatten, load_params, validate_params
+from pipeline.config import ConfigError, flatten, load_params
+from pipeline.config import validate_params as validate_structure
+from pipeline.contracts import check_contracts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def validate_params(raw: dict):
+    """What the prepare stage checks: the schema, then every loss entry against its loss's contract."""
+    params = validate_structure(raw)
+    check_contracts(params)
+    return params
 
 
 def broken(edit) -> dict:

@@ -133,3 +133,23 @@ def test_augmentations_run_on_cuda(kind, channels):
         torch.testing.assert_close(y.cpu(), expected, rtol=0, atol=1e-5)
     else:
         assert not torch.allclose(y, augment(x))
+
+
+@pytest.mark.parametrize("shape, size", [((3, 3, 40, 40), (32, 32)), ((2, 1, 41, 39), (32, 32)),
+                                         ((2, 3, 33, 64), (33, 17)), ((1, 1, 8, 8), (8, 8))])
+def test_centre_crop_equals_kornias(shape, size):
+    import kornia.augmentation as K
+
+    from pipeline.data.augment import CenterCrop
+
+    x = torch.rand(*shape)
+    assert torch.equal(CenterCrop(size)(x), K.CenterCrop(size)(x))
+
+
+def test_evaluation_preprocessing_imports_no_kornia():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.data.augment import build_augmentation; "
+            "build_augmentation('none', 8, 1, (0.5,), (0.2,)); print('kornia' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -1,8 +1,6 @@
-"""Pictures: files are real PNGs/CSVs, and what they show matches an independent computation."""
+"""Pictures: files are real PNGs, and what they show matches an independent computation."""
 
 from __future__ import annotations
-
-import csv
 
 import matplotlib.image
 import numpy as np
@@ -10,13 +8,8 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from pipeline.eval.plots import (
-    embedding_map_png,
-    recall_at_k_plot,
-    recall_at_k_values,
-    retrieval_grid_png,
-    write_recall_at_k_csv,
-)
+from pipeline.eval.curves import recall_at_k_plot, recall_at_k_values
+from pipeline.eval.plots import embedding_map_png, retrieval_grid_png
 
 
 @pytest.fixture(autouse=True)
@@ -63,23 +56,12 @@ def test_retrieval_grid_refuses_mismatched_images(tmp_path):
         retrieval_grid_png(tmp_path / "x.png", images[:-1], embeddings, labels)
 
 
-def test_recall_values_csv_and_plot(tmp_path):
+def test_recall_values_and_plot(tmp_path):
     results = {
         "teacher": {"recall@8": 0.9, "recall@1": 0.5, "map@r": 0.3, "recall@2": 0.7},
         "student": {"recall@1": 0.4, "recall@2": 0.6, "recall@8": 0.8},
     }
     assert recall_at_k_values(results["teacher"]) == [(1, 0.5), (2, 0.7), (8, 0.9)]
-    write_recall_at_k_csv(tmp_path / "recall.csv", results)
-    with open(tmp_path / "recall.csv") as file:
-        rows = list(csv.DictReader(file))
-    assert [(r["model"], int(r["k"]), float(r["recall"])) for r in rows] == [
-        ("teacher", 1, 0.5),
-        ("teacher", 2, 0.7),
-        ("teacher", 8, 0.9),
-        ("student", 1, 0.4),
-        ("student", 2, 0.6),
-        ("student", 8, 0.8),
-    ]
     recall_at_k_plot(tmp_path / "recall.png", results)
     assert matplotlib.image.imread(tmp_path / "recall.png").shape[2] in (3, 4)
     with pytest.raises(ValueError, match="no recall@K"):

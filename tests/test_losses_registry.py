@@ -117,6 +117,7 @@ def test_a_new_loss_declared_in_a_test_trains_a_student_without_editing_any_modu
     from pydantic import Field
 
     from pipeline.config import ConfigError, validate_params
+    from pipeline.contracts import check_contracts
     from pipeline.data.loading import load_images
     from pipeline.losses import registry
     from pipeline.losses.contract import Loss, LossParams
@@ -143,8 +144,10 @@ def test_a_new_loss_declared_in_a_test_trains_a_student_without_editing_any_modu
     raw["losses"]["cosine"] = {"name": "cosine_match", "params": {"scale": 2.0}}
     raw["transfer"]["grid"]["loss"] = ["cosine"]
     with pytest.raises(ConfigError, match=r"losses\.cosine\.params\.scale: Input should be greater than 0"):
-        validate_params({**raw, "losses": {**raw["losses"], "cosine": {"name": "cosine_match", "params": {"scale": 0}}}})
+        check_contracts(validate_params(
+            {**raw, "losses": {**raw["losses"], "cosine": {"name": "cosine_match", "params": {"scale": 0}}}}))
     params = validate_params(raw)
+    check_contracts(params)
 
     images = load_images(params.data, "train")
     teacher_objective, _ = recipes.teacher_objective(params, "simclr", images)

@@ -170,6 +170,28 @@ def test_exp_run_is_visible_in_dvc_and_mlflow(repro):
     assert transfer.data.params["losses.relaxed.params.sigma"] == "0.5"
 
 
+# What a stage must not import: each costs seconds of start-up it has no use for (benchmarks/stage_overhead.py).
+IMPORT_GUARDS = {
+    ("stages.report",): {"torch", "kornia", "lightly", "torchvision", "sklearn"},
+    ("stages.evaluate", "student", "--teacher", "simclr", "--student", "small", "--loss", "relaxed"):
+        {"kornia", "lightly", "torchvision"},
+    ("stages.evaluate", "pixels", "--teacher", "simclr"): {"kornia", "lightly", "torchvision"},
+    ("stages.prepare",): {"kornia", "lightly", "torchvision"},
+}
+
+
+@pytest.mark.parametrize("command", list(IMPORT_GUARDS), ids=lambda c: " ".join(c[:2]))
+def test_a_stage_imports_only_what_it_runs(repro, command):
+    root, env, _ = repro
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", *command], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "pipeline.config" in imported  # the parse found the stage's imports
+    loaded = {name for name in imported if name.split(".")[0] in IMPORT_GUARDS[command]}
+    assert not loaded, f"{' '.join(command)} imported {sorted(loaded)[:10]}"
+
+
 def test_a_loss_code_change_retrains_its_students_from_step_zero(repro):
     """Changing one line of the relaxed loss: its students train from step 0 and their models change; the
     teachers re-run (their command imports every loss module for validation) but resume their finished

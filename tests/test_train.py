@@ -16,7 +16,7 @@ from pipeline.models.registry import build_backbone
 from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.loop import fit
 from pipeline.train.objectives import MoCoObjective, ProxyAnchorObjective, SimCLRObjective, TransferObjective
-from pipeline.train.runtime import NonFiniteLossError
+from pipeline.train.stops import NonFiniteLossError
 from pipeline.train.schedule import WarmupCosine
 from train_support import train_config
 

@@ -5,34 +5,33 @@
 """
 from __future__ import annotations
 
+import importlib
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.data.errors import DatasetNotFoundError
-from pipeline.data.imageset import FileImageSet, ImageSet, subset_classes
-from pipeline.data.metric_sets import load_cars196, load_cub200, load_sop
-from pipeline.data.small_sets import (
-    load_cifar10,
-    load_cifar100,
-    load_digits,
-    load_fashion_mnist,
-    load_stl10,
-)
 
-IN_MEMORY: dict[str, Callable[..., ImageSet]] = {
-    "digits": load_digits,
-    "fashion_mnist": load_fashion_mnist,
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-    "stl10": load_stl10,
+if TYPE_CHECKING:
+    from pipeline.data.imageset import FileImageSet, ImageSet
+
+# name -> loader ("module:function", imported when the dataset is loaded, so validating params.yaml
+# imports no loader and no torch); tests may put a callable in its place.
+IN_MEMORY: dict[str, str | Callable[..., ImageSet]] = {
+    "digits": "pipeline.data.small_sets:load_digits",
+    "fashion_mnist": "pipeline.data.small_sets:load_fashion_mnist",
+    "cifar10": "pipeline.data.small_sets:load_cifar10",
+    "cifar100": "pipeline.data.small_sets:load_cifar100",
+    "stl10": "pipeline.data.small_sets:load_stl10",
 }
-FILE_BASED: dict[str, Callable[..., FileImageSet]] = {
-    "cub200": load_cub200,
-    "cars196": load_cars196,
-    "sop": load_sop,
+FILE_BASED: dict[str, str | Callable[..., FileImageSet]] = {
+    "cub200": "pipeline.data.metric_sets:load_cub200",
+    "cars196": "pipeline.data.metric_sets:load_cars196",
+    "sop": "pipeline.data.metric_sets:load_sop",
 }
 DATASETS: tuple[str, ...] = (*IN_MEMORY, *FILE_BASED)
+# The view generators of pipeline.data.augment, named here so the schema needs neither torch nor kornia.
+AUGMENTATIONS: tuple[str, ...] = ("simclr", "mocov2", "metric", "cifar", "none")
 SPLITS = ("train", "test")
 
 
@@ -58,11 +57,28 @@ def load_dataset(
     if protocol not in ("retrieval", "classification"):
         raise ValueError(f"unknown protocol {protocol!r}; choose 'retrieval' or 'classification'")
     if name in IN_MEMORY:
-        return IN_MEMORY[name](split, root=root, download=download)
-    return FILE_BASED[name](split, root=root, protocol=protocol)
+        return _loader(IN_MEMORY[name])(split, root=root, download=download)
+    return _loader(FILE_BASED[name])(split, root=root, protocol=protocol)
+
+
+def _loader(entry: str | Callable) -> Callable:
+    if callable(entry):
+        return entry
+    module, _, function = entry.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def __getattr__(name: str) -> Any:
+    """`ImageSet`, `FileImageSet` and `subset_classes` on first use (they import torch)."""
+    if name in ("ImageSet", "FileImageSet", "subset_classes"):
+        from pipeline.data import imageset
+
+        return getattr(imageset, name)
+    raise AttributeError(f"module 'pipeline.data' has no attribute {name!r}")
 
 
 __all__ = [
+    "AUGMENTATIONS",
     "DATASETS",
     "DatasetNotFoundError",
     "FileImageSet",

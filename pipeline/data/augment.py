@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import kornia.augmentation as K
 import torch
 from torch import nn
 
-KINDS = ("simclr", "mocov2", "metric", "cifar", "none")
+from pipeline.data import AUGMENTATIONS as KINDS
 
 
 class BatchAugmentation(nn.Module):
@@ -34,7 +33,26 @@ class BatchAugmentation(nn.Module):
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
+class CenterCrop(nn.Module):
+    """The central `size` window, by slicing (start = (H - h) // 2), as kornia's `CenterCrop` does in its
+    default slice mode; here so that evaluation, which needs nothing else of kornia, skips its 3-4 s
+    import (tests/test_data_augment.py compares the two)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (h, w), (height, width) = self.size, x.shape[-2:]
+        if h > height or w > width:
+            raise ValueError(f"cannot centre-crop {height}x{width} images to {h}x{w}")
+        top, left = (height - h) // 2, (width - w) // 2
+        return x[..., top: top + h, left: left + w]
+
+
 def _colour_ops(channels: int, strength: tuple[float, float, float, float], p_jitter: float, p_gray: float) -> list[nn.Module]:
+    import kornia.augmentation as K
+
     brightness, contrast, saturation, hue = strength
     if channels == 1:  # saturation, hue and grayscale mean nothing on one channel
         return [K.ColorJitter(brightness, contrast, 0.0, 0.0, p=p_jitter)]
@@ -45,6 +63,8 @@ def _blur(image_size: int, p: float) -> list[nn.Module]:
     """Gaussian blur with a kernel of ~10% of the image, only from 64 px up (SimCLR skips it on CIFAR)."""
     if image_size < 64:
         return []
+    import kornia.augmentation as K
+
     kernel = int(0.1 * image_size) // 2 * 2 + 1
     return [K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=p)]
 
@@ -72,7 +92,9 @@ def build_augmentation(
         raise ValueError(f"mean/std need {channels} entries, got {len(mean)}/{len(std)}")
     size = (image_size, image_size)
     if kind == "none":
-        return BatchAugmentation([K.CenterCrop(size)], channels, mean, std)
+        return BatchAugmentation([CenterCrop(size)], channels, mean, std)
+    import kornia.augmentation as K  # deferred: 3-4 s of start-up that only training stages need
+
     if kind == "cifar":
         crop = K.RandomCrop(size, padding=max(1, image_size // 8))
         return BatchAugmentation([crop, K.RandomHorizontalFlip()], channels, mean, std)

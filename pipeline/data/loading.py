@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pipeline.data import FileImageSet, ImageSet, load_dataset, subset_classes
-from pipeline.data.files import materialize
 
 if TYPE_CHECKING:
     from pipeline.config import DataConfig, Params
@@ -14,6 +13,8 @@ def load_images(data: DataConfig, split: str, classes: tuple[int, ...] | None = 
     """One split in memory as uint8; file datasets are decoded once at `load_size` (crops happen on device)."""
     dataset = load_dataset(data.name, split, root=data.root, download=data.download, protocol=data.protocol)
     if isinstance(dataset, FileImageSet):
+        from pipeline.data.files import materialize  # deferred: torchvision's image decoding, 1.5-2 s to import
+
         dataset = materialize(dataset, data.load_size or data.image_size, workers=data.workers)
     if classes is not None:
         dataset = subset_classes(dataset, classes)

@@ -1,24 +1,20 @@
-"""Pictures of an embedding: a retrieval grid, Recall@K curves, a t-SNE map, and a Recall@K table for
-``dvc plots``. Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend
+"""Pictures of one embedding: a retrieval grid and a t-SNE map (Recall@K curves of several models are in
+``curves.py``). Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend
 switch), so stages and tests can call them from any thread or headless machine."""
 
 from __future__ import annotations
 
-import csv
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from sklearn.manifold import TSNE
 from torch import Tensor
 
 from pipeline.eval.checks import check_distance, check_embeddings_and_labels
 from pipeline.eval.neighbours import iter_nearest_neighbours
 
 CORRECT, WRONG, QUERY = "#1a9850", "#d73027", "#4575b4"
-_RECALL_KEY = re.compile(r"recall@(\d+)$")
 
 
 def retrieval_grid_png(
@@ -66,43 +62,6 @@ def retrieval_grid_png(
     return queries, neighbours, correct
 
 
-def recall_at_k_plot(path: str | Path, results: dict[str, dict[str, float]]) -> None:
-    """Recall@K against K (log2 axis), one line per named result (e.g. teacher, students)."""
-    if not results:
-        raise ValueError("results is empty; give at least one name -> metrics dict")
-    figure = Figure(figsize=(5, 3.5))
-    axis = figure.subplots()
-    for name, metrics in results.items():
-        ks, values = zip(*recall_at_k_values(metrics), strict=True)
-        axis.plot(ks, values, marker="o", label=name)
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("K")
-    axis.set_ylabel("Recall@K")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-
-
-def write_recall_at_k_csv(path: str | Path, results: dict[str, dict[str, float]]) -> None:
-    """Rows ``model,k,recall`` for ``dvc plots`` (x: k, y: recall, one line per model)."""
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["model", "k", "recall"])
-        for name, metrics in results.items():
-            writer.writerows([name, k, value] for k, value in recall_at_k_values(metrics))
-
-
-def recall_at_k_values(metrics: dict[str, float]) -> list[tuple[int, float]]:
-    """``(K, Recall@K)`` pairs of a metrics dict, by increasing K."""
-    pairs = sorted(
-        (int(m.group(1)), value) for key, value in metrics.items() if (m := _RECALL_KEY.match(key))
-    )
-    if not pairs:
-        raise ValueError(f"metrics hold no recall@K entries (keys: {sorted(metrics)})")
-    return pairs
-
-
 def embedding_map_png(
     path: str | Path, embeddings: Tensor, labels: Tensor, max_points: int = 2000, seed: int = 0
 ) -> Tensor:
@@ -115,6 +74,8 @@ def embedding_map_png(
     chosen = torch.randperm(len(embeddings), generator=generator)[:max_points].sort().values
     points = embeddings.cpu()[chosen].float().numpy()
     perplexity = min(30.0, (len(points) - 1) / 3)
+    from sklearn.manifold import TSNE  # deferred: scikit-learn only for this map
+
     xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
     classes = np.unique(labels.cpu()[chosen].numpy(), return_inverse=True)[1]
     figure = Figure(figsize=(5, 5))

@@ -42,7 +42,6 @@ def evaluate(
     evaluation: cfg.EvaluationConfig,
     image_size: int,
     seed: int,
-    figures_dir: Path | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """All metrics of one model as a flat dict, and the test embeddings (for figures). `model=None`: pixels."""
     preprocess = build_augmentation("none", image_size, test.channels, test.mean, test.std)

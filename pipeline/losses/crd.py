@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from pipeline.distributed import gather_batch, mean_over_ranks
 from pipeline.losses.contract import Loss, LossParams
-from pipeline.losses.validation import NonNegativeFloat, PositiveFloat, PositiveInt, check_pair, check_positive
+from pipeline.losses.validation import PositiveFloat, PositiveInt, check_pair, check_positive
 
 
 class L2Head(nn.Module):

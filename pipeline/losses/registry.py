@@ -1,16 +1,17 @@
 """Every loss by the name `params.yaml` uses, its declared contract, and `build`.
 
-Classes are imported when first asked for, so validating a config that names the relaxed loss does not
-import lightly (NT-Xent, MoCo) or any other loss module. `register` adds a loss without editing this file.
+Classes are imported when first asked for: the names need no import at all (not even torch), and
+checking a config that uses the relaxed loss imports that loss's module only. `register` adds a loss without editing this file.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.losses.contract import FEATURES, INPUTS, RUNTIME_ARGS, Loss, LossParams
+if TYPE_CHECKING:
+    from pipeline.losses.contract import Loss
 
 _REGISTRY: dict[str, str | type[Loss]] = {
     "relaxed_contrastive": "pipeline.losses.relaxed_contrastive:RelaxedContrastiveLoss",
@@ -34,6 +35,8 @@ def names() -> tuple[str, ...]:
 
 def register(name: str, cls: type[Loss]) -> None:
     """Make `cls` buildable as `name`; its contract is checked here, so a bad declaration fails at once."""
+    from pipeline.losses.contract import FEATURES, INPUTS, RUNTIME_ARGS, Loss, LossParams
+
     if not (isinstance(cls, type) and issubclass(cls, Loss)):
         raise TypeError(f"loss {name!r}: {cls!r} must subclass pipeline.losses.contract.Loss")
     if name in _REGISTRY:

@@ -16,11 +16,6 @@ def check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
-def check_non_negative(name: str, value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-
-
 def check_embeddings(name: str, embeddings: Tensor, min_rows: int = 2) -> None:
     """A batch of embeddings: 2-D, floating point, at least `min_rows` rows."""
     if embeddings.dim() != 2:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightly.models.modules.heads import MoCoProjectionHead, SimCLRProjectionHead
 from torch import nn
 
 POOLINGS = ("avg", "max", "avg+max")
@@ -45,6 +44,8 @@ PROJECTIONS = ("simclr", "mocov2")
 
 def build_projection_head(kind: str, in_features: int, output_dim: int = 128, hidden_dim: int | None = None):
     """lightly's SimCLR head (2 layers, BatchNorm) or MoCo v2 head (2 layers, no BatchNorm)."""
+    from lightly.models.modules.heads import MoCoProjectionHead, SimCLRProjectionHead  # only models that have one
+
     hidden_dim = hidden_dim or in_features
     if kind == "simclr":
         return SimCLRProjectionHead(in_features, hidden_dim, output_dim)

@@ -2,7 +2,10 @@
 validating a config imports none of them (torchvision only for the torchvision ResNets)."""
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _CIFAR_LAYOUTS = {"cifar_resnet18": ("basic", (2, 2, 2, 2)), "cifar_resnet34": ("basic", (3, 4, 6, 3)),
                   "cifar_resnet50": ("bottleneck", (3, 4, 6, 3))}

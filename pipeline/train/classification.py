@@ -57,7 +57,7 @@ class DistillationObjective(FrozenTeacherObjective):
         transfer_weight: float,
         ce_weight: float = 1.0,
     ) -> None:
-        if transfer_loss.features not in ("embedding", "logits") or "labels" in transfer_loss.active_inputs:
+        if transfer_loss.features not in ("embedding", "pooled", "logits") or "labels" in transfer_loss.active_inputs:
             raise ValueError(f"{type(transfer_loss).__name__} is not a classification transfer term "
                              f"(it reads {transfer_loss.features} and {transfer_loss.active_inputs})")
         for name, value in (("transfer_weight", transfer_weight), ("ce_weight", ce_weight)):

@@ -36,7 +36,10 @@ def classifier_student_objective(params: cfg.Params, student: str, method: str, 
     chosen = section.methods[method]
     if chosen.loss is None:
         return CrossEntropyObjective(model, augment), spec
-    context = {"student_dim": model.embedding_dim, "teacher_dim": teacher.embedding_dim, "n_data": len(images)}
+    # A classifier's penultimate feature is its pooled feature; RepDistiller's CIFAR CRD also draws
+    # other-class negatives (dataset/cifar100.py, cls_negative).
+    context = {"student_dim": model.embedding_dim, "teacher_dim": teacher.embedding_dim, "n_data": len(images),
+               "dataset_labels": images.labels}
     term = losses.build_with(chosen.loss, chosen.params, context)
     objective = DistillationObjective(model, teacher, augment, term, chosen.transfer_weight, ce_weight=chosen.ce_weight)
     return objective, spec

@@ -26,15 +26,9 @@ from pipeline.train.checkpoint import (
 )
 from pipeline.train.objectives import Objective
 from pipeline.train.progress import Progress
-from pipeline.train.runtime import (
-    NonFiniteLossError,
-    Runtime,
-    SignalFlag,
-    TrainingInterrupted,
-    resolve_runtime,
-    seed_everything,
-)
+from pipeline.train.runtime import Runtime, SignalFlag, resolve_runtime, seed_everything
 from pipeline.train.schedule import WarmupCosine, WarmupMultiStep
+from pipeline.train.stops import NonFiniteLossError, TrainingInterrupted
 
 
 RECENT_LOSSES_KEPT = 1000  # per-step losses carried in a checkpoint (the full history is in MLflow)

@@ -12,18 +12,6 @@ import torch
 import torch.distributed as dist
 
 
-class TrainingInterrupted(SystemExit):
-    """SIGTERM / SIGINT arrived: a checkpoint was saved and the process exits non-zero (143 / 130)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(128 + signum)
-        self.signum = signum
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept untouched."""
-
-
 @dataclass
 class Runtime:
     device: torch.device
