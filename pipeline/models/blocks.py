@@ -42,10 +42,11 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        out += identity
+        # The shortcut after the main path, as torchvision orders it: where `x` has three consumers (a
+        # FitNet / Attention loss reads the stage map too), autograd sums their gradients in that order.
+        out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
@@ -69,9 +70,8 @@ class Bottleneck(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        out += identity
+        out += x if self.downsample is None else self.downsample(x)  # after the main path, as torchvision
         return self.relu(out)

@@ -272,6 +272,10 @@ class TransferObjective(FrozenTeacherObjective):
             with torch.no_grad():
                 teacher_stages = self.teacher.stage_features(views)
             inputs.update(student=[s.float() for s in student_stages], teacher=[t.float() for t in teacher_stages])
+            # The loss's graph before the embedding's: the last map has three consumers then (the loss,
+            # mean and max pooling), and autograd sums their gradients in the order they were recorded.
+            with full_precision(images.device):
+                loss = self.criterion(*(inputs[name] for name in self.criterion.active_inputs))
             student = self.student.embed_pooled(global_pool(student_stages[-1], self.student.pooling))
         elif self.criterion.features == "pooled":
             student_pooled = self.student.pooled_features(views)
@@ -284,8 +288,9 @@ class TransferObjective(FrozenTeacherObjective):
             with torch.no_grad():
                 teacher = teacher_embedding(self.teacher, views, self.teacher_embedding_kind)
             inputs.update(student=student.float(), teacher=teacher.float())
-        with full_precision(images.device):
-            loss = self.criterion(*(inputs[name] for name in self.criterion.active_inputs))
+        if self.criterion.features != "stage_maps":
+            with full_precision(images.device):
+                loss = self.criterion(*(inputs[name] for name in self.criterion.active_inputs))
         if self.auxiliary is not None:
             with full_precision(images.device):
                 loss = loss + self.auxiliary_weight * self.auxiliary(
