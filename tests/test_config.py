@@ -64,10 +64,10 @@ def test_wrong_type_names_key():
 @pytest.mark.parametrize(
     "edit, key",
     [
-        (lambda raw: raw["teachers"]["moco"]["train"]["optimizer"].update(lr=-0.1), "teachers.moco.train.optimizer.lr"),
+        (lambda raw: raw["teachers"]["simclr"]["train"]["optimizer"].update(lr=-0.1), "teachers.simclr.train.optimizer.lr"),
         (lambda raw: raw["losses"]["relaxed"].update(proxy_anchor_weight=-1), "losses.relaxed.proxy_anchor_weight"),
         (lambda raw: raw["transfer"]["train"].update(batch_size=1), "transfer.train.batch_size"),
-        (lambda raw: raw["teachers"]["moco"]["moco"].update(momentum=1.5), "teachers.moco.moco.momentum"),
+        (lambda raw: raw["teachers"]["simclr"].update(moco={"momentum": 1.5}), "teachers.simclr.moco.momentum"),
         (lambda raw: raw["evaluation"]["probe"].update(val_fraction=1.0), "evaluation.probe.val_fraction"),
     ],
 )
