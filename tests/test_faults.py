@@ -125,6 +125,7 @@ def test_sigkill_then_rerun_resumes_to_the_uninterrupted_result(repo, reference,
     assert sorted(r.info.status for r in stage_runs(root, f"teacher@{name}")) == ["FINISHED", "KILLED"]
 
 
+@pytest.mark.slow  # minutes on 2 cores; run with -m slow (passed in the full run of this commit)
 def test_sigterm_saves_exits_143_and_dvc_does_not_record_the_stage(repo, reference):
     """SIGTERM to the stage under `dvc repro`: it checkpoints the next step and exits 143; DVC fails the
     stage, keeps it out of dvc.lock and shows it as changed; the next `dvc repro` resumes it."""
@@ -204,6 +205,7 @@ def test_unreachable_mlflow_server_fails_at_stage_start_before_training(repo):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # minutes on 2 cores; run with -m slow (passed in the full run of this commit)
 def test_sigkill_during_evaluation_leaves_no_metrics_and_the_rerun_equals_an_uninterrupted_one(repo, reference):
     root, env = repo
     out = root / "outputs/eval/teacher-ref"

@@ -151,6 +151,7 @@ def test_a_code_change_invalidates_exactly_the_stages_that_import_it(repro, edit
     assert changed == expected
 
 
+@pytest.mark.slow  # minutes on 2 cores; run with -m slow (passed in the full run of this commit)
 def test_exp_run_is_visible_in_dvc_and_mlflow(repro):
     root, env, _ = repro
     run(["git", "add", "-A"], root, env)
@@ -192,6 +193,7 @@ def test_a_stage_imports_only_what_it_runs(repro, command):
     assert not loaded, f"{' '.join(command)} imported {sorted(loaded)[:10]}"
 
 
+@pytest.mark.slow  # minutes on 2 cores; run with -m slow (passed in the full run of this commit)
 def test_a_loss_code_change_retrains_its_students_from_step_zero(repro):
     """Changing one line of the relaxed loss: its students train from step 0 and their models change. The
     teachers and the other students re-run too (their commands reach every loss module through the

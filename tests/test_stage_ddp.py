@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 
 import psutil
+import pytest
 import torch
 
 from faults_support import (
@@ -26,6 +27,7 @@ from faults_support import (
 OVERRIDES = {name: {"processes": 2} for name in ("ddp", "ddp_terminated")}
 
 
+@pytest.mark.slow  # minutes on 2 cores; run with -m slow (passed in the full run of this commit)
 def test_teacher_stage_with_two_processes_trains_once_and_resumes_after_sigterm(tmp_path):
     env = make_repo(tmp_path, fault_params("ddp", "ddp_terminated", metric_grid=False, **OVERRIDES))
 
