@@ -61,6 +61,7 @@ class Loss(nn.Module):
     proxy_anchor: ClassVar[bool] = False
     runtime_args: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type[LossParams]] = LossParams
+    params: LossParams  # this instance's validated values (set by the subclass's constructor)
 
     @classmethod
     def inputs_for(cls, params: LossParams) -> tuple[str, ...]:
@@ -84,5 +85,3 @@ class Loss(nn.Module):
     def active_inputs(self) -> tuple[str, ...]:
         """What `forward` takes for this instance's parameters (the objectives pass exactly these)."""
         return type(self).inputs_for(self.params)
-
-    params: LossParams
