@@ -173,6 +173,12 @@ class TeacherConfig(Strict):
     def _known_augmentation(cls, value: str) -> str:
         return _choice(value, AUGMENTATIONS, "augmentation")
 
+    @property
+    def setting(self) -> str:
+        """The paper's setting of this teacher and its students: metric learning (a labelled Proxy-Anchor
+        teacher, Table 1) or self-supervised (SimCLR / MoCo). Tagged on their MLflow runs."""
+        return "metric_learning" if self.method == "proxy_anchor" else "self_supervised"
+
     @model_validator(mode="after")
     def _consistent(self) -> "TeacherConfig":
         if self.method == "proxy_anchor" and self.transfer_embedding == "projection":

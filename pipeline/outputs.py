@@ -2,7 +2,10 @@
 the report (dvc.yaml spells the same paths; tests/test_dvc_deps.py holds the two together)."""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 OUTPUTS = Path("outputs")
 REPORTS = Path("reports")
@@ -40,3 +43,15 @@ def classifier_teacher_dir(teacher: str) -> Path:
 
 def classifier_student_dir(teacher: str, student: str, method: str) -> Path:
     return OUTPUTS / "classification" / student_id(teacher, student, method)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomic write, so a metrics file that exists is always complete; under torchrun rank 0 writes."""
+    from pipeline.launch import is_main_process
+
+    if not is_main_process():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

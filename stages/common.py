@@ -1,4 +1,4 @@
-"""What every stage shares: reading params.yaml, atomic writes, and turning failures into one line.
+"""What every stage shares: reading params.yaml and turning failures into one line.
 
 A failure before training (bad params, a missing dataset, a wrong or corrupt checkpoint, an unreachable
 MLflow store) prints one line naming the key, file or value and exits 2; an interrupted run exits
@@ -7,23 +7,9 @@ the stage tests drive it end to end.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-from pathlib import Path
-from typing import Any, Callable
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Atomic write, so a metrics file that exists is always complete; under torchrun rank 0 writes."""
-    from pipeline.launch import is_main_process
-
-    if not is_main_process():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+from typing import Callable
 
 
 def load():

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from stages.common import load, quiet_libraries, run_stage, stage_name, write_json
+from pipeline.outputs import write_json
+from stages.common import load, quiet_libraries, run_stage, stage_name
 
 
 def main(argv: list[str]) -> None:

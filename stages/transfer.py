@@ -1,9 +1,11 @@
-"""DVC stage `transfer@TEACHER-STUDENT-LOSS`: train a student from a frozen teacher with one transfer loss."""
+"""DVC stage `transfer@TEACHER-STUDENT-LOSS`: train a student from a frozen teacher with one transfer loss,
+then score the saved student (`pipeline.eval.session`) onto the same MLflow run."""
 from __future__ import annotations
 
 import argparse
 
-from stages.common import load, quiet_libraries, run_stage, stage_name, write_json
+from pipeline.outputs import write_json
+from stages.common import load, quiet_libraries, run_stage, stage_name
 
 
 def main(argv: list[str]) -> None:
@@ -28,6 +30,7 @@ def main(argv: list[str]) -> None:
     from pipeline import tracking
     from pipeline.config import flatten
     from pipeline.data.loading import load_images
+    from pipeline.launch import is_main_process
     from pipeline.models.embedding_model import save_model
     from pipeline.models.loading import load_teacher
     from pipeline.outputs import student_dir, student_id, teacher_dir
@@ -45,7 +48,10 @@ def main(argv: list[str]) -> None:
         "losses": {args.loss: params.losses[args.loss].model_dump(mode="json")},
         "transfer": params.transfer.model_dump(mode="json", exclude={"grid", "metric_grid"}),
     }
-    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(section)) as run:
+    tags = {"setting": teacher_cfg.setting, "teacher": args.teacher, "student": args.student,
+            "method": args.loss, "seed": params.seed}
+    logged = {**section, "evaluation": params.evaluation.model_dump(mode="json")}
+    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged), tags=tags) as run:
         teacher_path = teacher_dir(args.teacher) / "model.pt"
         teacher, _ = load_teacher(teacher_path, teacher_cfg)
         images = load_images(params.data, "train", teacher_cfg.train_classes)
@@ -57,7 +63,13 @@ def main(argv: list[str]) -> None:
         metrics = train_and_save(objective, images, params.transfer.train, out, settings, run, stage,
                                  lambda path: save_model(objective.model, spec, path), seed=params.seed,
                                  samples_per_class=sampler.samples_per_class if sampler else None)
-    write_json(out / "metrics.json", metrics)
+        write_json(out / "metrics.json", metrics)
+        if is_main_process():
+            from pipeline.eval.session import evaluate_and_save
+
+            del objective, teacher, images
+            evaluate_and_save(out / "model.pt", student_id(args.teacher, args.student, args.loss), args.teacher,
+                              params, run)
 
 
 if __name__ == "__main__":

@@ -207,9 +207,11 @@ def test_unreachable_mlflow_server_fails_at_stage_start_before_training(repo):
 
 @pytest.mark.slow  # minutes on 2 cores; run with -m slow (passed in the full run of this commit)
 def test_sigkill_during_evaluation_leaves_no_metrics_and_the_rerun_equals_an_uninterrupted_one(repo, reference):
+    """The training stage scores its model after saving it: killed there, it leaves no evaluation metrics,
+    and its re-run (resuming the finished training) scores the same model to the same numbers."""
     root, env = repo
     out = root / "outputs/eval/teacher-ref"
-    args = ["stages.evaluate", "teacher", "--teacher", "ref"]
+    args = ["stages.teacher", "ref"]
     done = stage(args, root, env)
     assert done.returncode == 0, done.stderr
     uninterrupted = read_json(out / "metrics.json")

@@ -1,0 +1,49 @@
+"""Score one saved model (or raw pixels) and write its evaluation files: what the training stages run
+after saving their model, in the same process and onto the same MLflow run.
+
+Why in the training stage: an evaluation process cost 21-30 s here, about 12 s of it start-up (torch,
+MLflow, the optimiser's torch._dynamo import, scikit-learn) that the training process has already paid,
+and one run per model then holds its training parameters and its evaluation metrics together, which is
+what MLflow's compare views need. The model scored is the file the stage saved, reloaded, so the numbers
+describe what a user downloads.
+
+Files, under ``outputs/eval/<model id>/``: ``metrics.json`` (written last, atomically: it exists only
+when the evaluation is complete), ``recall.json`` (Recall@K as DVC plot data) and ``figures/``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline import config as cfg
+from pipeline.outputs import eval_dir, write_json
+
+if TYPE_CHECKING:
+    from pipeline.tracking import RunLogger
+
+
+def evaluate_and_save(checkpoint: Path | None, model_id: str, teacher: str, params: cfg.Params,
+                      logger: RunLogger) -> dict[str, float]:
+    """Evaluate `checkpoint` (None: raw pixels) on `teacher`'s evaluation classes; log, write, return."""
+    from pipeline.data.loading import evaluation_classes, load_images
+    from pipeline.eval.protocol import evaluate, evaluation_figures
+    from pipeline.models.loading import load_saved_model
+
+    model = None
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"{checkpoint} does not exist; run the stage that trains {model_id} first")
+        model, _ = load_saved_model(checkpoint)
+    classes = evaluation_classes(params, teacher)
+    train = load_images(params.data, "train", classes)
+    test = load_images(params.data, "test", classes)
+    metrics, test_embeddings = evaluate(model, train, test, params.evaluation, params.data.image_size, params.seed)
+    out = eval_dir(model_id)
+    figures = evaluation_figures(out / "figures", test, test_embeddings, params)
+    logger.log_metrics(metrics, step=0)
+    for figure in figures:
+        logger.log_artifact(figure)
+    write_json(out / "recall.json", [{"k": int(k.split("@")[1]), "recall": v}
+                                     for k, v in metrics.items() if k.startswith("recall@")])
+    write_json(out / "metrics.json", metrics)
+    return metrics
