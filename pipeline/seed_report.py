@@ -1,0 +1,332 @@
+"""The report over seeds: per-setting tables, paired comparisons, a figure and the summary's numbers.
+
+Why: one run per method cannot say which transfer method is better here, since the methods differ by
+about the seed-to-seed noise. The Metric Learning Reality Check (Musgrave, Belongie, Lim, ECCV 2020)
+asks for every number to be reported over repeated runs with its spread, and for methods to be compared
+under one protocol; this module turns each setting's per-seed metrics files into exactly that, using
+`pipeline.stats` for the numbers (mean, sample sd, Student-t 95% CI of the mean, paired differences and
+their verdicts).
+
+Input, per setting (one section of the report): an ordered list of rows, each
+``SeedRow(label, method or None, {seed: metrics dict}, key=None, group=None)`` (a plain 3-tuple works
+too); the metrics dicts are the flat evaluation files (rates as fractions in [0, 1]). ``method`` names the
+transfer method of a student row and is None for reference rows (raw pixels, the teacher). Methods are
+compared within a group, where each may appear in one row only: a setting with several students gives
+each student's rows its own group (the student's name).
+
+Pairing: relaxed - baseline is taken over the seeds both rows have (the paired difference needs matched
+seeds); the cell gives that n and the text names the seeds left unpaired.
+
+No spread: one seed, or several seeds with identical values, has no interval. The text says so ("1
+seed, no interval", "n=5, no spread, no interval"), never a zero-width interval, the verdict is "not
+separated", and the summary leaves the ``sd``/``ci_low``/``ci_high`` keys out (writing 0 would read as a
+measured zero spread, NaN is not valid JSON for every reader, and `dvc metrics show` lists only numbers).
+
+No torch and no mlflow: the report stage must start fast; matplotlib's object API (no pyplot) draws the
+figure on the Agg canvas.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pipeline.stats import (  # _seed_order: the order stats itself gives seeds in
+    INTERVAL_LEGEND,
+    VERDICT_CODE,
+    Interval,
+    PairedDifference,
+    _seed_order,
+    format_interval,
+    paired_difference,
+    summarize,
+    verdict,
+)
+
+Column = tuple[str, str, str]  # (metrics key, column title, kind), the shape of report.retrieval_columns
+INTERVAL_KINDS = {"pct": 100.0, "ms": 1.0}  # kinds summarised over seeds, with their display scale
+COMPARED = ("map@r", "recall@1")
+LOWER_IS_BETTER = frozenset({"ms_per_image"})
+NO_SPREAD_NOTE = "a cell without interval had one seed or no spread over its seeds"
+
+
+class SeedRow(NamedTuple):
+    """One model of a setting over seeds; `key` names it in the summary (default: a slug of `label`).
+
+    Methods are compared within a `group`: a setting with several students gives each student its group.
+    """
+
+    label: str
+    method: str | None
+    per_seed: Mapping[Hashable, Mapping[str, Any]]
+    key: str | None = None
+    group: str | None = None  # rows compared with each other (e.g. one student); None: the whole setting
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """reference - baseline on one metric over their common seeds (`difference` None if they share none)."""
+
+    reference: str
+    baseline: str
+    metric: str
+    group: str | None
+    difference: PairedDifference | None
+    only_reference: tuple[Hashable, ...]
+    only_baseline: tuple[Hashable, ...]
+
+
+def default_columns(rows: Sequence[SeedRow]) -> tuple[Column, ...]:
+    """The retrieval report's columns (Recall@K for every K present), plus NMI, in the report's order."""
+    keys = {k for row in _rows(rows) for m in row.per_seed.values() for k in m}
+    ks = sorted(int(m.group(1)) for k in keys if (m := re.fullmatch(r"recall@(\d+)", k)))
+    columns = (("probe_top1", "Probe top-1", "pct"), ("knn_top1", "kNN top-1", "pct"),
+               *((f"recall@{k}", f"R@{k}", "pct") for k in ks), ("map@r", "MAP@R", "pct"),
+               ("r_precision", "R-Prec", "pct"), ("nmi", "NMI", "pct"), ("top1", "Top-1", "pct"),
+               ("top5", "Top-5", "pct"), ("embedding_dim", "Dim", "int"), ("parameters", "Params", "params"),
+               ("ms_per_image", "ms/img", "ms"))
+    return tuple(c for c in columns if c[0] in keys)
+
+
+def metric_interval(row: SeedRow, metric: str) -> Interval | None:
+    """The metric over the seeds of `row` that report it (n says how many); None if none does.
+
+    An interval of zero width (every seed equal) is returned without sd and CI: there is no spread to show.
+    """
+    values = _values(row, metric)
+    if not values:
+        return None
+    return _spread_or_none(summarize(values, what=f"{row.label} {metric}"))
+
+
+def seed_table(rows: Sequence[SeedRow], columns: Sequence[Column] | None = None, digits: int = 1) -> str:
+    """Markdown table, one line per row: rates as ``mean ± sd [ci_low, ci_high] (n=N)`` in percent.
+
+    "int" and "params" columns (dimension, parameters) are properties of the model, not measurements:
+    their value is shown once when every seed agrees.
+    """
+    rows = _rows(rows)
+    columns = default_columns(rows) if columns is None else columns
+    lines = ["| Model | " + " | ".join(title for _, title, _ in columns) + " |",
+             "|---|" + "|".join("---:" for _ in columns) + "|"]
+    for row in rows:
+        lines.append(f"| {row.label} | " + " | ".join(_cell(row, c, digits) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def compare(rows: Sequence[SeedRow], reference: str, baselines: Sequence[str],
+            metrics: Sequence[str] = COMPARED) -> list[Comparison]:
+    """reference - baseline, paired by seed, in each group of rows, for each baseline then each metric.
+
+    Pairing removes the seed effect both methods share (same data order and initialisation), so only the
+    seeds both rows have count. A method that is not in a group, or is in two of its rows, is an error
+    naming it: the report never guesses which row was meant.
+    """
+    rows = _rows(rows)
+    out = []
+    for group in dict.fromkeys(row.group for row in rows if row.method is not None):
+        members = [row for row in rows if row.group == group]
+        by_method = _rows_by_method(members, [reference, *baselines], group)
+        for baseline, metric in ((b, m) for b in baselines for m in metrics):
+            a, b = (_values(by_method[name], metric) for name in (reference, baseline))
+            common = set(a) & set(b)
+            difference = None
+            if common:
+                higher = metric not in LOWER_IS_BETTER
+                d = paired_difference({s: a[s] for s in common}, {s: b[s] for s in common},
+                                      higher_is_better=higher)
+                interval = _spread_or_none(d.interval)
+                difference = replace(d, interval=interval, verdict=verdict(interval, higher))
+            out.append(Comparison(reference, baseline, metric, group, difference,
+                                  tuple(_seed_order(set(a) - set(b))), tuple(_seed_order(set(b) - set(a)))))
+    return out
+
+
+def comparison_table(comparisons: Sequence[Comparison], digits: int = 1) -> str:
+    """Markdown table of paired differences: a line per (group and) baseline, a cell per metric and verdict.
+
+    Cells are percentage points; below the table, the seeds that could not be paired, if any.
+    """
+    if not comparisons:
+        return ""
+    metrics = list(dict.fromkeys(c.metric for c in comparisons))
+    lines_of = list(dict.fromkeys((c.group, c.baseline) for c in comparisons))
+    cell = {(c.group, c.baseline, c.metric): c for c in comparisons}
+    reference = comparisons[0].reference
+    lines = [f"| {reference} − baseline | " + " | ".join(_title(m) for m in metrics) + " |",
+             "|---|" + "|".join("---:" for _ in metrics) + "|"]
+    notes: dict[str, list[str]] = {}  # text of the unpaired seeds -> the metrics it applies to
+    for group, baseline in lines_of:
+        name = baseline if group is None else f"{group}: {baseline}"
+        texts = []
+        for metric in metrics:
+            c = cell.get((group, baseline, metric))
+            texts.append("-" if c is None else _difference_text(c, digits))
+            unpaired = () if c is None else ((c.only_reference, reference), (c.only_baseline, baseline))
+            sides = [f"seeds {list(seeds)} only for {method}" for seeds, method in unpaired if seeds]
+            if sides:
+                notes.setdefault(f"{name} vs {reference}: " + "; ".join(sides), []).append(_title(metric))
+        lines.append(f"| {name} | " + " | ".join(texts) + " |")
+    notes_text = [f"- unpaired, left out ({', '.join(ms)}): {text}" for text, ms in notes.items()]
+    return "\n".join(lines + ([""] + notes_text if notes_text else []))
+
+
+def seed_figure(path: str | Path, rows: Sequence[SeedRow], metrics: Sequence[str] = COMPARED,
+                reference: str | None = None) -> None:
+    """PNG: one panel per metric, each row's mean (percent) with its 95% CI as whiskers.
+
+    Rows without interval are drawn as hollow markers without whiskers. The PNG carries no software
+    version, so the same numbers give the same bytes.
+    """
+    from matplotlib.figure import Figure  # deferred: only the figure needs matplotlib
+
+    rows = _rows(rows)
+    figure = Figure(figsize=(4.2 * len(metrics), 0.45 * len(rows) + 1.4))
+    axes = figure.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    hollow = False
+    for axis, metric in zip(axes, metrics):
+        for y, row in enumerate(rows):
+            s = metric_interval(row, metric)
+            if s is None:
+                continue
+            colour = "C3" if reference is not None and row.method == reference else (
+                "0.5" if row.method is None else "C0")
+            if s.ci_low is None or s.ci_high is None:
+                hollow = True
+                axis.plot([100 * s.mean], [y], "o", mfc="white", mec=colour)
+            else:
+                err = [[100 * (s.mean - s.ci_low)], [100 * (s.ci_high - s.mean)]]
+                axis.errorbar([100 * s.mean], [y], xerr=err, fmt="o", color=colour, capsize=3)
+        axis.set_xlabel(f"{_title(metric)} (%)")
+        axis.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(rows)), [row.label for row in rows], fontsize=8)
+    axes[0].invert_yaxis()
+    note = "; hollow: no interval" if hollow else ""
+    figure.suptitle(f"mean and 95% CI over seeds (Student t){note}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+
+
+def seed_summary(setting: str, rows: Sequence[SeedRow], comparisons: Sequence[Comparison] = (),
+                 columns: Sequence[Column] | None = None) -> dict[str, float | int]:
+    """Flat numeric dict for reports/summary.json, in fractions like the metrics files.
+
+    ``<setting>.<row key>.<metric>.{mean,sd,ci_low,ci_high,n}`` for every interval column, and
+    ``<setting>[.<group>].<reference>_vs_<baseline>.<metric>.{diff,sd,ci_low,ci_high,n,verdict}`` with verdict
+    1 better, 0 not separated, -1 worse (`stats.VERDICT_CODE`). sd/ci keys are absent where there is no
+    interval (module docstring).
+    """
+    rows = _rows(rows)
+    columns = default_columns(rows) if columns is None else columns
+    out: dict[str, float | int] = {}
+    for row in rows:
+        for metric, _, kind in columns:
+            if kind in INTERVAL_KINDS and (s := metric_interval(row, metric)) is not None:
+                out.update(_flat(f"{setting}.{row.key}.{metric}", s, "mean"))
+    for c in comparisons:
+        if c.difference is not None:
+            group = "" if c.group is None else f"{c.group}."
+            prefix = f"{setting}.{group}{c.reference}_vs_{c.baseline}.{c.metric}"
+            out.update(_flat(prefix, c.difference.interval, "diff"))
+            out[f"{prefix}.verdict"] = VERDICT_CODE[c.difference.verdict]
+    return out
+
+
+def seed_section(setting: str, title: str, rows: Sequence[SeedRow], *, reference: str,
+                 baselines: Sequence[str], figure_path: str | Path, figure_link: str,
+                 columns: Sequence[Column] | None = None,
+                 metrics: Sequence[str] = COMPARED) -> tuple[str, dict[str, float | int]]:
+    """One setting of the report: Markdown (table, comparisons, figure link) and its summary entries.
+
+    Comparisons are made only when the reference method is among the rows (and `baselines` is not empty).
+    """
+    rows = _rows(rows)
+    has_reference = any(row.method == reference for row in rows)
+    comparisons = compare(rows, reference, baselines, metrics) if has_reference and baselines else []
+    seed_figure(figure_path, rows, metrics, reference)
+    parts = [f"## {title}", "", f"Cells: {INTERVAL_LEGEND}; {NO_SPREAD_NOTE}.", "",
+             seed_table(rows, columns), ""]
+    if comparisons:
+        lead = (f"Paired differences {reference} − baseline over common seeds, percentage points: "
+                "better / worse only where the 95% CI excludes 0.")
+        parts += [lead, "", comparison_table(comparisons), ""]
+    parts += [f"![{title}: mean and 95% CI over seeds]({figure_link})", ""]
+    return "\n".join(parts), seed_summary(setting, rows, comparisons, columns)
+
+
+def _rows(rows: Iterable[SeedRow | tuple]) -> list[SeedRow]:
+    """SeedRows with their summary keys filled in; duplicate keys, dotted keys or groups are refused."""
+    out = [SeedRow(*row) for row in rows]
+    out = [row._replace(key=row.key or re.sub(r"[^A-Za-z0-9@+-]+", "_", row.label).strip("_")) for row in out]
+    keys = [row.key for row in out]
+    bad = sorted({k for k in keys if keys.count(k) > 1 or "." in k or not k})
+    bad += sorted({g for row in out if (g := row.group) is not None and ("." in g or not g)})
+    if bad:
+        raise ValueError(f"seed_report: row keys must be unique; keys, groups non-empty, without '.': {bad}")
+    return out
+
+
+def _values(row: SeedRow, metric: str) -> dict[Hashable, Any]:
+    """seed -> value of `metric`, over the seeds of `row` that report it."""
+    return {s: m[metric] for s, m in row.per_seed.items() if m.get(metric) is not None}
+
+
+def _rows_by_method(rows: list[SeedRow], methods: Sequence[str], group: str | None) -> dict[str, SeedRow]:
+    found: dict[str, list[str]] = {m: [row.label for row in rows if row.method == m] for m in methods}
+    missing = [m for m, labels in found.items() if not labels]
+    repeated = {m: labels for m, labels in found.items() if len(labels) > 1}
+    if missing or repeated:
+        where = "" if group is None else f" of group {group!r}"
+        raise ValueError(f"seed_report: each compared method needs one row{where}: missing {missing}, "
+                         f"in several rows {repeated} (give each student's rows their own group)")
+    return {m: next(row for row in rows if row.method == m) for m in methods}
+
+
+def _spread_or_none(s: Interval) -> Interval:
+    if s.sd is not None and s.sd <= 1e-12 * max(1.0, abs(s.mean)):
+        return replace(s, sd=None, ci_low=None, ci_high=None)
+    return s
+
+
+def _interval_text(s: Interval, scale: float, digits: int, signed: bool = False) -> str:
+    if s.sd is None and s.n > 1:
+        return f"{s.mean * scale:{'+' if signed else ''}.{digits}f} (n={s.n}, no spread, no interval)"
+    return format_interval(s, scale=scale, digits=digits, signed=signed)
+
+
+def _cell(row: SeedRow, column: Column, digits: int) -> str:
+    metric, _, kind = column
+    if kind in INTERVAL_KINDS:
+        s = metric_interval(row, metric)
+        return "-" if s is None else _interval_text(s, INTERVAL_KINDS[kind], digits if kind == "pct" else 3)
+    values = {m[metric] for m in row.per_seed.values() if m.get(metric) is not None}
+    if not values:
+        return "-"
+    if len(values) > 1:
+        return "varies over seeds: " + ", ".join(str(v) for v in sorted(values))
+    value = int(values.pop())
+    return str(value) if kind != "params" else ("-" if value == 0 else _count(value))
+
+
+def _difference_text(c: Comparison, digits: int) -> str:
+    if c.difference is None:
+        return "no common seeds"
+    return f"{_interval_text(c.difference.interval, 100.0, digits, signed=True)}, {c.difference.verdict}"
+
+
+def _flat(prefix: str, s: Interval, mean_key: str) -> dict[str, float | int]:
+    out: dict[str, float | int] = {f"{prefix}.{mean_key}": s.mean, f"{prefix}.n": s.n}
+    if s.sd is not None and s.ci_low is not None and s.ci_high is not None:
+        out.update({f"{prefix}.sd": s.sd, f"{prefix}.ci_low": s.ci_low, f"{prefix}.ci_high": s.ci_high})
+    return out
+
+
+def _title(metric: str) -> str:
+    return {"map@r": "MAP@R", "r_precision": "R-Prec"}.get(metric, metric.replace("recall@", "R@"))
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
