@@ -85,3 +85,16 @@ def test_the_closure_follows_lazy_imports(module):
     assert Path("stages/common.py") in files and Path("pipeline/config.py") in files
     if module == "stages.evaluate":
         assert Path("pipeline/eval/protocol.py") in files and Path("pipeline/train/loop.py") not in files
+
+
+def test_the_lock_file_holds_only_stages_dvc_yaml_defines():
+    """DVC never prunes dvc.lock: a stage that leaves dvc.yaml (a grid entry removed, a stage renamed) keeps
+    its entry, which every `dvc repro` then parses (a no-op repro spent most of its time in YAML) and which
+    misdescribes the committed run. Prune with: keep the names `dvc stage list --name-only` prints."""
+    import subprocess
+    import sys
+
+    listed = subprocess.run([str(Path(sys.executable).with_name("dvc")), "stage", "list", "--name-only"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    locked = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    assert listed and not sorted(set(locked) - set(listed))
