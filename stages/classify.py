@@ -66,7 +66,12 @@ def main(argv: list[str]) -> None:
                   "train": section.train.model_dump(mode="json")}
         stage = stage_name(f"classifier_student@{student_id(args.teacher, args.student, args.method)}")
     settings_section = {**common, "classification": chosen}
-    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(settings_section)) as run:
+    # The tags every run carries (teacher stages: method = the objective), so the UI filters and groups
+    # the classifier runs beside the embedding ones: tags.setting = 'classification', tags.method = 'kd'.
+    tags = {"setting": "classification", "teacher": args.teacher, "student": args.student or "",
+            "method": args.method if args.role == "student" else "cross_entropy", "seed": params.seed}
+    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(settings_section),
+                            tags=tags) as run:
         train = load_images(params.data, "train")
         test = load_images(params.data, "test")
         settings = dict(settings_section)

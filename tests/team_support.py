@@ -149,14 +149,32 @@ def mlflow_server(database: Database, folder: Path, default_permission: str = "R
                       f"admin_username = {admin[0]}\nadmin_password = {admin[1]}\n"
                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     artifacts, log = folder / "artifacts", folder / "server.log"
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    with _serve(["--app-name", "basic-auth", "--backend-store-uri", database.uri("mlflow"),
+                 "--artifacts-destination", str(artifacts)], folder, log, env) as uri:
+        yield Server(uri, admin, artifacts, log)
+
+
+@contextlib.contextmanager
+def local_mlflow_server(backend_store_uri: str, folder: Path) -> Iterator[Server]:
+    """A plain `mlflow server` (no auth) on 127.0.0.1 over `backend_store_uri` (e.g. a SQLite file),
+    artifacts proxied to `folder`/artifacts: what a lab's shared server without accounts looks like."""
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts, log = folder / "artifacts", folder / "server.log"
+    with _serve(["--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts)],
+                folder, log, {}) as uri:
+        yield Server(uri, ("", ""), artifacts, log)
+
+
+@contextlib.contextmanager
+def _serve(arguments: list[str], folder: Path, log: Path, extra_env: dict[str, str]) -> Iterator[str]:
+    """Run `mlflow server ARGUMENTS` on 127.0.0.1 and a free port until its /health answers; yield its
+    URI; stop it and everything it started."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
-               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PATH=f"{BIN}{os.pathsep}{env['PATH']}")
+    env.update(extra_env, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PATH=f"{BIN}{os.pathsep}{env['PATH']}")
     port = free_port()
     with open(log, "w") as handle:
-        server = subprocess.Popen([str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
-                                   "--backend-store-uri", database.uri("mlflow"),
-                                   "--artifacts-destination", str(artifacts),
+        server = subprocess.Popen([str(BIN / "mlflow"), "server", *arguments,
                                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                                   cwd=folder, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                   start_new_session=True)
@@ -172,7 +190,7 @@ def mlflow_server(database: Database, folder: Path, default_permission: str = "R
                 if requests.get(uri + "/health", timeout=2).status_code == 200:
                     break
             time.sleep(0.25)
-        yield Server(uri, admin, artifacts, log)
+        yield uri
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)

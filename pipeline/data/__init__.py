@@ -33,6 +33,24 @@ DATASETS: tuple[str, ...] = (*IN_MEMORY, *FILE_BASED)
 # The view generators of pipeline.data.augment, named here so the schema needs neither torch nor kornia.
 AUGMENTATIONS: tuple[str, ...] = ("simclr", "mocov2", "metric", "cifar", "none")
 SPLITS = ("train", "test")
+# Label -> name where the dataset defines names figures can show (CUB, Cars and SOP have hundreds to
+# thousands of classes: figures number them).
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "digits": tuple(str(d) for d in range(10)),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "stl10": ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
+}
+
+
+def class_names(name: str, classes: tuple[int, ...] | None = None) -> tuple[str, ...] | None:
+    """Names of dataset `name`'s labels, or of `classes` in that order (a subset relabelled 0..n-1, as
+    `subset_classes` relabels it); None where the dataset has no names here."""
+    names = CLASS_NAMES.get(name)
+    if names is None or classes is None:
+        return names
+    return tuple(names[c] for c in classes)
 
 
 def load_dataset(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -82,17 +82,20 @@ def evaluate(
     return metrics, test_x
 
 
-def evaluation_figures(out_dir: Path, test: ImageSet, embeddings: torch.Tensor, params: cfg.Params) -> list[Path]:
-    """The retrieval grid and (unless `tsne_points` is 0) the t-SNE map of one model's test embeddings."""
+def evaluation_figures(out_dir: Path, test: ImageSet, embeddings: torch.Tensor, params: cfg.Params,
+                       class_names: Sequence[str] | None = None) -> list[Path]:
+    """The retrieval grid and (unless `tsne_points` is 0) the t-SNE map of one model's test embeddings,
+    classes named by `class_names` (indexed by `test`'s labels) where given."""
     from pipeline.eval.plots import embedding_map_png, retrieval_grid_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = out_dir / "retrieval_grid.png"
     retrieval_grid_png(grid, test.images, embeddings, test.labels, n_queries=8, k=5,
-                       distance=params.evaluation.retrieval.distance)
+                       distance=params.evaluation.retrieval.distance, class_names=class_names)
     figures = [grid]
     if params.evaluation.tsne_points:
         tsne = out_dir / "tsne.png"
-        embedding_map_png(tsne, embeddings, test.labels, max_points=params.evaluation.tsne_points, seed=params.seed)
+        embedding_map_png(tsne, embeddings, test.labels, max_points=params.evaluation.tsne_points, seed=params.seed,
+                          class_names=class_names)
         figures.append(tsne)
     return figures

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 def evaluate_and_save(checkpoint: Path | None, model_id: str, teacher: str, params: cfg.Params,
                       logger: RunLogger) -> dict[str, float]:
     """Evaluate `checkpoint` (None: raw pixels) on `teacher`'s evaluation classes; log, write, return."""
+    from pipeline.data import class_names
     from pipeline.data.loading import evaluation_classes, load_images
     from pipeline.eval.protocol import evaluate, evaluation_figures
     from pipeline.models.loading import load_saved_model
@@ -39,7 +40,8 @@ def evaluate_and_save(checkpoint: Path | None, model_id: str, teacher: str, para
     test = load_images(params.data, "test", classes)
     metrics, test_embeddings = evaluate(model, train, test, params.evaluation, params.data.image_size, params.seed)
     out = eval_dir(model_id)
-    figures = evaluation_figures(out / "figures", test, test_embeddings, params)
+    figures = evaluation_figures(out / "figures", test, test_embeddings, params,
+                                 class_names=class_names(params.data.name, classes))
     logger.log_metrics(metrics, step=0)
     for figure in figures:
         logger.log_artifact(figure)

@@ -13,6 +13,7 @@ from typing import Any
 import torch.distributed as dist
 
 from pipeline.config import TrainConfig
+from pipeline.outputs import LOSS_CURVE, write_json
 from pipeline.data import ImageSet
 from pipeline.train.fingerprint import claim_checkpoint_dir, code_fingerprint
 from pipeline.train.loop import FitResult, MetricLogger, fit
@@ -37,12 +38,26 @@ def train_and_save(objective: Objective, images: ImageSet, train: TrainConfig, o
                  checkpoint_dir=out / "checkpoints", logger=logger, description=description)
     if runtime.is_main:
         save(out / "model.pt")
+        write_json(out / LOSS_CURVE, loss_curve(result.losses))
     if runtime.distributed:
         dist.barrier()  # ranks leave together (torchrun tears all down if rank 0 fails to save)
         dist.destroy_process_group()
     metrics = training_metrics(result, train.batch_size)
     logger.log_metrics(metrics, step=result.steps)
     return metrics
+
+
+LOSS_CURVE_POINTS = 2000
+
+
+def loss_curve(losses: list[tuple[int, float]], max_points: int = LOSS_CURVE_POINTS) -> list[dict[str, float]]:
+    """Per-step training loss as DVC plot rows (``step``, ``loss``), every step up to `max_points` steps,
+    else every n-th step and the last (a file in git stays small at paper scale). A resumed run holds the
+    steps its checkpoint carried (the last 1000 before the resume) and every step since; MLflow's
+    ``train/loss`` has them all."""
+    every = max(1, -(-len(losses) // max_points))
+    kept = losses[::every] + ([losses[-1]] if losses and (len(losses) - 1) % every else [])
+    return [{"step": int(step), "loss": float(value)} for step, value in kept]
 
 
 def training_metrics(result: FitResult, batch_size: int) -> dict[str, float]:

@@ -1,0 +1,113 @@
+"""What DVC compares across experiments, written by the report stage from this run's files:
+
+- ``reports/headline.json``: per model, the four numbers a comparison starts from (MAP@R, Recall@1,
+  probe and kNN top-1; top-1 for classifiers), under one ``headline`` key so ``dvc exp show`` narrows to
+  them with ``--drop '.*' --keep 'Experiment$|headline\\.'`` (README, "Looking at the results").
+- ``reports/plots/*.json``: long tables, one row per (model, K) or (model, step), that dvc.yaml's
+  top-level ``plots`` overlay one line per model (the ``by_model`` templates in ``.dvc/plots``): Recall@K
+  of pixels, teachers and students, and the students' per-step training loss (``loss.json`` beside each
+  ``model.pt``, written by the training session). One file per kind rather than a list of per-model
+  files in dvc.yaml, so every profile's grids plot without editing dvc.yaml.
+
+Models are those of the grids in params.yaml, in grid order; a missing file is an error naming it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import SETTINGS
+from pipeline.eval.curves import recall_at_k_values
+from pipeline.outputs import (LOSS_CURVE, classifier_student_dir, classifier_teacher_dir, eval_dir, pixels_id,
+                              student_dir, student_id, teacher_id)
+
+HEADLINE_KEYS = ("map@r", "recall@1", "probe_top1", "knn_top1")
+CLASSIFIER_KEYS = ("top1",)
+
+
+@dataclass(frozen=True)
+class Model:
+    """One trained (or raw-pixels) model of this run: `kind` is pixels, teacher, student, classifier_teacher
+    or classifier_student; `method` the loss (students), the objective (teachers) or "pixels"."""
+
+    model_id: str
+    setting: str
+    teacher: str
+    method: str
+    kind: str
+    folder: Path  # where its metrics.json is (eval folder; the training folder for classifiers)
+    train_folder: Path | None = None  # where its loss.json is (students)
+
+
+def models(params) -> list[Model]:
+    """Every model the report covers, in grid order."""
+    found: list[Model] = []
+    for setting in SETTINGS:
+        grid = params.transfer.of(setting).grid
+        for teacher in grid.teacher:
+            found.append(Model(pixels_id(teacher), setting, teacher, "pixels", "pixels", eval_dir(pixels_id(teacher))))
+            found.append(Model(teacher_id(teacher), setting, teacher, params.teachers[teacher].method, "teacher",
+                               eval_dir(teacher_id(teacher))))
+            for student in grid.student:
+                for loss in grid.loss:
+                    model = student_id(teacher, student, loss)
+                    found.append(Model(model, setting, teacher, loss, "student", eval_dir(model),
+                                       student_dir(teacher, student, loss)))
+    grid = params.classification.grid
+    if grid.student:
+        for teacher in grid.teacher:
+            found.append(Model(f"classification-teacher-{teacher}", "classification", teacher, "cross_entropy",
+                               "classifier_teacher", classifier_teacher_dir(teacher)))
+            for student in grid.student:
+                for method in grid.method:
+                    folder = classifier_student_dir(teacher, student, method)
+                    found.append(Model(student_id(teacher, student, method), "classification", teacher, method,
+                                       "classifier_student", folder, folder))
+    return found
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"report: {path} is missing; run its stage first (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def headline(params) -> dict[str, dict[str, dict[str, float]]]:
+    """``{"headline": {model id: {metric: value}}}``: the metrics of HEADLINE_KEYS each model has
+    (CLASSIFIER_KEYS for classifiers)."""
+    table: dict[str, dict[str, float]] = {}
+    for model in models(params):
+        metrics = _read(model.folder / "metrics.json")
+        keys = CLASSIFIER_KEYS if model.kind.startswith("classifier") else HEADLINE_KEYS
+        table[model.model_id] = {key: float(metrics[key]) for key in keys if key in metrics}
+    return {"headline": table}
+
+
+def plot_tables(params) -> dict[str, list[dict[str, Any]]]:
+    """The top-level DVC plots' data, by file name under ``reports/plots/``: Recall@K of every embedding
+    model, and the per-step training loss of the transfer students and of the classifier students."""
+    recall: list[dict[str, Any]] = []
+    transfer_loss: list[dict[str, Any]] = []
+    classifier_loss: list[dict[str, Any]] = []
+    for model in models(params):
+        label = {"model": model.model_id, "setting": model.setting, "teacher": model.teacher, "method": model.method}
+        if not model.kind.startswith("classifier"):
+            for k, value in recall_at_k_values(_read(model.folder / "metrics.json")):
+                recall.append({**label, "k": k, "recall": value})
+        if model.train_folder is not None:
+            rows = transfer_loss if model.kind == "student" else classifier_loss
+            rows += [{**label, **point} for point in _read(model.train_folder / LOSS_CURVE)]
+    return {"recall_at_k.json": recall, "train_loss.json": transfer_loss, "classifier_loss.json": classifier_loss}
+
+
+def write_comparison(params, headline_path: Path, plots_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Write the headline file and the plot tables (atomically, like every output); return the headline."""
+    from pipeline.outputs import write_json
+
+    table = headline(params)
+    for name, rows in plot_tables(params).items():
+        write_json(plots_dir / name, rows)
+    write_json(headline_path, table)
+    return table
