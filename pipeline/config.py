@@ -21,6 +21,9 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
+# A validator's message that starts with FIELD_MARK + "key: " names a key inside the section it checks;
+# the error line then shows the full dotted key (`_describe`).
+FIELD_MARK = "@"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*\Z")  # \Z, not $: "$" also matches before a final newline
 # The control student: trained with its teacher's own objective (NT-Xent / MoCo / Proxy-Anchor), no teacher signal.
 TEACHER_OBJECTIVE = "teacher_objective"
@@ -221,17 +224,70 @@ class BalancedSamplerConfig(Strict):
     samples_per_class: PositiveInt
 
 
-class TransferConfig(Strict):
-    augmentation: str
-    train: TrainConfig
-    sampler: BalancedSamplerConfig | None = None  # P classes x K images per batch (the metric-learning recipe)
+class SettingTransferConfig(Strict):
+    """How the students of one setting train: the views they see, how many, the training budget and the
+    grid of (teacher, student, loss) stages. A section whose grid declares stages must set every key
+    (dvc.yaml's transfer stages depend on each by name: a key left to a default would be a missing
+    parameter to DVC); one with an empty grid needs only the grid."""
+
+    augmentation: str | None = None
+    # Augmented views of every image per step, each seen by teacher and student: 2 in the SSL setting
+    # (SimCLR-style pairs), 1 or 2 in the metric-learning one (LabelRelaxation train_target.py --view,
+    # default 1). A Proxy-Anchor or SSL control (own_objective) trains with its own objective's views.
+    views: Literal[1, 2] | None = None
+    train: TrainConfig | None = None
     grid: GridConfig
-    metric_grid: GridConfig | None = None
 
     @field_validator("augmentation")
     @classmethod
-    def _known_augmentation(cls, value: str) -> str:
-        return _choice(value, AUGMENTATIONS, "augmentation")
+    def _known_augmentation(cls, value: str | None) -> str | None:
+        return value if value is None else _choice(value, AUGMENTATIONS, "augmentation")
+
+    @model_validator(mode="after")
+    def _complete_when_used(self):
+        if self.grid.teacher and self.grid.student and self.grid.loss:
+            for key in type(self).model_fields:
+                if key not in self.model_fields_set:
+                    raise ValueError(f"{FIELD_MARK}{key}: required key is missing (the grid declares stages, "
+                                     "and dvc.yaml's transfer stages depend on it)")
+        return self
+
+
+class SelfSupervisedTransferConfig(SettingTransferConfig):
+    """Students of SimCLR / MoCo teachers. No class labels exist here: no sampler key (class-balanced
+    batches read labels), and pipeline.contracts refuses a loss that reads labels in the grid."""
+
+
+class MetricLearningTransferConfig(SettingTransferConfig):
+    """Students of Proxy-Anchor teachers (the paper's Table 1): labelled training classes, evaluation on
+    the unseen ones."""
+
+    # P classes x K images per batch (the metric-learning recipe); null: random batches.
+    sampler: BalancedSamplerConfig | None = None
+
+    @model_validator(mode="after")
+    def _sampler_fills_the_batch(self) -> "MetricLearningTransferConfig":
+        if self.sampler is not None and self.train is not None:
+            batch = self.sampler.classes_per_batch * self.sampler.samples_per_class
+            if batch != self.train.batch_size:
+                raise ValueError(f"{FIELD_MARK}sampler: classes_per_batch x samples_per_class = {batch} must equal "
+                                 f"train.batch_size ({self.train.batch_size})")
+        return self
+
+
+SETTINGS = ("self_supervised", "metric_learning")  # TeacherConfig.setting; one transfer section each
+
+
+class TransferConfig(Strict):
+    """One section per setting, so each has its own augmentation, sampler and budget, and DVC re-runs
+    only the students of the section that changed."""
+
+    self_supervised: SelfSupervisedTransferConfig
+    metric_learning: MetricLearningTransferConfig
+
+    def of(self, setting: str) -> SelfSupervisedTransferConfig | MetricLearningTransferConfig:
+        """The section of `setting` (a teacher's `TeacherConfig.setting`)."""
+        return getattr(self, _choice(setting, SETTINGS, "setting"))
 
 
 class ProbeConfig(Strict):
@@ -342,27 +398,22 @@ class Params(Strict):
             for name in getattr(self, section):
                 if not NAME_PATTERN.match(name):
                     raise ValueError(f"{section}.{name}: names must match {NAME_PATTERN.pattern} (they become paths)")
-        for grid_key in ("grid", "metric_grid"):
-            grid = getattr(self.transfer, grid_key)
-            if grid is None:
-                continue
+        for setting in SETTINGS:
+            grid = self.transfer.of(setting).grid
             for field, section in (("teacher", "teachers"), ("student", "students"), ("loss", "losses")):
                 for name in getattr(grid, field):
                     if name not in getattr(self, section):
                         raise ValueError(
-                            f"transfer.{grid_key}.{field}: {name!r} is not in {section} "
+                            f"transfer.{setting}.grid.{field}: {name!r} is not in {section} "
                             f"(declared: {', '.join(getattr(self, section)) or 'none'})"
                         )
-            if self.transfer.sampler is not None:
-                batch = self.transfer.sampler.classes_per_batch * self.transfer.sampler.samples_per_class
-                if batch != self.transfer.train.batch_size:
-                    raise ValueError(f"transfer.sampler: classes_per_batch x samples_per_class = {batch} "
-                                     f"must equal transfer.train.batch_size ({self.transfer.train.batch_size})")
             for teacher in grid.teacher:
-                method = self.teachers[teacher].method
-                if (grid_key == "metric_grid") != (method == "proxy_anchor"):
-                    expected = "proxy_anchor" if grid_key == "metric_grid" else "simclr or moco"
-                    raise ValueError(f"transfer.{grid_key}.teacher: {teacher!r} is a {method} teacher; this grid takes {expected}")
+                found = self.teachers[teacher]
+                if found.setting != setting:
+                    expected = "proxy_anchor" if setting == "metric_learning" else "simclr or moco"
+                    raise ValueError(f"transfer.{setting}.grid.teacher: {teacher!r} is a {found.method} teacher "
+                                     f"({found.setting} setting: its students go in transfer.{found.setting}.grid); "
+                                     f"this grid takes {expected}")
         for name, teacher in self.teachers.items():
             if teacher.train_classes is not None:
                 bad = [c for c in teacher.train_classes if c >= 1000]
@@ -390,9 +441,18 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
 
 
+# Keys a section refuses on purpose, with the reason shown instead of the generic "unknown key".
+REFUSED_KEYS = {
+    ("transfer", "self_supervised", "sampler"): "the self-supervised setting has no class labels to balance "
+    "batches by (a class-balanced sampler belongs in transfer.metric_learning)",
+}
+
+
 def _describe(error: dict) -> str:
     loc = tuple(error["loc"])
     key = ".".join(str(p) for p in loc) or "<top level>"
+    if error["type"] == "extra_forbidden" and loc in REFUSED_KEYS:
+        return f"{key}: not allowed here: {REFUSED_KEYS[loc]}"
     if error["type"] == "extra_forbidden":
         known = _fields_at(Params, loc[:-1])
         hint = get_close_matches(str(loc[-1]), known, n=1)
@@ -401,6 +461,11 @@ def _describe(error: dict) -> str:
     if error["type"] == "missing":
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
+    if message.startswith(FIELD_MARK):
+        inner, message = message.removeprefix(FIELD_MARK).split(": ", 1)
+        key = f"{key}.{inner}" if loc else inner
+    elif not loc:  # the cross-section checks of `Params` start their messages with the dotted key
+        return f"{message}"
     value = error.get("input")
     shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
     return f"{key}: {message}{shown}"

@@ -89,11 +89,12 @@ def check_contracts(params: Params, losses: Iterable[str] | None = None, methods
     try:
         for key in params.losses if losses is None else [k for k in losses if k in params.losses]:
             check_loss(params.losses[key], f"losses.{key}")
-            if key in params.transfer.grid.loss and uses_labels(params.losses[key]):
+            if key in params.transfer.self_supervised.grid.loss and uses_labels(params.losses[key]):
                 raise ConfigError(
-                    f"transfer.grid.loss: {key!r} reads class labels (a Proxy-Anchor, triplet or label term), "
-                    "which the self-supervised setting does not have; set its proxy_anchor_weight: 0 "
-                    "(or darkrank params.triplet_weight: 0), or move it to transfer.metric_grid")
+                    f"transfer.self_supervised.grid.loss: {key!r} reads class labels (a Proxy-Anchor, triplet "
+                    "or label term), which the self-supervised setting does not have; set its "
+                    "proxy_anchor_weight: 0 (or darkrank params.triplet_weight: 0), or move it to "
+                    "transfer.metric_learning.grid")
         chosen = params.classification.methods
         for key in chosen if methods is None else [k for k in methods if k in chosen]:
             check_method(chosen[key], f"classification.methods.{key}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.config import SETTINGS
 from pipeline.eval.curves import recall_at_k_plot
 from pipeline.outputs import (classifier_student_dir, classifier_teacher_dir, eval_dir, pixels_id, student_id,
                               teacher_id)
@@ -58,17 +59,29 @@ def _cell(value: Any, kind: str) -> str:
     return f"{float(value):.3f}"
 
 
-def results_table(rows: Sequence[ResultRow], columns: Sequence[Column]) -> str:
-    """A Markdown table: one row per model, a bold section line where the section changes."""
+def results_table(rows: Sequence[ResultRow], columns: Sequence[Column], bold_best_from: int | None = None) -> str:
+    """A Markdown table: one row per model, a bold section line where the section changes.
+
+    `bold_best_from`: rows from this index on compete, and the highest percentage of each column among
+    them is bold (ties all bold); rows before it (raw pixels, the teacher) are references.
+    """
     shown = [c for c in columns if any(c[0] in r.metrics for r in rows)]
+    best: dict[str, str] = {}
+    if bold_best_from is not None:
+        for key, _, kind in shown:
+            values = [_cell(r.metrics.get(key), kind) for r in rows[bold_best_from:] if r.metrics.get(key) is not None]
+            if kind == "pct" and values:
+                best[key] = max(values, key=float)
     lines = ["| Model | " + " | ".join(title for _, title, _ in shown) + " |",
              "|---|" + "|".join("---:" for _ in shown) + "|"]
     section = None if len({r.section for r in rows}) > 1 else rows[0].section if rows else None
-    for row in rows:
+    for index, row in enumerate(rows):
         if row.section != section:
             section = row.section
             lines.append(f"| **{section}** |" + "|".join("" for _ in shown) + "|")
         cells = [_cell(row.metrics.get(key), kind) for key, _, kind in shown]
+        if bold_best_from is not None and index >= bold_best_from:
+            cells = [f"**{cell}**" if best.get(key) == cell else cell for cell, (key, _, _) in zip(cells, shown)]
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -86,9 +99,8 @@ def build_report(params, out_dir: Path) -> tuple[str, dict[str, float]]:
     columns = retrieval_columns(params.evaluation.retrieval.ks)
     sections: list[tuple[str, list[ResultRow]]] = []
     summary: dict[str, float] = {}
-    for grid in (params.transfer.grid, params.transfer.metric_grid):
-        if grid is None:
-            continue
+    for setting in SETTINGS:
+        grid = params.transfer.of(setting).grid
         for teacher in grid.teacher:
             t = params.teachers[teacher]
             if t.train_classes is None:
@@ -116,6 +128,8 @@ def build_report(params, out_dir: Path) -> tuple[str, dict[str, float]]:
         figure = out_dir / f"recall_{teacher}.png"
         recall_at_k_plot(figure, {row.label: row.metrics for row in rows})
         parts += [f"## {rows[0].section}", "", results_table(rows, columns), "", f"![Recall@K]({figure.relative_to(out_dir.parent)})", ""]
+    for teacher in params.transfer.metric_learning.grid.teacher:
+        parts += table1_section(params, teacher, loss_names)
     classification = params.classification.grid
     if classification.student:
         rows = classification_rows(params)
@@ -142,3 +156,60 @@ def classification_rows(params) -> list[ResultRow]:
                 rows.append(ResultRow(title, f"{student} student, {method} ({loss})",
                                       read_metrics(classifier_student_dir(teacher, student, method) / "metrics.json")))
     return rows
+
+
+# The paper's Table 1 settings, in its order: what a student is, relative to its teacher.
+TABLE1_SETTINGS = {
+    "self_transfer": "Self-transfer: the teacher's network and dimension",
+    "dim_reduction": "Dimensionality reduction: the teacher's network, fewer dimensions",
+    "compression": "Compression: a smaller network, fewer dimensions",
+    "other": "Other students (not one of the paper's three settings)",
+}
+TABLE1_KEYS = ("embedding_dim", "parameters")
+
+
+def table1_setting(teacher_model, student_model, teacher_metrics: dict, student_metrics: dict) -> str:
+    """Which Table 1 setting a student is in: the same network (backbone and widths) with the teacher's
+    dimension, the same network with fewer dimensions, or fewer parameters and at most the teacher's
+    dimension; dimensions and parameters as the evaluation counted them (pooled width where there is no
+    embedding head; the projection head left out)."""
+    same_network = (teacher_model.backbone, teacher_model.widths) == (student_model.backbone, student_model.widths)
+    dim, teacher_dim = student_metrics.get("embedding_dim"), teacher_metrics.get("embedding_dim")
+    if same_network and dim == teacher_dim:
+        return "self_transfer"
+    if same_network and dim is not None and teacher_dim is not None and dim < teacher_dim:
+        return "dim_reduction"
+    smaller = student_metrics.get("parameters", 0) < teacher_metrics.get("parameters", 0)
+    if not same_network and smaller and dim is not None and teacher_dim is not None and dim <= teacher_dim:
+        return "compression"
+    return "other"
+
+
+def table1_section(params, teacher: str, loss_names: dict[str, str]) -> list[str]:
+    """Markdown lines of Table 1 for a metric-learning teacher: one block per setting present in its grid,
+    each with raw pixels, the teacher and every (student, loss) of that setting, retrieval columns only;
+    the best student of each column in bold."""
+    grid = params.transfer.metric_learning.grid
+    t = params.teachers[teacher]
+    ks = params.evaluation.retrieval.ks
+    columns = [c for c in retrieval_columns(ks) if c[0].startswith("recall@") or c[0] in ("map@r", "r_precision")
+               or c[0] in TABLE1_KEYS]
+    pixels = read_metrics(eval_dir(pixels_id(teacher)) / "metrics.json")
+    teacher_metrics = read_metrics(eval_dir(teacher_id(teacher)) / "metrics.json")
+    by_setting: dict[str, list[ResultRow]] = {}
+    for student in grid.student:
+        for loss in grid.loss:
+            metrics = read_metrics(eval_dir(student_id(teacher, student, loss)) / "metrics.json")
+            setting = table1_setting(t.model, params.students[student].model, teacher_metrics, metrics)
+            by_setting.setdefault(setting, []).append(ResultRow(setting, _label(student, loss, loss_names), metrics))
+    classes = "all classes" if t.train_classes is None else f"classes {list(t.train_classes)}"
+    lines = [f"## Table 1: {teacher} teacher ({t.method}, {t.model.backbone}, trained on {classes})", "",
+             "Retrieval on the classes the teacher never saw, final step of every model; the best student of "
+             "each column in bold. The paper's Table 1 at this scale, one seed: differences of a point are noise.", ""]
+    for setting, title in TABLE1_SETTINGS.items():
+        if setting not in by_setting:
+            continue
+        rows = [ResultRow(setting, "raw pixels", pixels),
+                ResultRow(setting, f"teacher ({t.model.backbone})", teacher_metrics), *by_setting[setting]]
+        lines += [f"### {title}", "", results_table(rows, columns, bold_best_from=2), ""]
+    return lines

@@ -13,12 +13,13 @@ def main(argv: list[str]) -> None:
     quiet_libraries()
 
     from pipeline import tracking
-    from pipeline.config import flatten
+    from pipeline.config import SETTINGS, flatten
     from pipeline.outputs import REPORTS
     from pipeline.report import build_report
 
+    grids = {setting: {"grid": params.transfer.of(setting).grid.model_dump(mode="json")} for setting in SETTINGS}
     with tracking.start_run(stage_name("report"), experiment=params.mlflow.experiment,
-                            params=flatten({"transfer": {"grid": params.transfer.grid.model_dump(mode="json")}})) as run:
+                            params=flatten({"transfer": grids})) as run:
         markdown, summary = build_report(params, REPORTS / "figures")
         tmp = REPORTS / "results.md.tmp"
         tmp.write_text(markdown + "\n")

@@ -22,10 +22,15 @@ def main(argv: list[str]) -> None:
     from pipeline.contracts import check_contracts
 
     check_contracts(params, losses=(args.loss,), methods=())
+    # The teacher's setting picks the transfer section (no --setting argument): the schema already holds
+    # every grid to teachers of its own setting, so an argument could only repeat or contradict it.
+    teacher_cfg = params.teachers[args.teacher]
+    setting = teacher_cfg.setting
+    transfer = params.transfer.of(setting)
 
     from pipeline import launch
 
-    launch.relaunch_under_torchrun("stages.transfer", argv, params.transfer.train, "transfer.train")
+    launch.relaunch_under_torchrun("stages.transfer", argv, transfer.train, f"transfer.{setting}.train")
 
     from pipeline import tracking
     from pipeline.config import flatten
@@ -38,7 +43,6 @@ def main(argv: list[str]) -> None:
     from pipeline.train.recipes import transfer_objective
     from pipeline.train.session import train_and_save
 
-    teacher_cfg = params.teachers[args.teacher]
     stage = stage_name(f"transfer@{student_id(args.teacher, args.student, args.loss)}")
     section = {
         "seed": params.seed,
@@ -46,9 +50,9 @@ def main(argv: list[str]) -> None:
         "teachers": {args.teacher: teacher_cfg.model_dump(mode="json")},
         "students": {args.student: params.students[args.student].model_dump(mode="json")},
         "losses": {args.loss: params.losses[args.loss].model_dump(mode="json")},
-        "transfer": params.transfer.model_dump(mode="json", exclude={"grid", "metric_grid"}),
+        "transfer": {setting: transfer.model_dump(mode="json", exclude={"grid"})},
     }
-    tags = {"setting": teacher_cfg.setting, "teacher": args.teacher, "student": args.student,
+    tags = {"setting": setting, "teacher": args.teacher, "student": args.student,
             "method": args.loss, "seed": params.seed}
     logged = {**section, "evaluation": params.evaluation.model_dump(mode="json")}
     with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged), tags=tags) as run:
@@ -56,11 +60,11 @@ def main(argv: list[str]) -> None:
         teacher, _ = load_teacher(teacher_path, teacher_cfg)
         images = load_images(params.data, "train", teacher_cfg.train_classes)
         objective, spec = transfer_objective(params, args.teacher, args.student, args.loss, teacher, images)
-        sampler = params.transfer.sampler
+        sampler = getattr(transfer, "sampler", None)  # the self-supervised section has none
         out = student_dir(args.teacher, args.student, args.loss)
         # A retrained teacher invalidates a half-trained student, so the teacher file is part of the fingerprint.
         settings = {**section, "teacher_sha256": file_sha256(teacher_path)}
-        metrics = train_and_save(objective, images, params.transfer.train, out, settings, run, stage,
+        metrics = train_and_save(objective, images, transfer.train, out, settings, run, stage,
                                  lambda path: save_model(objective.model, spec, path), seed=params.seed,
                                  samples_per_class=sampler.samples_per_class if sampler else None)
         write_json(out / "metrics.json", metrics)

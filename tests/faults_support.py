@@ -62,9 +62,9 @@ def fault_params(*teacher_names: str, metric_grid: bool = True, **overrides: dic
         teacher["train"].update({k: v for k, v in patch.items() if k != "optimizer"})
         teacher["train"]["optimizer"].update(patch.get("optimizer", {}))
         params["teachers"][name] = teacher
-    params["transfer"]["grid"] = {"teacher": [teacher_names[0]], "student": ["small"], "loss": ["relaxed"]}
+    params["transfer"]["self_supervised"]["grid"] = {"teacher": [teacher_names[0]], "student": ["small"], "loss": ["relaxed"]}
     if not metric_grid:
-        params["transfer"].pop("metric_grid")
+        params["transfer"]["metric_learning"]["grid"] = {"teacher": [], "student": [], "loss": []}
     params["losses"] = {"relaxed": params["losses"]["relaxed"]}
     return params
 

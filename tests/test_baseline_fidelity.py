@@ -40,8 +40,8 @@ def setting():
         attention={"name": "attention"}, crd={"name": "crd", "params": {"num_negatives": 64}},
         crd_ssl={"name": "crd", "proxy_anchor_weight": 0, "params": {"num_negatives": 64}},
     )
-    raw["transfer"]["grid"]["loss"] = ["relaxed", "crd_ssl"]
-    raw["transfer"]["metric_grid"]["loss"] = ["relaxed", "rkd", "pkt", "darkrank", "fitnet", "attention", "crd"]
+    raw["transfer"]["self_supervised"]["grid"]["loss"] = ["relaxed", "crd_ssl"]
+    raw["transfer"]["metric_learning"]["grid"]["loss"] = ["relaxed", "rkd", "pkt", "darkrank", "fitnet", "attention", "crd"]
     params = validate_params(raw)
     images = load_images(params.data, "train")
     images = dataclasses.replace(images, images=images.images[:200], labels=images.labels[:200])
@@ -67,7 +67,7 @@ def test_proxy_anchor_term_moves_its_proxies_100x_further_than_the_embedding_hea
     """AdamW's first step moves each parameter by about lr_group * sign(grad), so the ratio of the
     proxies' step to the embedding head's is the ratio of their learning rates."""
     objective = transfer(setting, loss)
-    config = setting[0].transfer.train
+    config = setting[0].transfer.metric_learning.train
     assert config.optimizer.name == "adamw"
     optimizer = build_optimizer(objective.parameter_groups(), config)
     proxies, head = objective.auxiliary.proxies, objective.student.head.linear.weight
@@ -98,10 +98,26 @@ def test_every_embedding_loss_receives_the_proxy_anchor_teachers_embedding_l2_no
     one_batch(setting, objective)
     teacher = objective.teacher
     rows = captured["teacher"]
-    assert rows.shape == (2 * BATCH, teacher.embedding_dim)
-    torch.testing.assert_close(rows.norm(dim=1), torch.ones(2 * BATCH))
+    assert rows.shape == (objective.views * BATCH, teacher.embedding_dim)
+    torch.testing.assert_close(rows.norm(dim=1), torch.ones(objective.views * BATCH))
     head_output = teacher.head(global_pool(captured["teacher_maps"], teacher.pooling))
     torch.testing.assert_close(rows, F.normalize(head_output, dim=1))
+
+
+@pytest.mark.parametrize("views", [1, 2])
+def test_the_metric_learning_section_sets_the_views_of_every_image_and_their_labels(setting, views):
+    """code/train_target.py --view N: x = torch.cat(x) over the N views, y = torch.cat([y] * N), so a
+    label-reading loss (DarkRank's triplet term) gets N rows per image, each with that image's label."""
+    params, images, teachers = setting
+    section = params.transfer.metric_learning.model_copy(update={"views": views})
+    params = params.model_copy(update={"transfer": params.transfer.model_copy(update={"metric_learning": section})})
+    objective = recipes.transfer_objective(params, "proxy_anchor", "small", "darkrank", teachers["proxy_anchor"],
+                                           images)[0]
+    captured = {}
+    objective.criterion.register_forward_pre_hook(lambda module, args: captured.update(zip(("student", "teacher", "labels"), args)))
+    one_batch(setting, objective)
+    assert captured["student"].shape[0] == captured["teacher"].shape[0] == views * BATCH
+    assert torch.equal(captured["labels"], images.labels[:BATCH].repeat(views))
 
 
 def test_crd_compares_the_raw_pooled_backbone_features_and_the_proxy_anchor_term_the_embedding(setting):
@@ -115,7 +131,7 @@ def test_crd_compares_the_raw_pooled_backbone_features_and_the_proxy_anchor_term
     assert objective.auxiliary.proxies.shape[1] == student.embedding_dim
     captured = captured_inputs(objective)
     one_batch(setting, objective)
-    assert captured["student"].shape == (2 * BATCH, student.backbone.num_features)
+    assert captured["student"].shape == (objective.views * BATCH, student.backbone.num_features)
     torch.testing.assert_close(captured["teacher"], global_pool(captured["teacher_maps"], teacher.pooling))
 
 

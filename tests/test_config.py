@@ -39,7 +39,7 @@ def error_of(raw: dict) -> str:
 def test_shipped_params_validate():
     params = load_params(ROOT / "params.yaml")
     assert params.data.name == "fashion_mnist"
-    assert set(params.transfer.grid.teacher) <= set(params.teachers)
+    assert set(params.transfer.self_supervised.grid.teacher) <= set(params.teachers)
 
 
 @pytest.mark.parametrize("profile", sorted((ROOT / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
@@ -57,8 +57,8 @@ def test_misspelt_key_names_dotted_path_and_suggests():
 
 
 def test_wrong_type_names_key():
-    message = error_of(broken(lambda raw: raw["transfer"]["train"].update(batch_size="big")))
-    assert "transfer.train.batch_size" in message and "'big'" in message
+    message = error_of(broken(lambda raw: raw["transfer"]["metric_learning"]["train"].update(batch_size="big")))
+    assert "transfer.metric_learning.train.batch_size" in message and "'big'" in message
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,8 @@ def test_wrong_type_names_key():
     [
         (lambda raw: raw["teachers"]["simclr"]["train"]["optimizer"].update(lr=-0.1), "teachers.simclr.train.optimizer.lr"),
         (lambda raw: raw["losses"]["relaxed"].update(proxy_anchor_weight=-1), "losses.relaxed.proxy_anchor_weight"),
-        (lambda raw: raw["transfer"]["train"].update(batch_size=1), "transfer.train.batch_size"),
+        (lambda raw: raw["transfer"]["self_supervised"]["train"].update(batch_size=1),
+         "transfer.self_supervised.train.batch_size"),
         (lambda raw: raw["teachers"]["simclr"].update(moco={"momentum": 1.5}), "teachers.simclr.moco.momentum"),
         (lambda raw: raw["evaluation"]["probe"].update(val_fraction=1.0), "evaluation.probe.val_fraction"),
     ],
@@ -81,7 +82,8 @@ def test_out_of_range_values_name_key(edit, key):
         (lambda raw: raw["data"].update(name="fashion_minst"), "data.name", "fashion_mnist"),
         (lambda raw: raw["students"]["small"]["model"].update(backbone="small_resnt"), "students.small.model.backbone", "small_resnet"),
         (lambda raw: raw["losses"]["rkd"].update(name="rkdd"), "losses.rkd.name", "rkd"),
-        (lambda raw: raw["transfer"].update(augmentation="simclr2"), "transfer.augmentation", "simclr"),
+        (lambda raw: raw["transfer"]["self_supervised"].update(augmentation="simclr2"),
+         "transfer.self_supervised.augmentation", "simclr"),
     ],
 )
 def test_unknown_names_list_allowed_values(edit, key, suggestion):
@@ -90,13 +92,53 @@ def test_unknown_names_list_allowed_values(edit, key, suggestion):
 
 
 def test_grid_pointing_at_undeclared_teacher():
-    message = error_of(broken(lambda raw: raw["transfer"]["grid"].update(teacher=["simclr", "byol"])))
-    assert "transfer.grid.teacher" in message and "'byol'" in message
+    message = error_of(broken(lambda raw: raw["transfer"]["self_supervised"]["grid"].update(teacher=["simclr", "byol"])))
+    assert "transfer.self_supervised.grid.teacher" in message and "'byol'" in message
 
 
-def test_metric_grid_refuses_ssl_teacher():
-    message = error_of(broken(lambda raw: raw["transfer"]["metric_grid"].update(teacher=["simclr"])))
-    assert "transfer.metric_grid.teacher" in message and "proxy_anchor" in message
+def test_metric_learning_grid_refuses_ssl_teacher():
+    message = error_of(broken(lambda raw: raw["transfer"]["metric_learning"]["grid"].update(teacher=["simclr"])))
+    assert message.startswith("params.yaml: transfer.metric_learning.grid.teacher: 'simclr' is a simclr teacher")
+    assert "proxy_anchor" in message
+
+
+def test_self_supervised_grid_refuses_proxy_anchor_teacher():
+    message = error_of(broken(lambda raw: raw["transfer"]["self_supervised"]["grid"].update(teacher=["proxy_anchor"])))
+    assert message.startswith("params.yaml: transfer.self_supervised.grid.teacher: 'proxy_anchor' is a proxy_anchor")
+    assert "transfer.metric_learning.grid" in message
+
+
+def test_self_supervised_section_refuses_a_sampler():
+    """Class-balanced batches read labels, which the self-supervised setting does not have."""
+    message = error_of(broken(lambda raw: raw["transfer"]["self_supervised"].update(
+        sampler={"classes_per_batch": 4, "samples_per_class": 64})))
+    assert message.startswith("params.yaml: transfer.self_supervised.sampler: not allowed here")
+    assert "transfer.metric_learning" in message
+
+
+def test_metric_learning_sampler_must_fill_the_batch():
+    message = error_of(broken(lambda raw: raw["transfer"]["metric_learning"]["sampler"].update(samples_per_class=5)))
+    assert message.startswith("params.yaml: transfer.metric_learning.sampler: classes_per_batch x samples_per_class = 20")
+
+
+@pytest.mark.parametrize("key", ["augmentation", "views", "train", "sampler"])
+def test_a_section_with_stages_needs_every_key_its_stages_depend_on(key):
+    """dvc.yaml's transfer stages depend on these keys by name; DVC would fail on a missing one later."""
+    message = error_of(broken(lambda raw: raw["transfer"]["metric_learning"].pop(key)))
+    assert message.startswith(f"params.yaml: transfer.metric_learning.{key}: required key is missing")
+
+
+def test_a_section_without_stages_needs_only_its_grid():
+    def edit(raw):
+        raw["transfer"]["self_supervised"] = {"grid": {"teacher": [], "student": [], "loss": []}}
+
+    params = validate_params(broken(edit))
+    assert params.transfer.self_supervised.train is None
+
+
+def test_views_are_one_or_two():
+    message = error_of(broken(lambda raw: raw["transfer"]["metric_learning"].update(views=3)))
+    assert message.startswith("params.yaml: transfer.metric_learning.views:")
 
 
 def test_names_that_would_escape_output_folder_are_refused():
@@ -145,15 +187,15 @@ def test_flatten_matches_dvc_dotted_keys():
 def test_self_supervised_grid_refuses_losses_that_read_labels(loss):
     def edit(raw):
         raw["losses"]["labelled"] = loss
-        raw["transfer"]["grid"]["loss"] = ["relaxed", "labelled"]
+        raw["transfer"]["self_supervised"]["grid"]["loss"] = ["relaxed", "labelled"]
 
     message = error_of(broken(edit))
-    assert "transfer.grid.loss" in message and "'labelled' reads class labels" in message
+    assert message.startswith("params.yaml: transfer.self_supervised.grid.loss: 'labelled' reads class labels")
 
 
-def test_metric_grid_accepts_losses_that_read_labels():
+def test_metric_learning_grid_accepts_losses_that_read_labels():
     def edit(raw):
         raw["losses"]["fitnet"] = {"name": "fitnet"}
-        raw["transfer"]["metric_grid"]["loss"] = ["relaxed", "fitnet"]
+        raw["transfer"]["metric_learning"]["grid"]["loss"] = ["relaxed", "fitnet"]
 
     validate_params(broken(edit))

@@ -23,8 +23,8 @@ def team_params() -> dict:
     """The tiny profile with one teacher, one student and one loss."""
     params = tiny_params()
     params["teachers"] = {"simclr": params["teachers"]["simclr"]}
-    params["transfer"]["grid"] = {"teacher": ["simclr"], "student": ["small"], "loss": ["relaxed"]}
-    params["transfer"].pop("metric_grid")
+    params["transfer"]["self_supervised"]["grid"] = {"teacher": ["simclr"], "student": ["small"], "loss": ["relaxed"]}
+    params["transfer"]["metric_learning"]["grid"] = {"teacher": [], "student": [], "loss": []}
     params["losses"] = {"relaxed": params["losses"]["relaxed"]}
     return params
 

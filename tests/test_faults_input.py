@@ -75,7 +75,7 @@ def renaming_teacher(new_name: str):
     """Teacher `simclr` declared as `new_name` (and the transfer grid pointing at it)."""
     def change(params: dict) -> None:
         params["teachers"][new_name] = params["teachers"].pop("simclr")
-        params["transfer"]["grid"]["teacher"] = [new_name]
+        params["transfer"]["self_supervised"]["grid"]["teacher"] = [new_name]
     return change
 
 
@@ -100,7 +100,7 @@ PARAM_CASES = [
     ("zero learning rate", TEACHER, setting("teachers.simclr.train.optimizer.lr", 0), ["optimizer.lr", "0"]),
     ("fraction above 1", PREPARE, setting("evaluation.probe.val_fraction", 1.5),
      ["evaluation.probe.val_fraction", "1.5"]),
-    ("batch of one", PREPARE, setting("transfer.train.batch_size", 1), ["transfer.train.batch_size", "1"]),
+    ("batch of one", PREPARE, setting("transfer.self_supervised.train.batch_size", 1), ["transfer.self_supervised.train.batch_size", "1"]),
     ("loss parameter out of range", PREPARE, setting("losses.relaxed.params", {"sigma": -1.0}),
      ["losses.relaxed", "sigma", "-1.0"]),
     ("unknown dataset", PREPARE, setting("data.name", "fashionmnist"), ["data.name", "'fashionmnist'", "fashion_mnist"]),
@@ -115,21 +115,25 @@ PARAM_CASES = [
      ["teachers.simclr.train.batch_size", "64", "3 processes"]),
     ("processes neither a count nor auto", TEACHER, setting("teachers.simclr.train.processes", "all"),
      ["teachers.simclr.train.processes", "'all'"]),
-    ("unknown amp mode", PREPARE, setting("transfer.train.amp", "fp8"), ["transfer.train.amp", "'fp8'"]),
-    ("grid names an undeclared teacher", PREPARE, setting("transfer.grid.teacher", ["simclr", "byol"]),
-     ["transfer.grid.teacher", "'byol'", "simclr"]),
-    ("grid names an undeclared student", TRANSFER, setting("transfer.grid.student", ["tiny"]),
-     ["transfer.grid.student", "'tiny'"]),
-    ("metric grid names an SSL teacher", PREPARE, setting("transfer.metric_grid.teacher", ["simclr"]),
-     ["transfer.metric_grid.teacher", "simclr"]),
+    ("unknown amp mode", PREPARE, setting("transfer.self_supervised.train.amp", "fp8"), ["transfer.self_supervised.train.amp", "'fp8'"]),
+    ("grid names an undeclared teacher", PREPARE, setting("transfer.self_supervised.grid.teacher", ["simclr", "byol"]),
+     ["transfer.self_supervised.grid.teacher", "'byol'", "simclr"]),
+    ("grid names an undeclared student", TRANSFER, setting("transfer.self_supervised.grid.student", ["tiny"]),
+     ["transfer.self_supervised.grid.student", "'tiny'"]),
+    ("metric grid names an SSL teacher", PREPARE, setting("transfer.metric_learning.grid.teacher", ["simclr"]),
+     ["transfer.metric_learning.grid.teacher", "simclr"]),
     ("widths on a torchvision backbone", PREPARE, setting("students.small.model.backbone", "resnet18"),
      ["students.small.model", "widths", "resnet18"]),
     ("load_size below image_size", PREPARE, setting("data.load_size", 4), ["data", "load_size", "4", "8"]),
     ("train_classes beyond the dataset", PREPARE, setting("teachers.proxy_anchor.train_classes", [0, 1, 12]),
      ["teachers.proxy_anchor.train_classes", "12", "10 classes"]),
     ("image_size above the images", PREPARE, setting("data.image_size", 16), ["data.image_size", "16"]),
-    ("sampler batch mismatch", PREPARE, setting("transfer.sampler", {"classes_per_batch": 5, "samples_per_class": 4}),
-     ["transfer.sampler", "20", "64"]),
+    ("sampler batch mismatch", PREPARE, setting("transfer.metric_learning.sampler",
+                                                {"classes_per_batch": 5, "samples_per_class": 4}),
+     ["transfer.metric_learning.sampler", "20", "64"]),
+    ("sampler in the self-supervised section", TRANSFER, setting("transfer.self_supervised.sampler",
+                                                                 {"classes_per_batch": 4, "samples_per_class": 16}),
+     ["transfer.self_supervised.sampler", "not allowed", "labels"]),
     ("proxy_anchor teacher without projection", PREPARE, setting("teachers.proxy_anchor.transfer_embedding", "projection"),
      ["teachers.proxy_anchor", "transfer_embedding"]),
     ("teacher name with a path", PREPARE, renaming_teacher("../escape"), ["teachers.../escape", "names must match"]),

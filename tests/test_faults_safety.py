@@ -100,9 +100,10 @@ def test_names_that_could_leave_the_outputs_folder_are_refused(section, name):
     params = tiny_params()
     old = {"teachers": "simclr", "students": "small", "losses": "relaxed"}[section]
     params[section] = {name if k == old else k: v for k, v in params[section].items()}
-    for grid in ("grid", "metric_grid"):
+    for setting in ("self_supervised", "metric_learning"):
         field = section[:-1] if section != "losses" else "loss"
-        params["transfer"][grid][field] = [name if n == old else n for n in params["transfer"][grid][field]]
+        grid = params["transfer"][setting]["grid"]
+        grid[field] = [name if n == old else n for n in grid[field]]
     with pytest.raises(ConfigError, match=re.escape(section)):
         validate_params(copy.deepcopy(params))
 
@@ -112,7 +113,7 @@ def test_plain_names_are_accepted():
 
     params = tiny_params()
     params["teachers"]["simclr_2"] = params["teachers"].pop("simclr")
-    params["transfer"]["grid"]["teacher"] = ["simclr_2"]
+    params["transfer"]["self_supervised"]["grid"]["teacher"] = ["simclr_2"]
     assert "simclr_2" in validate_params(params).teachers
 
 

@@ -57,7 +57,8 @@ SCRIPT = textwrap.dedent('''
     from pipeline.train.loop import fit
 
     raw = yaml.safe_load(open("tests/assets/every_recipe_params.yaml"))
-    for section in [*(t["train"] for t in raw["teachers"].values()), raw["transfer"]["train"],
+    for section in [*(t["train"] for t in raw["teachers"].values()), raw["transfer"]["self_supervised"]["train"],
+                    raw["transfer"]["metric_learning"]["train"],
                     raw["classification"]["train"], raw["classification"]["teachers"]["wide"]["train"]]:
         section["max_steps"] = 1
     params = validate_params(raw)
@@ -68,7 +69,7 @@ SCRIPT = textwrap.dedent('''
         objective, _ = recipes.teacher_objective(params, name, images)
         objectives.append(objective)
         teachers[name] = copy.deepcopy(objective.model).eval()
-    for teacher, grid in (("simclr", params.transfer.grid), ("proxy_anchor", params.transfer.metric_grid)):
+    for teacher, grid in (("simclr", params.transfer.self_supervised.grid), ("proxy_anchor", params.transfer.metric_learning.grid)):
         for loss in grid.loss:
             objectives.append(recipes.transfer_objective(params, teacher, "small", loss, teachers[teacher], images)[0])
     classifier, _ = classifier_recipes.classifier_teacher_objective(params, "wide", images)
@@ -78,7 +79,7 @@ SCRIPT = textwrap.dedent('''
             params, "small", method, copy.deepcopy(classifier.model).eval(), images)[0])
     fingerprinted = set(code_fingerprint())
     for objective in objectives:
-        fit(objective, images, params.transfer.train, device="cpu")
+        fit(objective, images, params.transfer.self_supervised.train, device="cpu")
     print(sorted(set(code_fingerprint()) - fingerprinted))
 ''')
 

@@ -142,7 +142,7 @@ def test_a_new_loss_declared_in_a_test_trains_a_student_without_editing_any_modu
     raw = yaml.safe_load(open("tests/assets/tiny_params.yaml"))
     raw["students"]["small"]["model"]["embedding_dim"] = 16  # the SimCLR teacher's projection width
     raw["losses"]["cosine"] = {"name": "cosine_match", "params": {"scale": 2.0}}
-    raw["transfer"]["grid"]["loss"] = ["cosine"]
+    raw["transfer"]["self_supervised"]["grid"]["loss"] = ["cosine"]
     with pytest.raises(ConfigError, match=r"losses\.cosine\.params\.scale: Input should be greater than 0"):
         check_contracts(validate_params(
             {**raw, "losses": {**raw["losses"], "cosine": {"name": "cosine_match", "params": {"scale": 0}}}}))
@@ -156,7 +156,7 @@ def test_a_new_loss_declared_in_a_test_trains_a_student_without_editing_any_modu
                                                       teacher_objective.model.eval(), images)
     assert isinstance(student_objective.criterion, CosineMatch) and student_objective.criterion.params.scale == 2.0
     before = {k: v.clone() for k, v in student_objective.student.state_dict().items()}
-    result = fit(student_objective, images, params.transfer.train, device="cpu")
+    result = fit(student_objective, images, params.transfer.self_supervised.train, device="cpu")
     assert result.steps == 2 and all(0 < loss <= 4 for _, loss in result.losses)  # 2 * (1 - cos) lies in [0, 4]
     changed = [k for k, v in student_objective.student.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "the registered loss trained nothing"

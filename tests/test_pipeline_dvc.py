@@ -104,7 +104,7 @@ def test_repro_writes_metrics_report_and_mlflow_runs_that_agree(repro):
     assert transfer.data.params["evaluation.knn.k"] == str(declared["knn"]["k"])
     assert {k: transfer.data.tags[k] for k in ("setting", "teacher", "student", "method", "seed")} == {
         "setting": "self_supervised", "teacher": "simclr", "student": "small", "method": "relaxed", "seed": "0"}
-    assert transfer.data.params["transfer.train.max_steps"] == "2"
+    assert transfer.data.params["transfer.self_supervised.train.max_steps"] == "2"
     history = client.get_metric_history(transfer.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2]
 

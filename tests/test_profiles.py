@@ -43,8 +43,8 @@ def test_dvc_builds_the_profile_dag(path, tmp_path):
     assert listed.returncode == 0, listed.stderr
     stages = set(listed.stdout.split())
     expected = {"prepare", "report"} | {f"teacher@{t}" for t in raw["teachers"]}
-    for key, prefix in (("grid", "transfer"), ("metric_grid", "metric_transfer")):
-        grid = raw["transfer"].get(key) or {}
+    for key, prefix in (("self_supervised", "transfer"), ("metric_learning", "metric_transfer")):
+        grid = raw["transfer"][key]["grid"]
         for t in grid.get("teacher", []):
             for s in grid["student"]:
                 for loss in grid["loss"]:
@@ -65,13 +65,15 @@ def shrink(raw: dict, data_root: Path | None) -> dict:
     for section in ("teachers", "students"):
         for entry in raw[section].values():
             entry["model"].pop("weights_path", None)
-    for entry in [*(t["train"] for t in raw["teachers"].values()), raw["transfer"]["train"]]:
+    sections = [s for s in raw["transfer"].values() if "train" in s]
+    for entry in [*(t["train"] for t in raw["teachers"].values()), *(s["train"] for s in sections)]:
         entry.update(epochs=1, max_steps=1, batch_size=8)
         entry["optimizer"]["warmup_epochs"] = 0
     for teacher in raw["teachers"].values():
         teacher.get("moco", {}).update(queue_size=16)
-    if raw["transfer"].get("sampler"):
-        raw["transfer"]["sampler"] = {"classes_per_batch": 4, "samples_per_class": 2}
+    for section in sections:
+        if section.get("sampler"):
+            section["sampler"] = {"classes_per_batch": 4, "samples_per_class": 2}
     probe = raw.get("evaluation", {}).get("probe", {}).get("enabled", True)
     raw["evaluation"] = {"batch_size": 64, "tsne_points": 0, "probe": {"enabled": probe},
                          "knn": {"enabled": True, "k": 5}, "retrieval": {"ks": [1, 2]}}
@@ -89,8 +91,10 @@ def fake_cifar10(split: str, root=None, download: bool = False) -> ImageSet:
 def one_step_of_every_recipe(params, tmp_path: Path) -> dict:
     """Train each teacher and each grid student for one step and evaluate one student."""
     results = {}
-    for grid in (params.transfer.grid, params.transfer.metric_grid):
-        if grid is None or not grid.teacher:
+    for setting in ("self_supervised", "metric_learning"):
+        section = params.transfer.of(setting)
+        grid = section.grid
+        if not grid.teacher:
             continue
         teacher_name = grid.teacher[0]
         teacher_cfg = params.teachers[teacher_name]
@@ -99,10 +103,10 @@ def one_step_of_every_recipe(params, tmp_path: Path) -> dict:
         fit(objective, images, teacher_cfg.train, seed=params.seed, device="cpu",
             samples_per_class=recipes.teacher_sampler(params, teacher_name), checkpoint_dir=tmp_path / teacher_name)
         teacher = objective.model.eval()
-        sampler = params.transfer.sampler
+        sampler = getattr(section, "sampler", None)
         for student in grid.student:
             student_objective, _ = recipes.transfer_objective(params, teacher_name, student, grid.loss[0], teacher, images)
-            result = fit(student_objective, images, params.transfer.train, seed=params.seed, device="cpu",
+            result = fit(student_objective, images, section.train, seed=params.seed, device="cpu",
                          samples_per_class=sampler.samples_per_class if sampler else None,
                          checkpoint_dir=tmp_path / f"{teacher_name}-{student}")
             results[f"{teacher_name}-{student}"] = result.losses
@@ -119,11 +123,11 @@ def test_metric_learning_profile_runs_one_step_on_a_fake_archive(name, build, al
     build(tmp_path / "data")
     raw = shrink(profile(name), tmp_path / "data")
     if not all_students:
-        raw["transfer"]["metric_grid"]["student"] = raw["transfer"]["metric_grid"]["student"][:1]
+        raw["transfer"]["metric_learning"]["grid"]["student"] = raw["transfer"]["metric_learning"]["grid"]["student"][:1]
     params = validate_params(raw)
     results = one_step_of_every_recipe(params, tmp_path)
     students = [k for k in results if k != "metrics"]
-    assert len(students) == len(params.transfer.metric_grid.student)
+    assert len(students) == len(params.transfer.metric_learning.grid.student)
     assert all(len(losses) == 1 and torch.isfinite(torch.tensor(losses[0][1])) for losses in
                (results[k] for k in students))
     assert 0.0 <= results["metrics"]["recall@1"] <= 1.0
@@ -134,7 +138,7 @@ def test_cifar10_profile_runs_one_step_on_fake_cifar(tmp_path, monkeypatch):
 
     monkeypatch.setitem(data.IN_MEMORY, "cifar10", fake_cifar10)
     raw = shrink(profile("cifar10_ssl"), None)
-    raw["transfer"]["grid"]["student"] = ["small"]  # the ResNet-18 self-transfer is the same code path
+    raw["transfer"]["self_supervised"]["grid"]["student"] = ["small"]  # the ResNet-18 self-transfer is the same code path
     params = validate_params(raw)
     results = one_step_of_every_recipe(params, tmp_path)
     assert "simclr-small" in results and "probe_top1" in results["metrics"]

@@ -218,8 +218,9 @@ class FrozenTeacherObjective(Objective):
 
 
 class TransferObjective(FrozenTeacherObjective):
-    """Student transfer: the teacher frozen in eval mode, two views of every image, both seen by teacher
-    and student; the loss gets what its contract declares (``features``: embeddings, where the teacher's
+    """Student transfer: the teacher frozen in eval mode, ``views`` augmented views of every image (two in
+    the SSL setting; one or two in the metric-learning one, LabelRelaxation's ``--view``), all seen by
+    teacher and student; the loss gets what its contract declares (``features``: embeddings, where the teacher's
     is ``teacher_embedding`` of ``teacher_embedding_kind``; pooled backbone features of both networks;
     or stage maps; ``active_inputs``: student, teacher, labels, dataset indices); optional auxiliary
     Proxy-Anchor term on the student embedding (the paper's FitNet / Attention / CRD baselines add it).
@@ -237,7 +238,10 @@ class TransferObjective(FrozenTeacherObjective):
         teacher_embedding_kind: str = "projection",
         auxiliary_loss: ProxyAnchorLoss | None = None,
         auxiliary_weight: float = 1.0,
+        views: int = 2,
     ) -> None:
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, got {views!r}")
         if teacher_embedding_kind not in TEACHER_EMBEDDINGS:
             raise ValueError(f"teacher_embedding must be one of {TEACHER_EMBEDDINGS}, got {teacher_embedding_kind!r}")
         if loss.features not in ("embedding", "pooled", "stage_maps"):
@@ -248,6 +252,7 @@ class TransferObjective(FrozenTeacherObjective):
         self.teacher_embedding_kind = teacher_embedding_kind
         self.auxiliary = auxiliary_loss
         self.auxiliary_weight = auxiliary_weight
+        self.views = views
         # Without the auxiliary term a loss on pooled features or stage maps leaves the embedding head unused.
         self.find_unused_parameters = auxiliary_loss is None and loss.features != "embedding"
 
@@ -264,8 +269,11 @@ class TransferObjective(FrozenTeacherObjective):
         return groups
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        views = self.two_views(images)
-        view_labels, view_indices = torch.cat([labels, labels]), torch.cat([indices, indices])
+        if self.views == 2:
+            views = self.two_views(images)
+            view_labels, view_indices = torch.cat([labels, labels]), torch.cat([indices, indices])
+        else:
+            views, view_labels, view_indices = self.view(images), labels, indices
         inputs = {"labels": view_labels, "indices": view_indices}
         if self.criterion.features == "stage_maps":
             student_stages = self.student.stage_features(views)

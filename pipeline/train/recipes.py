@@ -84,12 +84,17 @@ def transfer_objective(
     params: cfg.Params, teacher_name: str, student_name: str, loss_name: str,
     teacher: EmbeddingModel, images: ImageSet,
 ) -> tuple[Objective, ModelSpec]:
-    """A student trained from the frozen `teacher` with loss `loss_name`, or by the teacher's own objective."""
+    """A student trained from the frozen `teacher` with loss `loss_name` under the transfer section of the
+    teacher's setting, or by the teacher's own objective: that control trains with its teacher's
+    augmentation (MoCo v2's for a MoCo teacher, crop + flip for Proxy-Anchor) and views, and with the
+    section's budget and sampler (the stage passes those), so it differs from its teacher only in the
+    student network and the budget."""
     teacher_cfg = params.teachers[teacher_name]
+    section = params.transfer.of(teacher_cfg.setting)
     loss_cfg = params.losses[loss_name]
     student_model = params.students[student_name].model
-    augment = augment_for(params.transfer.augmentation, params.data, images)
     if loss_cfg.name == cfg.TEACHER_OBJECTIVE:
+        augment = augment_for(teacher_cfg.augmentation, params.data, images)
         spec = model_spec(student_model, images.channels, PROJECTION_KIND.get(teacher_cfg.method),
                           teacher_cfg.projection_dim)
         if teacher_cfg.method in PROJECTION_KIND:
@@ -98,6 +103,7 @@ def transfer_objective(
             spec.embedding_dim = None
         student = build_model(spec)
         return _own_objective(teacher_cfg.method, teacher_cfg, student, augment, images.num_classes), spec
+    augment = augment_for(section.augmentation, params.data, images)
     spec = model_spec(student_model, images.channels)
     student = build_model(spec)
     pooled = losses.loss_class(loss_cfg.name).features == "pooled"  # CRD: widths of the pooled features
@@ -119,5 +125,5 @@ def transfer_objective(
         auxiliary = losses.build("proxy_anchor", num_classes=images.num_classes, embedding_dim=student.embedding_dim)
     objective = TransferObjective(student, teacher, augment, criterion,
                                   teacher_embedding_kind=teacher_cfg.transfer_embedding,
-                                  auxiliary_loss=auxiliary, auxiliary_weight=weight)
+                                  auxiliary_loss=auxiliary, auxiliary_weight=weight, views=section.views)
     return objective, spec
