@@ -153,3 +153,21 @@ def test_classification_rkd_has_repdistillers_weights(path):
     method = load_params(ROOT / path).classification.methods["rkd"]
     term = losses.build(method.loss, **method.params)
     assert (term.distance_weight, term.angle_weight, method.transfer_weight) == REPDISTILLER_RKD
+
+
+@pytest.mark.parametrize("teacher, loss, pooled", [
+    ("simclr", None, lambda maps: maps.mean(dim=(2, 3))),
+    ("simclr", "relaxed", lambda maps: maps.mean(dim=(2, 3))),
+    ("simclr", "own_objective", lambda maps: maps.mean(dim=(2, 3))),
+    ("proxy_anchor", None, lambda maps: maps.mean(dim=(2, 3)) + maps.amax(dim=(2, 3))),
+    ("proxy_anchor", "relaxed", lambda maps: maps.mean(dim=(2, 3)) + maps.amax(dim=(2, 3))),
+    ("proxy_anchor", "own_objective", lambda maps: maps.mean(dim=(2, 3)) + maps.amax(dim=(2, 3))),
+])
+def test_ssl_models_pool_by_average_and_metric_learning_models_by_average_plus_max(setting, teacher, loss, pooled):
+    """SimCLR / MoCo (and lightly, solo-learn) pool the last map by global average; the Proxy-Anchor and
+    LabelRelaxation code (net/resnet.py: max_x + avg_x of gmp / gap) by the sum of average and max."""
+    params, images, teachers = setting
+    model = teachers[teacher] if loss is None else transfer(setting, loss, teacher=teacher).model
+    x = images.images[:BATCH].float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(model.pooled_features(x), pooled(model.backbone(x)))

@@ -199,3 +199,26 @@ def test_metric_learning_grid_accepts_losses_that_read_labels():
         raw["transfer"]["metric_learning"]["grid"]["loss"] = ["relaxed", "fitnet"]
 
     validate_params(broken(edit))
+
+
+def images_seen(train, n_images: int) -> int:
+    """Images a `train` section draws from a set of `n_images` (full batches; max_steps caps the epochs)."""
+    steps = train.epochs * (n_images // train.batch_size)
+    return min(steps, train.max_steps or steps) * train.batch_size
+
+
+# Training images of the Proxy-Anchor teachers' classes: Fashion-MNIST 0-4 (6000 per class), CUB-200 0-99,
+# Cars-196 0-97, SOP Ebay_train (the standard splits' counts).
+TRAIN_IMAGES = {"params.yaml": 30_000, "profiles/cpu_study.yaml": 30_000, "profiles/cub200.yaml": 5_864,
+                "profiles/cars196.yaml": 8_054, "profiles/sop.yaml": 59_551}
+
+
+@pytest.mark.parametrize("path", sorted(TRAIN_IMAGES))
+def test_metric_learning_students_train_at_least_as_long_as_their_teacher(path):
+    """Issue 13: "the student beats its teacher" can only show when the student saw no fewer images."""
+    params = load_params(ROOT / path)
+    section = params.transfer.metric_learning
+    assert section.grid.teacher
+    for teacher in section.grid.teacher:
+        n = TRAIN_IMAGES[path]
+        assert images_seen(section.train, n) >= images_seen(params.teachers[teacher].train, n), teacher

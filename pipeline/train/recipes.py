@@ -27,6 +27,10 @@ from pipeline.train.objectives import (
 )
 
 PROJECTION_KIND = {"simclr": "simclr", "moco": "mocov2"}
+# Global pooling of the backbone's last map, by setting: SSL models pool by average, as SimCLR, MoCo and the
+# libraries whose probe / kNN numbers ours are compared with (lightly, solo-learn) do; the metric-learning
+# models sum average and max pooling, as the Proxy-Anchor and LabelRelaxation code do (net/resnet.py).
+POOLING = {"self_supervised": "avg", "metric_learning": "avg+max"}
 
 
 def augment_for(kind: str, data: cfg.DataConfig, images: ImageSet) -> torch.nn.Module:
@@ -67,6 +71,7 @@ def teacher_objective(params: cfg.Params, name: str, images: ImageSet) -> tuple[
     """The objective that trains teacher `name` on `images`, and the spec its model is saved with."""
     teacher = params.teachers[name]
     spec = model_spec(teacher.model, images.channels, PROJECTION_KIND.get(teacher.method), teacher.projection_dim)
+    spec.pooling = POOLING[teacher.setting]
     model = build_model(spec)
     objective = _own_objective(teacher.method, teacher, model, augment_for(teacher.augmentation, params.data, images),
                                images.num_classes)
@@ -101,10 +106,12 @@ def transfer_objective(
             # An SSL objective never trains an embedding head: like the SSL teacher, the control student
             # is evaluated on its pooled backbone features.
             spec.embedding_dim = None
+        spec.pooling = POOLING[teacher_cfg.setting]
         student = build_model(spec)
         return _own_objective(teacher_cfg.method, teacher_cfg, student, augment, images.num_classes), spec
     augment = augment_for(section.augmentation, params.data, images)
     spec = model_spec(student_model, images.channels)
+    spec.pooling = POOLING[teacher_cfg.setting]
     student = build_model(spec)
     pooled = losses.loss_class(loss_cfg.name).features == "pooled"  # CRD: widths of the pooled features
     context = {
