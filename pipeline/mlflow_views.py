@@ -1,13 +1,19 @@
 """What the MLflow UI shows of a pipeline run: the experiment's kind, and the report on the parent run.
 
-- Experiment kind. MLflow 3.17's UI reads the experiment tag ``mlflow.experimentKind`` (values
-  ``custom_model_development`` "Machine learning", ``genai_development`` "GenAI apps & agents"; the
-  bundle's ``mlflow.experimentKind`` lookup in ``server/js/build/static/js/main.*.js``, module 31080, and
-  the kind selector's ``setExperimentTag`` mutation in chunk 2809). In 3.17.2 the page an experiment
-  opens on follows the global workflow switch instead (``?workflowType=machine_learning`` in the URL, else
-  the sidebar's GenAI / Machine-learning toggle kept in the browser's localStorage, default GenAI):
-  the tag is honoured by builds where that switch is off. ``EXPERIMENT_URL`` is the address that opens
-  on the training runs whatever the browser remembers.
+- Experiment kind. MLflow 3.17.2 marks an experiment's kind with the experiment tag
+  ``mlflow.experimentKind`` (``custom_model_development`` is "Machine learning", ``genai_development``
+  "GenAI apps & agents"): the UI's kind selector writes it (``.venv/.../mlflow/server/js/build/static/js/
+  2809.4115baa4.chunk.js`` line 1, col 33155, ``setExperimentTag({key:"mlflow.experimentKind"})``) and
+  the Python side sets it only for its demo (``mlflow/demo/generators/traces.py:329``). But the hook
+  that reads it (``main.c2f5f8d4.js`` line 24, col 49474, module 31080 ``Fi``) returns the global
+  workflow type instead whenever feature flag ``Z0`` is on, and ``Z0`` is hard-wired on (line 2, col
+  116991, ``R=()=>!0``). The workflow type is the URL's ``workflowType`` query, else localStorage
+  ``mlflow.workflowType`` (line 2, col 111930; default ``genai``), set by the sidebar's GenAI / Model
+  training switch; the experiment page then redirects to Runs for machine learning, to the GenAI
+  Overview otherwise (``experimentPage.20d52159.chunk.js`` line 1, col 1541). Screenshots of this
+  project's experiment, tagged: a fresh browser lands on the GenAI overview; with
+  ``?workflowType=machine_learning`` on Runs. So the tag is set (it is MLflow's marker, and builds with
+  the flag off honour it), and README's address carries ``?workflowType=machine_learning``.
 - The report on the parent run: each ``dvc repro`` / ``dvc exp run`` is one parent run (tag
   ``mlflow.parentRunId`` of every stage's run), and the report stage logs ``results.md``, its figures
   and the headline metrics there, where the invocation is looked at as a whole.
@@ -22,7 +28,6 @@ from pathlib import Path
 KIND_TAG = "mlflow.experimentKind"
 MACHINE_LEARNING = "custom_model_development"  # MLflow's ExperimentKind for classic model training
 PARENT_TAG = "mlflow.parentRunId"
-EXPERIMENT_URL = "{host}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _client():

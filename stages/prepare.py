@@ -23,8 +23,9 @@ def main(argv: list[str]) -> None:
     from pipeline.outputs import DATA_SUMMARY
 
     summary = check_dataset(params)
+    tags = {"setting": "all", "teacher": "", "student": "", "method": "prepare", "seed": params.seed}
     with tracking.start_run(stage_name("prepare"), experiment=params.mlflow.experiment,
-                            params=flatten({"data": params.data.model_dump(mode="json")})) as run:
+                            params=flatten({"data": params.data.model_dump(mode="json")}), tags=tags) as run:
         run.log_metrics(summary, step=0)
     write_json(DATA_SUMMARY, summary)
 
