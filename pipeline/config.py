@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
-from pipeline.data import AUGMENTATIONS, DATASETS
+from pipeline.data import AUGMENTATIONS, DATASETS, TUNABLE_AUGMENTATIONS
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -49,6 +50,50 @@ def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ValueError(f"unknown {what} {value!r}{suggestion}; allowed: {', '.join(allowed)}")
     return value
+
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class AugmentationConfig(Strict):
+    """A view recipe by name (`pipeline.data.augment.RECIPES`), with any of its strengths set in place of the
+    recipe's: `augmentation: simclr` or `augmentation: {name: simclr, jitter_strength: 0.5}`. Dumped back to
+    the plain name when no strength is set, so dotted keys stay those of params.yaml."""
+
+    name: str
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | None = None
+    jitter_strength: NonNegativeFloat | None = None
+    grayscale_probability: Probability | None = None
+    blur_probability: Probability | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _known_augmentation(cls, value: str) -> str:
+        return _choice(value, AUGMENTATIONS, "augmentation")
+
+    @model_validator(mode="after")
+    def _strengths_fit_the_recipe(self) -> "AugmentationConfig":
+        given = self.strengths()
+        if given and self.name not in TUNABLE_AUGMENTATIONS:
+            raise ValueError(f"{FIELD_MARK}{sorted(given)[0]}: augmentation {self.name!r} has no strengths to set "
+                             f"(only {', '.join(TUNABLE_AUGMENTATIONS)} do)")
+        if self.crop_scale is not None and self.crop_scale[0] > self.crop_scale[1]:
+            raise ValueError(f"{FIELD_MARK}crop_scale: [min, max] with min <= max, got {list(self.crop_scale)}")
+        return self
+
+    def strengths(self) -> dict[str, Any]:
+        """The strengths set here (the rest are the recipe's)."""
+        return {k: v for k, v in self if k != "name" and v is not None}
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler):
+        dumped = handler(self)
+        return dumped["name"] if not self.strengths() else {k: v for k, v in dumped.items() if v is not None}
 
 
 class DataConfig(Strict):
@@ -163,18 +208,13 @@ class TeacherConfig(Strict):
     method: Literal["simclr", "moco", "proxy_anchor"]
     model: ModelConfig
     projection_dim: PositiveInt = 128
-    augmentation: str
+    augmentation: AugmentationConfig
     temperature: PositiveFloat = 0.5
     moco: MocoConfig = MocoConfig()
     proxy_anchor: ProxyAnchorConfig = ProxyAnchorConfig()
     train_classes: tuple[Annotated[int, Field(ge=0)], ...] | None = None
     transfer_embedding: Literal["projection", "backbone", "embedding"] = "projection"
     train: TrainConfig
-
-    @field_validator("augmentation")
-    @classmethod
-    def _known_augmentation(cls, value: str) -> str:
-        return _choice(value, AUGMENTATIONS, "augmentation")
 
     @property
     def setting(self) -> str:
@@ -230,18 +270,13 @@ class SettingTransferConfig(Strict):
     (dvc.yaml's transfer stages depend on each by name: a key left to a default would be a missing
     parameter to DVC); one with an empty grid needs only the grid."""
 
-    augmentation: str | None = None
+    augmentation: AugmentationConfig | None = None
     # Augmented views of every image per step, each seen by teacher and student: 2 in the SSL setting
     # (SimCLR-style pairs), 1 or 2 in the metric-learning one (LabelRelaxation train_target.py --view,
     # default 1). A Proxy-Anchor or SSL control (own_objective) trains with its own objective's views.
     views: Literal[1, 2] | None = None
     train: TrainConfig | None = None
     grid: GridConfig
-
-    @field_validator("augmentation")
-    @classmethod
-    def _known_augmentation(cls, value: str | None) -> str | None:
-        return value if value is None else _choice(value, AUGMENTATIONS, "augmentation")
 
     @model_validator(mode="after")
     def _complete_when_used(self):

@@ -14,6 +14,7 @@ import yaml
 
 from pipeline import losses
 from pipeline.config import load_params, validate_params
+from pipeline.data import ImageSet
 from pipeline.data.loading import load_images
 from pipeline.models.heads import global_pool
 from pipeline.train import recipes
@@ -171,3 +172,69 @@ def test_ssl_models_pool_by_average_and_metric_learning_models_by_average_plus_m
     x = images.images[:BATCH].float() / 255
     with torch.no_grad():
         torch.testing.assert_close(model.pooled_features(x), pooled(model.backbone(x)))
+
+
+# The view recipes as published, not read from our code. SimCLR (Chen et al. 2020, Appendix A): crop scale
+# 0.08-1, colour jitter s = 1 (0.8s brightness / contrast / saturation, 0.2s hue) at p 0.8, grayscale 0.2,
+# Gaussian blur at p 0.5 with a kernel of 10% of the side on ImageNet, none on CIFAR-10, where s = 0.5.
+# MoCo v2 (facebookresearch/moco main_moco.py --aug-plus): RandomResizedCrop(scale=(0.2, 1.)),
+# ColorJitter(0.4, 0.4, 0.4, 0.1) at p 0.8, RandomGrayscale(p=0.2), GaussianBlur([.1, 2.]) at p 0.5.
+# Proxy-Anchor (dataset/utils.py make_transform): RandomResizedCrop + RandomHorizontalFlip only.
+PUBLISHED_VIEWS = {
+    "simclr": {"scale": (0.08, 1.0), "jitter": (0.8, 0.8, 0.8, 0.2), "jitter_p": 0.8, "gray": 0.2, "blur": 0.5},
+    "simclr_cifar": {"scale": (0.08, 1.0), "jitter": (0.4, 0.4, 0.4, 0.1), "jitter_p": 0.8, "gray": 0.2, "blur": 0.0},
+    "mocov2": {"scale": (0.2, 1.0), "jitter": (0.4, 0.4, 0.4, 0.1), "jitter_p": 0.8, "gray": 0.2, "blur": 0.5},
+    "metric": {"scale": (0.08, 1.0), "jitter": None, "jitter_p": None, "gray": 0.0, "blur": 0.0},
+}
+
+
+def view_strengths(augment) -> dict:
+    """The strengths of the kornia ops a view generator holds, read off the modules themselves."""
+    found = {"scale": None, "jitter": None, "jitter_p": None, "gray": 0.0, "blur": 0.0, "kernel": None}
+    for op in augment.ops:
+        name, generator = type(op).__name__, getattr(op, "_param_generator", None)
+        if name == "RandomResizedCrop":
+            found["scale"] = tuple(generator.scale)
+        elif name == "ColorJitter":
+            found["jitter"] = tuple(round(float(getattr(generator, k)), 6) for k in ("brightness", "contrast", "saturation", "hue"))
+            found["jitter_p"] = op.p
+        elif name == "RandomGrayscale":
+            found["gray"] = op.p
+        elif name == "RandomGaussianBlur":
+            found["blur"], found["kernel"] = op.p, op.flags["kernel_size"][0]
+    return found
+
+
+@pytest.mark.parametrize("recipe, size, overrides", [
+    ("simclr", 224, {}),
+    ("simclr", 32, {}),                                   # no blur below 64 px, as SimCLR's CIFAR runs
+    ("simclr_cifar", 32, {"jitter_strength": 0.5}),       # profiles/cifar10_ssl.yaml
+    ("mocov2", 224, {}),
+    ("metric", 224, {}),
+])
+def test_each_augmentation_holds_its_published_strengths(recipe, size, overrides):
+    from pipeline.data.augment import build_augmentation
+
+    kind = recipe.removesuffix("_cifar")
+    found = view_strengths(build_augmentation(kind, size, 3, [0.5] * 3, [0.5] * 3, **overrides))
+    expected = dict(PUBLISHED_VIEWS[recipe])
+    if size < 64:
+        expected["blur"] = 0.0
+    assert {k: found[k] for k in expected} == expected
+    if found["blur"]:
+        assert found["kernel"] == 23  # 10% of 224, odd
+
+
+def test_the_cifar_profile_sets_simclrs_cifar_jitter_and_the_strengths_reach_the_views():
+    """profiles/cifar10_ssl.yaml's SimCLR teacher and students at s = 0.5; MoCo v2's recipe unchanged."""
+    from pipeline.train.recipes import augment_for
+
+    params = load_params(ROOT / "profiles/cifar10_ssl.yaml")
+    images = ImageSet("cifar10", torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 10,
+                      (0.5,) * 3, (0.5,) * 3)
+    for augmentation, recipe in ((params.teachers["simclr"].augmentation, "simclr_cifar"),
+                                 (params.transfer.self_supervised.augmentation, "simclr_cifar"),
+                                 (params.teachers["moco"].augmentation, "mocov2")):
+        found = view_strengths(augment_for(augmentation, params.data, images))
+        expected = {**PUBLISHED_VIEWS[recipe], "blur": 0.0}  # 32 px: no blur in either recipe on CIFAR
+        assert {k: found[k] for k in expected} == expected, recipe

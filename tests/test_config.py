@@ -222,3 +222,24 @@ def test_metric_learning_students_train_at_least_as_long_as_their_teacher(path):
     for teacher in section.grid.teacher:
         n = TRAIN_IMAGES[path]
         assert images_seen(section.train, n) >= images_seen(params.teachers[teacher].train, n), teacher
+
+
+@pytest.mark.parametrize("augmentation, key, reason", [
+    ({"name": "simclr", "jiter_strength": 0.5}, "teachers.simclr.augmentation.jiter_strength", "unknown key"),
+    ({"name": "cifar", "jitter_strength": 0.5}, "teachers.simclr.augmentation.jitter_strength", "no strengths"),
+    ({"name": "simclr", "crop_scale": [0.9, 0.2]}, "teachers.simclr.augmentation.crop_scale", "min <= max"),
+    ({"name": "simclr", "grayscale_probability": 1.5}, "teachers.simclr.augmentation.grayscale_probability", "1"),
+])
+def test_augmentation_strengths_are_checked(augmentation, key, reason):
+    message = error_of(broken(lambda raw: raw["teachers"]["simclr"].update(augmentation=augmentation)))
+    assert message.startswith(f"params.yaml: {key}:") and reason in message
+
+
+def test_augmentation_strengths_dump_as_written():
+    """A plain name stays a plain name in the dotted keys (as DVC shows it); set strengths appear under it."""
+    params = validate_params(broken(lambda raw: raw["teachers"]["simclr"].update(
+        augmentation={"name": "simclr", "jitter_strength": 0.5})))
+    flat = flatten(params)
+    assert flat["teachers.simclr.augmentation.jitter_strength"] == 0.5
+    assert flat["teachers.simclr.augmentation.name"] == "simclr"
+    assert flat["teachers.proxy_anchor.augmentation"] == "metric"

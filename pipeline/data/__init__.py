@@ -32,6 +32,8 @@ FILE_BASED: dict[str, str | Callable[..., FileImageSet]] = {
 DATASETS: tuple[str, ...] = (*IN_MEMORY, *FILE_BASED)
 # The view generators of pipeline.data.augment, named here so the schema needs neither torch nor kornia.
 AUGMENTATIONS: tuple[str, ...] = ("simclr", "mocov2", "metric", "cifar", "none")
+# Those with strengths params.yaml may set (crop scale, jitter strength, grayscale and blur probability).
+TUNABLE_AUGMENTATIONS: tuple[str, ...] = ("simclr", "mocov2", "metric")
 SPLITS = ("train", "test")
 # Label -> name where the dataset defines names figures can show (CUB, Cars and SOP have hundreds to
 # thousands of classes: figures number them).
@@ -97,6 +99,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AUGMENTATIONS",
+    "TUNABLE_AUGMENTATIONS",
     "DATASETS",
     "DatasetNotFoundError",
     "FileImageSet",

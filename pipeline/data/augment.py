@@ -7,12 +7,14 @@ global generator, so two calls give two views and `torch.manual_seed` makes a ru
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from pipeline.data import AUGMENTATIONS as KINDS
+from pipeline.data import TUNABLE_AUGMENTATIONS
 
 
 class BatchAugmentation(nn.Module):
@@ -50,22 +52,81 @@ class CenterCrop(nn.Module):
         return x[..., top: top + h, left: left + w]
 
 
-def _colour_ops(channels: int, strength: tuple[float, float, float, float], p_jitter: float, p_gray: float) -> list[nn.Module]:
-    import kornia.augmentation as K
+@dataclass(frozen=True)
+class ViewRecipe:
+    """The strengths of one view generator, in the SimCLR paper's terms (Chen et al. 2020, Appendix A).
 
-    brightness, contrast, saturation, hue = strength
-    if channels == 1:  # saturation, hue and grayscale mean nothing on one channel
-        return [K.ColorJitter(brightness, contrast, 0.0, 0.0, p=p_jitter)]
-    return [K.ColorJitter(brightness, contrast, saturation, hue, p=p_jitter), K.RandomGrayscale(p=p_gray)]
+    - `crop_scale`: the random resized crop's area range;
+    - `jitter_strength`: s, with brightness = contrast = saturation = 0.8 s and hue = 0.2 s, applied with
+      `jitter_probability`;
+    - `grayscale_probability`;
+    - `blur_probability`: Gaussian blur (kernel 10% of the image side, sigma 0.1-2); None is the recipe's
+      rule, 0.5 from 64 px up and none below (SimCLR blurs ImageNet, not CIFAR).
+    """
+
+    crop_scale: tuple[float, float]
+    jitter_strength: float = 0.0
+    jitter_probability: float = 0.8
+    grayscale_probability: float = 0.0
+    blur_probability: float | None = 0.0
+
+    def jitter(self) -> tuple[float, float, float, float]:
+        s = self.jitter_strength
+        return (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+
+    def blur_at(self, image_size: int) -> float:
+        if self.blur_probability is None:
+            return 0.5 if image_size >= 64 else 0.0
+        return self.blur_probability
 
 
-def _blur(image_size: int, p: float) -> list[nn.Module]:
-    """Gaussian blur with a kernel of ~10% of the image, only from 64 px up (SimCLR skips it on CIFAR)."""
-    if image_size < 64:
+# The recipes by name. simclr: the SimCLR paper's ImageNet recipe (s = 1; its CIFAR-10 runs use s = 0.5,
+# set in profiles/cifar10_ssl.yaml); mocov2: MoCo v2's aug_plus (main_moco.py: crop scale 0.2-1, ColorJitter
+# 0.4 / 0.4 / 0.4 / 0.1 = s 0.5, at p 0.8, grayscale 0.2, blur 0.5); metric: the Proxy-Anchor recipe,
+# crop + flip only.
+RECIPES = {
+    "simclr": ViewRecipe(crop_scale=(0.08, 1.0), jitter_strength=1.0, grayscale_probability=0.2, blur_probability=None),
+    "mocov2": ViewRecipe(crop_scale=(0.2, 1.0), jitter_strength=0.5, grayscale_probability=0.2, blur_probability=None),
+    "metric": ViewRecipe(crop_scale=(0.08, 1.0)),
+}
+assert tuple(RECIPES) == TUNABLE_AUGMENTATIONS, "pipeline.data.TUNABLE_AUGMENTATIONS names the recipes here"
+OVERRIDES = ("crop_scale", "jitter_strength", "grayscale_probability", "blur_probability")
+
+
+def view_recipe(kind: str, **overrides) -> ViewRecipe:
+    """The recipe `kind` with the strengths given (None: the recipe's own) in place of its defaults."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - set(OVERRIDES))
+    if unknown:
+        raise ValueError(f"unknown augmentation strength(s) {unknown}; allowed: {', '.join(OVERRIDES)}")
+    if kind not in RECIPES:
+        if given:
+            raise ValueError(f"augmentation {kind!r} takes no strengths (only {', '.join(RECIPES)} do), got {sorted(given)}")
+        return None
+    if "crop_scale" in given:
+        given["crop_scale"] = tuple(given["crop_scale"])
+    return replace(RECIPES[kind], **given)
+
+
+def _colour_ops(channels: int, recipe: ViewRecipe) -> list[nn.Module]:
+    if recipe.jitter_strength == 0 and recipe.grayscale_probability == 0:
         return []
     import kornia.augmentation as K
 
-    kernel = int(0.1 * image_size) // 2 * 2 + 1
+    brightness, contrast, saturation, hue = recipe.jitter()
+    if channels == 1:  # saturation, hue and grayscale mean nothing on one channel
+        return [K.ColorJitter(brightness, contrast, 0.0, 0.0, p=recipe.jitter_probability)]
+    return [K.ColorJitter(brightness, contrast, saturation, hue, p=recipe.jitter_probability),
+            K.RandomGrayscale(p=recipe.grayscale_probability)]
+
+
+def _blur(image_size: int, p: float) -> list[nn.Module]:
+    """Gaussian blur with a kernel of ~10% of the image side (odd, at least 3), sigma 0.1-2, at probability p."""
+    if p == 0:
+        return []
+    import kornia.augmentation as K
+
+    kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
     return [K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=p)]
 
 
@@ -76,11 +137,15 @@ def build_augmentation(
     mean: Sequence[float],
     std: Sequence[float],
     crop_scale: tuple[float, float] | None = None,
+    jitter_strength: float | None = None,
+    grayscale_probability: float | None = None,
+    blur_probability: float | None = None,
 ) -> BatchAugmentation:
-    """The view generator for a training recipe.
+    """The view generator for a training recipe (`RECIPES` holds the strengths; arguments left None keep them).
 
-    - simclr: random resized crop (scale 0.08-1), flip, colour jitter 0.8/0.8/0.8/0.2 at p 0.8, grayscale 0.2, blur 0.5
-    - mocov2: crop (0.2-1), flip, jitter 0.4/0.4/0.4/0.1 at p 0.8, grayscale 0.2, blur 0.5
+    - simclr: random resized crop (scale 0.08-1), flip, colour jitter s = 1 at p 0.8, grayscale 0.2, blur 0.5
+      from 64 px up
+    - mocov2: crop (0.2-1), flip, jitter s = 0.5 at p 0.8, grayscale 0.2, blur 0.5 from 64 px up
     - metric: crop (0.08-1) + flip, the Proxy-Anchor recipe
     - cifar: zero-pad `image_size // 8` (4 px at 32, the classification-KD recipe of RepDistiller; 12 at
       STL-10's 96), random crop back to `image_size`, flip
@@ -90,6 +155,8 @@ def build_augmentation(
         raise ValueError(f"unknown augmentation {kind!r}; choose one of {list(KINDS)}")
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean/std need {channels} entries, got {len(mean)}/{len(std)}")
+    recipe = view_recipe(kind, crop_scale=crop_scale, jitter_strength=jitter_strength,
+                         grayscale_probability=grayscale_probability, blur_probability=blur_probability)
     size = (image_size, image_size)
     if kind == "none":
         return BatchAugmentation([CenterCrop(size)], channels, mean, std)
@@ -98,11 +165,6 @@ def build_augmentation(
     if kind == "cifar":
         crop = K.RandomCrop(size, padding=max(1, image_size // 8))
         return BatchAugmentation([crop, K.RandomHorizontalFlip()], channels, mean, std)
-    default_scale = {"simclr": (0.08, 1.0), "mocov2": (0.2, 1.0), "metric": (0.08, 1.0)}[kind]
-    crop = K.RandomResizedCrop(size, scale=crop_scale or default_scale)
-    flip = K.RandomHorizontalFlip()
-    if kind == "metric":
-        return BatchAugmentation([crop, flip], channels, mean, std)
-    jitter = (0.8, 0.8, 0.8, 0.2) if kind == "simclr" else (0.4, 0.4, 0.4, 0.1)
-    ops = [crop, flip, *_colour_ops(channels, jitter, 0.8, 0.2), *_blur(image_size, 0.5)]
+    ops = [K.RandomResizedCrop(size, scale=recipe.crop_scale), K.RandomHorizontalFlip(),
+           *_colour_ops(channels, recipe), *_blur(image_size, recipe.blur_at(image_size))]
     return BatchAugmentation(ops, channels, mean, std)

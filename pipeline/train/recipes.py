@@ -33,8 +33,12 @@ PROJECTION_KIND = {"simclr": "simclr", "moco": "mocov2"}
 POOLING = {"self_supervised": "avg", "metric_learning": "avg+max"}
 
 
-def augment_for(kind: str, data: cfg.DataConfig, images: ImageSet) -> torch.nn.Module:
-    return build_augmentation(kind, data.image_size, images.channels, images.mean, images.std)
+def augment_for(augmentation: str | cfg.AugmentationConfig, data: cfg.DataConfig, images: ImageSet) -> torch.nn.Module:
+    """The view generator of a recipe name, or of an `augmentation` section (a name and the strengths set)."""
+    if isinstance(augmentation, str):
+        augmentation = cfg.AugmentationConfig(name=augmentation)
+    return build_augmentation(augmentation.name, data.image_size, images.channels, images.mean, images.std,
+                              **augmentation.strengths())
 
 
 def _own_objective(method: str, teacher: cfg.TeacherConfig, model: EmbeddingModel, augment: torch.nn.Module,
