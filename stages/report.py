@@ -1,4 +1,6 @@
-"""DVC stage `report`: reports/results.md (the paper's Table 1 shape) from this run's metrics files."""
+"""DVC stage `report`: reports/results.md (the paper's Table 1 shape) from this run's metrics files, the
+headline metrics file and the tables dvc.yaml's top-level plots draw (`pipeline.comparison`), all also
+logged onto the pipeline invocation's parent MLflow run (`pipeline.mlflow_views`)."""
 from __future__ import annotations
 
 import argparse
@@ -13,20 +15,30 @@ def main(argv: list[str]) -> None:
     quiet_libraries()
 
     from pipeline import tracking
+    from pipeline.comparison import write_comparison
     from pipeline.config import SETTINGS, flatten
+    from pipeline.mlflow_views import publish_report
     from pipeline.outputs import REPORTS
     from pipeline.report import build_report
 
     grids = {setting: {"grid": params.transfer.of(setting).grid.model_dump(mode="json")} for setting in SETTINGS}
+    tags = {"setting": "all", "teacher": "", "student": "", "method": "report", "seed": params.seed}
     with tracking.start_run(stage_name("report"), experiment=params.mlflow.experiment,
-                            params=flatten({"transfer": grids})) as run:
+                            params=flatten({"transfer": grids}), tags=tags) as run:
         markdown, summary = build_report(params, REPORTS / "figures")
         tmp = REPORTS / "results.md.tmp"
         tmp.write_text(markdown + "\n")
         tmp.replace(REPORTS / "results.md")
+        headline = write_comparison(params, REPORTS / "headline.json", REPORTS / "plots")
         run.log_artifact(REPORTS / "results.md")
-        for figure in sorted((REPORTS / "figures").glob("*.png")):
+        figures = sorted((REPORTS / "figures").glob("*.png"))
+        for figure in figures:
             run.log_artifact(figure)
+        run_id = run.run_id
+    # The invocation's parent run shows the report too: results.md, its figures (where results.md's links
+    # point), the headline file and its numbers as metrics (comparable across dvc exp run parents).
+    files = [(REPORTS / "results.md", None), (REPORTS / "headline.json", None), *((f, "figures") for f in figures)]
+    publish_report(run_id, files, flatten(headline), {**tags, "method": "pipeline"})
     write_json(REPORTS / "summary.json", summary)
 
 

@@ -2,7 +2,10 @@
 
 Checks what users rely on: the chain completes; metrics files, the report and the MLflow runs agree;
 a second repro runs nothing; a parameter change re-runs only its branch; `dvc exp run -S` shows up in
-`dvc exp show` and in MLflow with the matching param and `dvc.exp_name`.
+`dvc exp show` and in MLflow with the matching param and `dvc.exp_name`. The stages track to a real
+`mlflow server` on 127.0.0.1 (SQLite behind it, artifacts proxied), as a lab's shared server would be,
+and the comparison views are checked through it: runs found by their tags, the report on the parent
+run, `dvc plots show` and the headline `dvc exp show` command of the README.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from team_support import local_mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,6 +45,8 @@ def make_repo(root: Path) -> dict:
     run(["git", "init", "-q"], root, env)
     run([str(BIN / "dvc"), "init", "-q"], root, env)
     run([str(BIN / "dvc"), "config", "core.analytics", "false"], root, env)
+    shutil.copytree(ROOT / ".dvc" / "plots", root / ".dvc" / "plots")  # the plot templates and the offline page
+    run([str(BIN / "dvc"), "config", "plots.html_template", "plots/offline.html"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "init"], root, env)
     return env
@@ -57,10 +64,14 @@ def changed_stages(root: Path, env: dict) -> set[str]:
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory):
+    """The tiny `dvc repro`, tracked by a real `mlflow server` over the repository's mlflow.db (so
+    `mlflow_runs` also reads it directly); the server lives as long as the module's tests."""
     root = tmp_path_factory.mktemp("pipeline")
     env = make_repo(root)
-    first = run([str(BIN / "dvc"), "repro"], root, env)
-    return root, env, first
+    with local_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", tmp_path_factory.mktemp("mlflow-server")) as server:
+        env["MLFLOW_TRACKING_URI"] = server.uri
+        first = run([str(BIN / "dvc"), "repro"], root, env)
+        yield root, env, first
 
 
 def mlflow_runs(root: Path):
@@ -107,6 +118,107 @@ def test_repro_writes_metrics_report_and_mlflow_runs_that_agree(repro):
     assert transfer.data.params["transfer.self_supervised.train.max_steps"] == "2"
     history = client.get_metric_history(transfer.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2]
+
+
+STUDENTS = {  # the tiny grids' students: (tags), the loss param their run must hold, and their metrics file
+    "simclr-small-relaxed": ({"setting": "self_supervised", "teacher": "simclr", "method": "relaxed"},
+                             "losses.relaxed.params.sigma", "outputs/eval/simclr-small-relaxed/metrics.json"),
+    "simclr-small-own_objective": ({"setting": "self_supervised", "teacher": "simclr", "method": "own_objective"},
+                                   "losses.own_objective.name", "outputs/eval/simclr-small-own_objective/metrics.json"),
+    "proxy_anchor-small-relaxed": ({"setting": "metric_learning", "teacher": "proxy_anchor", "method": "relaxed"},
+                                   "losses.relaxed.params.delta", "outputs/eval/proxy_anchor-small-relaxed/metrics.json"),
+    "wide-small-kd": ({"setting": "classification", "teacher": "wide", "method": "kd"},
+                      "classification.methods.kd.params.temperature", "outputs/classification/wide-small-kd/metrics.json"),
+}
+
+
+def server_client(env: dict):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    return client, client.get_experiment_by_name("pipeline-test")
+
+
+def test_the_server_finds_each_student_by_its_tags_with_its_loss_params_and_its_scores(repro):
+    """What the UI's search box and Group-by run on: `tags.method = 'relaxed'` and friends, answered by
+    the tracking server. Each student is exactly one run holding its training params and its metrics."""
+    root, env, _ = repro
+    client, experiment = server_client(env)
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    relaxed = client.search_runs([experiment.experiment_id], filter_string="tags.method = 'relaxed'")
+    assert {r.data.tags["dvc.stage"] for r in relaxed} == {"transfer@simclr-small-relaxed",
+                                                           "metric_transfer@proxy_anchor-small-relaxed"}
+    for model, (tags, loss_param, metrics_file) in STUDENTS.items():
+        query = " and ".join(f"tags.{key} = '{value}'" for key, value in {**tags, "student": "small"}.items())
+        found = client.search_runs([experiment.experiment_id], filter_string=query)
+        assert len(found) == 1, f"{query}: {[r.data.tags.get('dvc.stage') for r in found]}"
+        scored = json.loads((root / metrics_file).read_text())
+        student = found[0].data
+        assert student.tags["seed"] == "0"
+        assert loss_param in student.params, (model, sorted(student.params)[:20])
+        key = "top1" if tags["setting"] == "classification" else "map_at_r"
+        assert student.metrics[key] == pytest.approx(scored[key.replace("_at_", "@")]), model
+    everyone = client.search_runs([experiment.experiment_id], filter_string="tags.`dvc.stage` != ''")
+    untagged = [r.data.tags["dvc.stage"] for r in everyone
+                if not {"setting", "teacher", "student", "method", "seed"} <= set(r.data.tags)]
+    assert not untagged, f"runs without the comparison tags: {untagged}"
+
+
+def test_the_parent_run_carries_the_report(repro):
+    root, env, _ = repro
+    client, experiment = server_client(env)
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`pipeline.parent` = 'true'")
+    listed = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.md", "headline.json", "figures"} <= listed, listed
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert figures == {f"figures/{p.name}" for p in (root / "reports/figures").glob("*.png")} and figures
+    downloaded = Path(client.download_artifacts(parent.info.run_id, "results.md", str(root.parent)))
+    assert downloaded.read_text() == (root / "reports/results.md").read_text()
+    headline = json.loads((root / "reports/headline.json").read_text())["headline"]
+    assert parent.data.metrics["headline.simclr-small-relaxed.map_at_r"] == pytest.approx(
+        headline["simclr-small-relaxed"]["map@r"])
+    assert parent.data.tags["method"] == "pipeline"
+
+
+def test_dvc_plots_show_draws_every_method_offline(repro, tmp_path):
+    root, env, _ = repro
+    shown = run([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "plots")], root, env)
+    said = shown.stdout + shown.stderr
+    assert "failed to load" not in said.lower() and "ERROR" not in said and "WARNING" not in said, said
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "<script src=" not in page and "vegaEmbed" in page  # the inlined libraries, no CDN
+    shown = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], root, env).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    specs = shown["data"]
+    for plot in ("recall_at_k", "train_loss", "classifier_loss"):
+        assert plot in specs, sorted(specs)
+    def models_in(plot: str) -> set[str]:
+        return {row["model"] for rendered in specs[plot] for row in rendered["content"]["data"]["values"]}
+    assert models_in("recall_at_k") == {"pixels-simclr", "teacher-simclr", "simclr-small-relaxed",
+                                        "simclr-small-own_objective", "pixels-proxy_anchor", "teacher-proxy_anchor",
+                                        "proxy_anchor-small-relaxed"}
+    assert models_in("train_loss") == {"simclr-small-relaxed", "simclr-small-own_objective",
+                                       "proxy_anchor-small-relaxed"}
+    assert models_in("classifier_loss") == {"wide-small-kd"}
+    for method in ("relaxed", "own_objective", "kd"):
+        assert method in page
+
+
+HEADLINE_COMMAND = "dvc exp show --no-pager --md --drop '.*' --keep 'Experiment$' --keep 'headline\\.'"
+
+
+def test_the_documented_exp_show_command_prints_the_headline_only(repro):
+    root, env, _ = repro
+    assert HEADLINE_COMMAND in (ROOT / "README.md").read_text()
+    printed = subprocess.run(HEADLINE_COMMAND.replace("dvc ", f"{BIN / 'dvc'} ", 1), shell=True, cwd=root, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert printed.returncode == 0, printed.stderr
+    header = printed.stdout.splitlines()[0]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    headline = json.loads((root / "reports/headline.json").read_text())["headline"]
+    expected = {f"headline.{model}.{key}" for model, keys in headline.items() for key in keys}
+    assert columns[0] == "Experiment" and set(columns[1:]) == expected, columns
+    assert "headline.simclr-small-relaxed.map@r" in expected
 
 
 def test_second_repro_runs_nothing(repro):
