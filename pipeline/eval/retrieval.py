@@ -1,4 +1,4 @@
-"""Retrieval metrics of deep metric learning: Recall@K, MAP@R, R-Precision and NMI.
+"""Retrieval metrics of deep metric learning: Recall@K, MAP@R, R-Precision and NMI (k-means with k = classes).
 
 Every item queries all the others (leave-one-out, as in the CUB/Cars/SOP protocol). One exact, chunked
 search for the max(K, R_max) nearest neighbours serves every metric, so Stanford Online Products'
@@ -15,6 +15,7 @@ search for the max(K, R_max) nearest neighbours serves every metric, so Stanford
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -22,9 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.eval.checks import check_distance, check_embeddings_and_labels
+from pipeline.eval.kmeans import kmeans
 from pipeline.eval.neighbours import iter_score_blocks, top_k
 
-# One k-means++ start, scikit-learn's own default for k-means++; the seed makes it reproducible.
+# One greedy k-means++ start, scikit-learn's own default for k-means++; the seed makes it reproducible.
 KMEANS_N_INIT = 1
 
 
@@ -41,9 +43,10 @@ def retrieval_metrics(
 
     Returns ``recall@K`` for each K, ``map@r``, ``r_precision``, ``nmi`` (when ``nmi``) and
     ``num_queries_without_positive``. ``memory_budget_bytes`` bounds the working memory of the search
-    (the embeddings themselves excluded). NMI clusters with scikit-learn k-means (k = number of classes,
-    on L2-normalised rows for cosine), which costs O(n * classes * dim) per iteration: pass ``nmi=False``
-    for SOP-sized sets on CPU.
+    (the embeddings themselves excluded) and of the k-means behind NMI. NMI clusters with
+    pipeline.eval.kmeans (k = number of classes, on L2-normalised rows for cosine, on the embeddings'
+    device), which costs O(n * classes * dim) per Lloyd iteration: 18 of the 21 minutes an SOP-sized
+    evaluation took on 2 shared CPU cores (benchmarks/results/sop_eval.md); on a GPU it runs there.
     """
     check_embeddings_and_labels(embeddings, labels)
     check_distance(distance)
@@ -66,7 +69,7 @@ def retrieval_metrics(
     scored = num_positives > 0
     metrics = {name: float(values[scored].mean()) for name, values in per_query.items()}
     if nmi:
-        metrics["nmi"] = _nmi(embeddings, class_index, len(classes), distance, seed)
+        metrics["nmi"] = _nmi(embeddings, class_index, len(classes), distance, seed, memory_budget_bytes)
     metrics["num_queries_without_positive"] = num_items - int(scored.sum())
     return metrics
 
@@ -142,15 +145,48 @@ def _per_query_metrics(
     return per_query
 
 
-def _nmi(embeddings: Tensor, class_index: Tensor, num_classes: int, distance: str, seed: int) -> float:
-    # Imported here: every stage imports this module (params validation reaches it), only evaluation
-    # needs scikit-learn, and its import costs 0.6 s.
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import normalized_mutual_info_score
-
+def _nmi(
+    embeddings: Tensor, class_index: Tensor, num_classes: int, distance: str, seed: int, memory_budget_bytes: int
+) -> float:
     points = embeddings.float()
     if distance == "cosine":
         points = F.normalize(points, dim=1)
-    kmeans = KMeans(n_clusters=num_classes, n_init=KMEANS_N_INIT, random_state=seed)
-    clusters = kmeans.fit_predict(points.cpu().numpy())
-    return float(normalized_mutual_info_score(class_index.cpu().numpy(), clusters))
+    clusters = kmeans(points, num_classes, n_init=KMEANS_N_INIT, seed=seed, memory_budget_bytes=memory_budget_bytes)
+    return normalized_mutual_info(class_index, clusters.labels)
+
+
+def normalized_mutual_info(labels_true: Tensor, labels_pred: Tensor) -> float:
+    """NMI with the arithmetic-mean normaliser, MI / ((H(true) + H(pred)) / 2), natural log, in float64:
+    scikit-learn's ``normalized_mutual_info_score`` default, its limit cases included (both labelings a
+    single group: 1.0; MI exactly 0: 0.0). Computed here from the sparse contingency table because
+    importing ``sklearn.metrics`` costs each evaluation process seconds (see pipeline.eval.kmeans)."""
+    if labels_true.shape != labels_pred.shape or labels_true.ndim != 1:
+        raise ValueError(
+            f"labelings must be 1-D of one length, got {tuple(labels_true.shape)} and {tuple(labels_pred.shape)}"
+        )
+    true_ids = labels_true.long().unique(return_inverse=True)[1]
+    pred_ids = labels_pred.long().to(labels_true.device).unique(return_inverse=True)[1]
+    num_true, num_pred = int(true_ids.max()) + 1, int(pred_ids.max()) + 1
+    if num_true == num_pred == 1:
+        return 1.0
+    n = float(len(true_ids))
+    cells = (true_ids * num_pred + pred_ids).unique(return_counts=True)
+    counts = cells[1].double()
+    row_sums = torch.bincount(true_ids, minlength=num_true).double()
+    col_sums = torch.bincount(pred_ids, minlength=num_pred).double()
+    rows, cols = cells[0] // num_pred, cells[0] % num_pred
+    # MI = sum_ij n_ij / N * log(N n_ij / (a_i b_j)) over the non-empty cells, each term written and
+    # zeroed below machine epsilon as scikit-learn's mutual_info_score does, clipped at 0.
+    share = counts / n
+    terms = share * (counts.log() - math.log(n)) + share * (2 * math.log(n) - (row_sums[rows] * col_sums[cols]).log())
+    terms = torch.where(terms.abs() < torch.finfo(torch.float64).eps, 0.0, terms)
+    mi = max(float(terms.sum()), 0.0)
+    if mi == 0.0:
+        return 0.0
+    normaliser = (_entropy(row_sums, n) + _entropy(col_sums, n)) / 2
+    return mi / normaliser
+
+
+def _entropy(group_sizes: Tensor, n: float) -> float:
+    p = group_sizes[group_sizes > 0] / n
+    return float(-(p * p.log()).sum())

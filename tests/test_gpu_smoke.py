@@ -1,0 +1,241 @@
+"""GPU smoke check (`pytest -m gpu`, or scripts/gpu_smoke.sh): every recipe of tests/assets/every_recipe_params.yaml
+(SimCLR, MoCo and Proxy-Anchor teachers; a student with each transfer loss in both settings and each
+setting's own-objective control; the classifier teacher and a student with each distillation method) trains
+a few steps on CUDA through the stage code path (pipeline.train.recipes / classifier_recipes, then
+pipeline.train.loop.fit), with AMP, channels_last and the kornia augmentation on the device, each checked,
+not assumed; feature extraction and the retrieval metrics (k-means NMI included) on the device; and
+2-process NCCL DDP when two GPUs are visible. Everything here skips without CUDA.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "tests" / "assets" / "every_recipe_params.yaml"
+STEPS = 3
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def every_recipe_params(amp: str = "bf16"):
+    from pipeline.config import validate_params
+
+    raw = yaml.safe_load(PARAMS.read_text())
+    sections = [*(t["train"] for t in raw["teachers"].values()), raw["transfer"]["self_supervised"]["train"],
+                raw["transfer"]["metric_learning"]["train"], raw["classification"]["train"],
+                *(t["train"] for t in raw["classification"]["teachers"].values())]
+    for section in sections:
+        section.update(max_steps=STEPS, amp=amp, channels_last=True, log_every_steps=1)
+    return validate_params(raw)
+
+
+def recipe_ids() -> list[str]:
+    raw = yaml.safe_load(PARAMS.read_text())
+    ids = [f"teacher-{name}" for name in raw["teachers"]]
+    for setting in ("self_supervised", "metric_learning"):
+        grid = raw["transfer"][setting]["grid"]
+        ids += [f"student-{teacher}-{loss}" for teacher in grid["teacher"] for loss in grid["loss"]]
+    classification = raw["classification"]
+    ids += [f"classifier-teacher-{name}" for name in classification["teachers"]]
+    ids += [f"classifier-student-{method}" for method in classification["grid"]["method"]]
+    return ids
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """Params, the digits train split and teachers trained STEPS steps on CUDA (bf16)."""
+    from pipeline.data.loading import load_images
+    from pipeline.train import classifier_recipes, recipes
+    from pipeline.train.loop import fit
+
+    params = every_recipe_params()
+    images = load_images(params.data, "train")
+    teachers = {}
+    for name in params.teachers:
+        objective, _ = recipes.teacher_objective(params, name, images)
+        fit(objective, images, params.teachers[name].train, device="cuda",
+            samples_per_class=recipes.teacher_sampler(params, name))
+        teachers[name] = copy.deepcopy(objective.model).eval()
+    classifiers = {}
+    for name in params.classification.teachers:
+        objective, _ = classifier_recipes.classifier_teacher_objective(params, name, images)
+        fit(objective, images, params.classification.teachers[name].train, device="cuda")
+        classifiers[name] = copy.deepcopy(objective.model).eval()
+    return params, images, teachers, classifiers
+
+
+def build(recipe: str, params, images, teachers, classifiers):
+    """(objective, train section, samples_per_class) of one recipe id, as the training stages build them."""
+    from pipeline.train import classifier_recipes, recipes
+
+    kind, _, rest = recipe.partition("-")
+    if kind == "teacher":
+        objective, _ = recipes.teacher_objective(params, rest, images)
+        return objective, params.teachers[rest].train, recipes.teacher_sampler(params, rest)
+    if kind == "student":
+        teacher, _, loss = rest.partition("-")
+        section = params.transfer.of(params.teachers[teacher].setting)
+        objective, _ = recipes.transfer_objective(params, teacher, "small", loss, teachers[teacher], images)
+        sampler = getattr(section, "sampler", None)
+        return objective, section.train, sampler.samples_per_class if sampler else None
+    role, _, name = rest.partition("-")
+    if role == "teacher":
+        objective, _ = classifier_recipes.classifier_teacher_objective(params, name, images)
+        return objective, params.classification.teachers[name].train, None
+    teacher = copy.deepcopy(next(iter(classifiers.values())))
+    objective, _ = classifier_recipes.classifier_student_objective(params, "small", name, teacher, images)
+    return objective, params.classification.train, None
+
+
+class Probe:
+    """Forward hooks that record where the augmentation ran and the dtype convolutions computed in."""
+
+    def __init__(self, objective: nn.Module) -> None:
+        self.augment_devices: set[str] = set()
+        self.conv_dtypes: set[torch.dtype] = set()
+        self.handles = [objective.augment.register_forward_hook(self._augment)]
+        conv = next(m for m in objective.model.modules() if isinstance(m, nn.Conv2d))
+        self.handles.append(conv.register_forward_hook(self._conv))
+        self.conv = conv
+
+    def _augment(self, module, inputs, output) -> None:
+        self.augment_devices |= {inputs[0].device.type, output.device.type}
+
+    def _conv(self, module, inputs, output) -> None:
+        self.conv_dtypes.add(output.dtype)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def probed_fit(recipe: str, params, setup):
+    """Train one recipe on CUDA with Probe's hooks on; (objective, fit result, probe)."""
+    from pipeline.train.loop import fit
+
+    _, images, teachers, classifiers = setup
+    objective, train, samples_per_class = build(recipe, params, images, teachers, classifiers)
+    probe = Probe(objective)
+    try:
+        result = fit(objective, images, train, device="cuda", samples_per_class=samples_per_class)
+    finally:
+        probe.remove()
+    return objective, result, probe
+
+
+@pytest.mark.parametrize("recipe", recipe_ids())
+def test_recipe_trains_on_cuda_with_amp_channels_last_and_augmentation_on_the_device(recipe, setup):
+    objective, result, probe = probed_fit(recipe, setup[0], setup)
+    assert result.steps == STEPS and len(result.losses) == STEPS
+    assert all(math.isfinite(loss) for _, loss in result.losses), result.losses
+    assert all(p.device.type == "cuda" for p in objective.parameters())
+    assert probe.augment_devices == {"cuda"}, "kornia augmentation must run on the batch's device"
+    assert probe.conv_dtypes == {torch.bfloat16}, "the forward pass must run under bf16 autocast"
+    assert probe.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("recipe", ["teacher-simclr", "student-proxy_anchor-relaxed", "classifier-student-kd"])
+def test_fp16_amp_with_its_grad_scaler_trains_finite(recipe, setup):
+    _, result, probe = probed_fit(recipe, every_recipe_params(amp="fp16"), setup)
+    assert len(result.losses) == STEPS and all(math.isfinite(loss) for _, loss in result.losses), result.losses
+    assert probe.conv_dtypes == {torch.float16}
+
+
+def test_feature_extraction_and_retrieval_metrics_on_cuda_match_cpu(setup):
+    from pipeline.data.augment import build_augmentation
+    from pipeline.data.loading import load_images
+    from pipeline.eval.features import extract_features
+    from pipeline.eval.retrieval import retrieval_metrics
+
+    params, _, teachers, _ = setup
+    test = load_images(params.data, "test")
+    model = teachers["proxy_anchor"]
+    preprocess = build_augmentation("none", params.data.image_size, test.channels, test.mean, test.std)
+    on_cuda, _ = extract_features(model, test.images, batch_size=128, device="cuda", transform=preprocess)
+    on_cpu, _ = extract_features(copy.deepcopy(model).cpu(), test.images, batch_size=128, device="cpu",
+                                 transform=preprocess)
+    assert on_cuda.shape == on_cpu.shape == (len(test), model.embedding_dim)
+    assert on_cuda.dtype == torch.float32 and on_cuda.device.type == "cpu"
+    cosine = nn.functional.cosine_similarity(on_cuda, on_cpu, dim=1)
+    assert float(cosine.min()) > 0.99, "bf16 autocast features must stay close to the float32 CPU ones"
+    metrics = retrieval_metrics(on_cuda.cuda(), test.labels.cuda(), ks=(1, 2, 4))  # k-means NMI on CUDA too
+    reference = retrieval_metrics(on_cuda, test.labels, ks=(1, 2, 4))
+    for name in ("recall@1", "recall@4", "map@r"):
+        assert metrics[name] == pytest.approx(reference[name], abs=0.01), name  # near-ties may flip between devices
+    assert abs(metrics["nmi"] - reference["nmi"]) < 0.05  # different k-means random streams on CUDA
+
+
+DDP_SCRIPT = textwrap.dedent('''
+    import copy, sys
+    import torch
+    from torch import nn
+    from pipeline import losses
+    from pipeline.distributed import rank
+    from pipeline.data.loading import load_images
+    from pipeline.data.augment import build_augmentation
+    from pipeline.models.embedding_model import EmbeddingModel
+    from pipeline.models.registry import build_backbone
+    from pipeline.train import recipes
+    from pipeline.train.loop import fit
+    from pipeline.train.objectives import ProxyAnchorObjective, TransferObjective
+    from test_gpu_smoke import every_recipe_params
+    from train_support import train_config
+
+    out = sys.argv[1]
+    params = every_recipe_params()
+    data = load_images(params.data, "train")
+    # Exactness check, as tests/test_train_ddp.py on CPU: GroupNorm nets, no augmentation, float32
+    # (amp off, TF32 off), so 2 NCCL processes on a global batch of 64 must make the single-process step.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    augment = build_augmentation("none", 8, 1, data.mean, data.std)
+
+    def model(**kwargs):
+        backbone = build_backbone("small_resnet", 1, widths=(8, 16, 16), stem_stride=1,
+                                  norm_layer=lambda c: nn.GroupNorm(4, c))
+        return EmbeddingModel(backbone, **kwargs)
+
+    config = train_config(epochs=1, max_steps=1, batch_size=64, lr=0.5, momentum=0.0, weight_decay=0.0, amp="off")
+    torch.manual_seed(0)
+    teacher = model(projection="simclr", projection_dim=8)
+    transfer = TransferObjective(model(embedding_dim=6), teacher, augment, losses.build("relaxed_contrastive"),
+                                 teacher_embedding_kind="projection")
+    proxy = ProxyAnchorObjective(model(embedding_dim=6), augment,
+                                 losses.build("proxy_anchor", num_classes=10, embedding_dim=6))
+    states = {}
+    for name, objective in (("transfer", transfer), ("proxy_anchor", proxy)):
+        before = {k: v.detach().cpu().clone() for k, v in objective.state_dict().items()}
+        result = fit(objective, data, config, device="cuda")
+        after = {k: v.detach().cpu().clone() for k, v in objective.state_dict().items()}
+        states[name] = {"before": before, "after": after, "loss": result.losses[0][1]}
+    # Smoke: the real teacher recipe (BatchNorm -> SyncBatchNorm under CUDA DDP, bf16, kornia on device).
+    objective, _ = recipes.teacher_objective(params, "simclr", data)
+    result = fit(objective, data, params.teachers["simclr"].train, device="cuda")
+    states["simclr_losses"] = [loss for _, loss in result.losses]
+    states["sync_batchnorm"] = sum(isinstance(m, nn.SyncBatchNorm) for m in objective.modules())
+    states["backend"] = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+    if rank() == 0:
+        torch.save(states, out)
+''')
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="2-process NCCL DDP needs two visible GPUs")
+def test_two_nccl_processes_match_one_process_on_the_global_batch(tmp_path):
+    from test_train_ddp import assert_same_step, run
+
+    single, distributed = run(tmp_path, 1, DDP_SCRIPT), run(tmp_path, 2, DDP_SCRIPT)
+    assert distributed["backend"] == "nccl" and single["backend"] is None
+    assert distributed["sync_batchnorm"] > 0 and single["sync_batchnorm"] == 0
+    assert all(math.isfinite(loss) for loss in distributed["simclr_losses"])
+    # float32 without TF32: NCCL's reduction order differs from one process's sums; 10x the CPU bound.
+    assert_same_step(single, distributed, ("transfer", "proxy_anchor"), loss_rtol=1e-4, update_rtol=1e-3,
+                     update_atol=1e-6)
