@@ -8,6 +8,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -174,7 +175,8 @@ def test_stages_of_one_dvc_invocation_share_a_run_group(tmp_path):
 HANGING_RUN = textwrap.dedent('''
     import time
     from pipeline import tracking
-    with tracking.start_run("orphan-stage", system_metrics=False):
+    with tracking.start_run("orphan-stage", system_metrics=False) as run:
+        assert run.run_id  # waits until the agent has created the run
         print("open", flush=True)
         time.sleep(600)
 ''')
@@ -206,3 +208,132 @@ def test_run_of_a_sigkilled_process_is_marked_killed_by_the_next_run_of_its_stag
     assert status.pop(alive.info.run_id) == "RUNNING" and status.pop(elsewhere.info.run_id) == "RUNNING"
     assert list(status.values()) == ["FINISHED"]
     assert client.get_run(orphan.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
+
+
+def test_importing_tracking_imports_no_mlflow():
+    """MLflow's import (2-4 s here) happens in the run's agent, beside the stage's work, not in the stage."""
+    check = "import sys, pipeline.tracking; print(sorted(m for m in sys.modules if m.startswith('mlflow')))"
+    out = subprocess.run([sys.executable, "-c", check], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+ENDINGS = textwrap.dedent('''
+    import os, sys
+    from concurrent.futures import ThreadPoolExecutor
+    import psutil
+    from pipeline import tracking
+
+    def run(ending):
+        try:
+            with tracking.start_run(f"agent-{ending}", params={"a": {"b": 1}},
+                                    system_metrics=False) as logger:
+                logger.log_metrics({"train/loss": 2.0}, step=1)
+                if ending == "failed":
+                    raise ValueError("boom")
+                if ending == "killed":
+                    raise KeyboardInterrupt
+        except (ValueError, KeyboardInterrupt):
+            pass
+
+    with ThreadPoolExecutor(3) as pool:  # three runs, three agents at once
+        list(pool.map(run, ("finished", "failed", "killed")))
+    mlflow_modules = sorted(m for m in sys.modules if m.startswith("mlflow"))
+    print(mlflow_modules, len(psutil.Process().children()), os.getpid())
+''')
+
+
+def test_run_status_through_the_agent_process(store):
+    """A stage process never imports MLflow: each run is written by an agent process, which ends with it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), tracking.RUN_GROUP_ENV: "agent-status"}
+    out = subprocess.run([sys.executable, "-c", ENDINGS], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    modules, agents, pid = out.stdout.split()
+    assert modules == "[]" and agents == "0"  # no MLflow module here, no agent left behind
+    for ending, status in (("finished", "FINISHED"), ("failed", "FAILED"), ("killed", "KILLED")):
+        (tracked,) = runs_of_stage(store, f"agent-{ending}")
+        assert tracked.info.status == status
+        assert tracked.data.params == {"a.b": "1"} and tracked.data.metrics["train/loss"] == 2.0
+        assert tracked.data.tags[tracking.OWNER_TAG].split(":")[1] == pid  # the stage's, not its agent's
+
+
+def not_a_database(tmp_path: Path) -> Path:
+    """A store check_tracking_store passes (its folder is writable) and MLflow refuses when it opens it."""
+    database = tmp_path / "mlflow.db"
+    database.write_bytes(b"not an SQLite database\n" * 64)
+    return database
+
+
+def test_a_store_failing_in_the_agent_fails_in_one_line_at_the_first_wait(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{not_a_database(tmp_path)}")
+    artifact = tmp_path / "figure.txt"
+    artifact.write_text("a figure")
+    reached = []
+    # start_run returns before the agent has failed; the first call that waits for it raises
+    with pytest.raises(tracking.TrackingUnavailableError) as failure:
+        with tracking.start_run("broken-store", system_metrics=False) as run:
+            reached.append("body")
+            run.log_artifact(artifact)  # waits for the agent
+            reached.append("after the first wait")
+    assert reached == ["body"]
+    message = str(failure.value)
+    assert "\n" not in message and "opening the run failed" in message and "not a database" in message
+    with pytest.raises(tracking.TrackingUnavailableError, match="opening the run failed"):
+        with tracking.start_run("broken-store", system_metrics=False):
+            pass  # a block that never waits meets the failure at its end
+
+
+BROKEN_STAGE = textwrap.dedent('''
+    import sys
+    from pathlib import Path
+    from pipeline import tracking
+    out = Path(sys.argv[1])
+    with tracking.start_run("broken-stage", system_metrics=False) as run:
+        for step in range(3):
+            run.log_metrics({"train/loss": 1.0}, step=step)
+        (out / "computed").write_text("")
+    (out / "metrics.json").write_text("{}")  # what a stage writes after its block
+''')
+
+
+def test_a_stage_whose_agent_fails_writes_no_outputs_after_its_block(tmp_path):
+    uri = f"sqlite:///{not_a_database(tmp_path)}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
+    out = subprocess.run([sys.executable, "-c", BROKEN_STAGE, str(tmp_path)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 1
+    assert (tmp_path / "computed").exists() and not (tmp_path / "metrics.json").exists()
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("pipeline.tracking.TrackingUnavailableError: MLflow store sqlite:///")
+    assert "opening the run failed" in last and "not a database" in last
+
+
+PRESTARTED = textwrap.dedent('''
+    import sys
+    from pipeline import tracking
+    tracking.prestart_agent()  # as stages.common.run_stage does, before the stage's own start-up
+    agent = tracking._prestarted[1]
+    print(agent.pid, flush=True)
+    if sys.argv[1] == "run":
+        with tracking.start_run("prestarted", system_metrics=False) as run:
+            run.log_metrics({"train/loss": 1.0}, step=1)
+            print(run.call_in_agent("os:getpid"), flush=True)  # runs in the agent: that one
+        print(agent.poll(), flush=True)  # and it ended with the run
+''')
+
+
+def test_a_prestarted_agent_serves_the_run_or_ends_with_a_process_that_opens_none(store):
+    env = {**os.environ, "PYTHONPATH": str(REPO), tracking.RUN_GROUP_ENV: "prestarted"}
+    out = subprocess.run([sys.executable, "-c", PRESTARTED, "run"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    agent, served_by, ended = out.stdout.split()
+    assert served_by == agent and ended == "0"
+    (tracked,) = runs_of_stage(store, "prestarted")
+    assert tracked.info.status == "FINISHED" and tracked.data.metrics["train/loss"] == 1.0
+
+    out = subprocess.run([sys.executable, "-c", PRESTARTED, "exit"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    psutil.Process(int(out.stdout)).wait(timeout=30)  # gone once it read the end of its socket
