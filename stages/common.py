@@ -26,7 +26,14 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
     The process then ends with ``os._exit``: every output is written and closed and the MLflow run is
     terminated by then, and the interpreter's teardown of torch, mlflow and friends cost 1.1-1.8 s per
     stage here (40 stages in the default run). A bug's traceback still takes the normal path.
+
+    MLflow's import and the opening of the stage's run start first, in the run's agent process, beside
+    the stage's own start-up (`pipeline.tracking.prestart_agent`).
     """
+    quiet_libraries()  # before the agent imports MLflow
+    from pipeline import tracking
+
+    tracking.prestart_agent()
     try:
         _run_mapped(main)
         code = 0
