@@ -17,7 +17,6 @@ def main(argv: list[str]) -> None:
     from pipeline import tracking
     from pipeline.comparison import write_comparison
     from pipeline.config import SETTINGS, flatten
-    from pipeline.mlflow_views import publish_report
     from pipeline.outputs import REPORTS
     from pipeline.report import build_report
 
@@ -34,11 +33,14 @@ def main(argv: list[str]) -> None:
         figures = sorted((REPORTS / "figures").glob("*.png"))
         for figure in figures:
             run.log_artifact(figure)
-        run_id = run.run_id
-    # The invocation's parent run shows the report too: results.md, its figures (where results.md's links
-    # point), the headline file and its numbers as metrics (comparable across dvc exp run parents).
-    files = [(REPORTS / "results.md", None), (REPORTS / "headline.json", None), *((f, "figures") for f in figures)]
-    publish_report(run_id, files, flatten(headline), {**tags, "method": "pipeline"})
+        # The invocation's parent run shows the report too: results.md, its figures (where results.md's
+        # links point), the headline file and its numbers as metrics (comparable across dvc exp run
+        # parents). The run's agent logs them, so that this process never imports MLflow.
+        files = [(REPORTS / "results.md", None), (REPORTS / "headline.json", None),
+                 *((f, "figures") for f in figures)]
+        run.call_in_agent("pipeline.mlflow_views:publish_report", run.run_id,
+                          [(str(path.resolve()), folder) for path, folder in files], flatten(headline),
+                          {**tags, "method": "pipeline"})
     write_json(REPORTS / "summary.json", summary)
 
 
