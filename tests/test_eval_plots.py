@@ -9,7 +9,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from pipeline.eval.curves import recall_at_k_plot, recall_at_k_values
-from pipeline.eval.plots import embedding_map_png, retrieval_grid_png
+from pipeline.eval.plots import CORRECT, QUERY, WRONG, embedding_map_png, retrieval_grid_png
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def clustered_images(n: int = 40):
 def test_retrieval_grid_marks_neighbours_like_brute_force(tmp_path):
     images, embeddings, labels = clustered_images()
     path = tmp_path / "grid.png"
-    queries, neighbours, correct = retrieval_grid_png(path, images, embeddings, labels, n_queries=5, k=4)
+    queries, neighbours, correct, captions = retrieval_grid_png(path, images, embeddings, labels, n_queries=5, k=4)
     picture = matplotlib.image.imread(path)
     assert picture.ndim == 3 and picture.shape[0] > 100 and picture.shape[1] > 100
     distances = torch.cdist(embeddings.double(), embeddings.double())
@@ -40,7 +40,18 @@ def test_retrieval_grid_marks_neighbours_like_brute_force(tmp_path):
         expected = distances[query].argsort()[:4]
         assert torch.equal(neighbours[row], expected)
         assert torch.equal(correct[row], labels[expected] == labels[query])
+        assert captions[row] == [f"class {int(labels[i])}" for i in [query, *expected.tolist()]]
     assert len(set(queries.tolist())) == 5
+    # The frames carry the verdicts: pixels of the exact frame colours, counted in the PNG, come in the
+    # proportion of correct to wrong neighbours (and one blue frame per query).
+    rgb = (picture[..., :3] * 255).round().astype(int)
+    count = {name: int((rgb == np.array(tuple(int(h[i:i + 2], 16) for i in (1, 3, 5)))).all(-1).sum())
+             for name, h in (("correct", CORRECT), ("wrong", WRONG), ("query", QUERY))}
+    hits = int(correct.sum())
+    per_frame = count["query"] / len(queries)
+    assert per_frame > 100
+    assert count["correct"] == pytest.approx(hits * per_frame, rel=0.15)
+    assert count["wrong"] == pytest.approx((correct.numel() - hits) * per_frame, rel=0.15)
 
 
 def test_retrieval_grid_accepts_grey_float_images(tmp_path):
