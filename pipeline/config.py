@@ -417,7 +417,11 @@ class MlflowConfig(Strict):
 
 
 class Params(Strict):
+    # `seed`: the teachers and the evaluation protocol (probe subsample, its validation split), so every
+    # replica is scored on the same sample; `seeds`: the replicas of each student stage (dvc.yaml's
+    # matrix), each seed its own initial weights, augmentation stream and batch order.
     seed: Annotated[int, Field(ge=0)] = 0
+    seeds: tuple[Annotated[int, Field(ge=0, strict=True)], ...]
     data: DataConfig
     teachers: dict[str, TeacherConfig]
     students: dict[str, StudentConfig]
@@ -426,6 +430,24 @@ class Params(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     classification: ClassificationConfig = ClassificationConfig()
     mlflow: MlflowConfig = MlflowConfig()
+
+    @field_validator("seeds")
+    @classmethod
+    def _replicas(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        """Each seed names a replica's stage and folder (`-seed<N>`): at least one, none twice."""
+        if not seeds:
+            raise ValueError("needs at least one seed (each one replicates the student stages)")
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seeds {repeated} are listed twice (each seed is one replica)")
+        return seeds
+
+    def replica_seed(self, seed: int) -> int:
+        """A student stage's `--seed`, which must be one of `seeds`: a replica outside them would train a
+        model that no report and no dvc.yaml stage reads."""
+        if seed not in self.seeds:
+            raise ConfigError(f"--seed {seed} is not one of params.yaml's seeds {list(self.seeds)}")
+        return seed
 
     @model_validator(mode="after")
     def _cross_references(self) -> "Params":

@@ -47,6 +47,36 @@ def test_paper_scale_profiles_validate(profile):
     load_params(profile)
 
 
+def test_every_profile_replicates_its_students_over_seeds():
+    """cpu_study is the multi-seed study (issue 14); the paper-scale profiles and the default run one seed."""
+    for path in sorted((ROOT / "profiles").glob("*.yaml")) + [ROOT / "params.yaml"]:
+        assert load_params(path).seeds == ((0, 1, 2, 3, 4) if path.stem == "cpu_study" else (0,)), path.name
+
+
+@pytest.mark.parametrize("seeds, key, reason", [
+    ([], "seeds", "at least one seed"),
+    ([0, 2, 2], "seeds", "seeds [2] are listed twice"),
+    ([0, -1], "seeds.1", "greater than or equal to 0"),
+    ([0, True], "seeds.1", "valid integer"),
+    ([0, "1"], "seeds.1", "valid integer"),
+    (0, "seeds", "valid tuple"),
+    (None, "seeds", "required key is missing"),
+])
+def test_bad_seeds_are_refused_on_one_line_naming_seeds(seeds, key, reason):
+    def edit(raw):
+        raw.pop("seeds") if seeds is None else raw.update(seeds=seeds)
+
+    message = error_of(broken(edit))
+    assert message.startswith(f"params.yaml: {key}:") and reason in message, message
+
+
+def test_a_stage_seed_must_be_one_of_seeds():
+    params = validate_params(broken(lambda raw: raw.update(seeds=[3, 5])))
+    assert params.replica_seed(5) == 5
+    with pytest.raises(ConfigError, match=r"^--seed 0 is not one of params.yaml's seeds \[3, 5\]$"):
+        params.replica_seed(0)
+
+
 def test_misspelt_key_names_dotted_path_and_suggests():
     def edit(raw):
         raw["teachers"]["simclr"]["trian"] = raw["teachers"]["simclr"].pop("train")

@@ -81,7 +81,7 @@ def renaming_teacher(new_name: str):
 
 # (case id, stage command, change to the tiny profile or raw params.yaml text, texts the line must name)
 PARAM_CASES = [
-    ("misspelt top-level key", PREPARE, renaming("seed", "seeds"), ["seeds", "unknown key", "'seed'"]),
+    ("misspelt top-level key", PREPARE, renaming("seed", "sed"), ["sed", "unknown key", "'seed'"]),
     ("misspelt key at depth 2", PREPARE, renaming("data.image_size", "image_sise"),
      ["data.image_sise", "data.image_size"]),
     ("misspelt key at depth 4", TEACHER, renaming("teachers.simclr.model.widths", "widhts"),
