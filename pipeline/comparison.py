@@ -9,7 +9,8 @@
   ``model.pt``, written by the training session). One file per kind rather than a list of per-model
   files in dvc.yaml, so every profile's grids plot without editing dvc.yaml.
 
-Models are those of the grids in params.yaml, in grid order; a missing file is an error naming it.
+Models are those of the grids in params.yaml, in grid order, each student once per seed of ``seeds``
+(``simclr-small-relaxed-seed0``); a missing file is an error naming it.
 """
 from __future__ import annotations
 
@@ -30,13 +31,15 @@ CLASSIFIER_KEYS = ("top1",)
 @dataclass(frozen=True)
 class Model:
     """One trained (or raw-pixels) model of this run: `kind` is pixels, teacher, student, classifier_teacher
-    or classifier_student; `method` the loss (students), the objective (teachers) or "pixels"."""
+    or classifier_student; `method` the loss (students), the objective (teachers) or "pixels"; `seed` the
+    seed it trained under (a student's replica seed, else params.yaml's `seed`)."""
 
     model_id: str
     setting: str
     teacher: str
     method: str
     kind: str
+    seed: int
     folder: Path  # where its metrics.json is (eval folder; the training folder for classifiers)
     train_folder: Path | None = None  # where its loss.json is (students)
 
@@ -47,24 +50,27 @@ def models(params) -> list[Model]:
     for setting in SETTINGS:
         grid = params.transfer.of(setting).grid
         for teacher in grid.teacher:
-            found.append(Model(pixels_id(teacher), setting, teacher, "pixels", "pixels", eval_dir(pixels_id(teacher))))
+            found.append(Model(pixels_id(teacher), setting, teacher, "pixels", "pixels", params.seed,
+                               eval_dir(pixels_id(teacher))))
             found.append(Model(teacher_id(teacher), setting, teacher, params.teachers[teacher].method, "teacher",
-                               eval_dir(teacher_id(teacher))))
+                               params.seed, eval_dir(teacher_id(teacher))))
             for student in grid.student:
                 for loss in grid.loss:
-                    model = student_id(teacher, student, loss)
-                    found.append(Model(model, setting, teacher, loss, "student", eval_dir(model),
-                                       student_dir(teacher, student, loss)))
+                    for seed in params.seeds:
+                        model = student_id(teacher, student, loss, seed)
+                        found.append(Model(model, setting, teacher, loss, "student", seed, eval_dir(model),
+                                           student_dir(teacher, student, loss, seed)))
     grid = params.classification.grid
     if grid.student:
         for teacher in grid.teacher:
             found.append(Model(f"classification-teacher-{teacher}", "classification", teacher, "cross_entropy",
-                               "classifier_teacher", classifier_teacher_dir(teacher)))
+                               "classifier_teacher", params.seed, classifier_teacher_dir(teacher)))
             for student in grid.student:
                 for method in grid.method:
-                    folder = classifier_student_dir(teacher, student, method)
-                    found.append(Model(student_id(teacher, student, method), "classification", teacher, method,
-                                       "classifier_student", folder, folder))
+                    for seed in params.seeds:
+                        folder = classifier_student_dir(teacher, student, method, seed)
+                        found.append(Model(student_id(teacher, student, method, seed), "classification", teacher,
+                                           method, "classifier_student", seed, folder, folder))
     return found
 
 
@@ -92,7 +98,8 @@ def plot_tables(params) -> dict[str, list[dict[str, Any]]]:
     transfer_loss: list[dict[str, Any]] = []
     classifier_loss: list[dict[str, Any]] = []
     for model in models(params):
-        label = {"model": model.model_id, "setting": model.setting, "teacher": model.teacher, "method": model.method}
+        label = {"model": model.model_id, "setting": model.setting, "teacher": model.teacher, "method": model.method,
+                 "seed": model.seed}
         if not model.kind.startswith("classifier"):
             for k, value in recall_at_k_values(_read(model.folder / "metrics.json")):
                 recall.append({**label, "k": k, "recall": value})

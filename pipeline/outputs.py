@@ -22,16 +22,29 @@ def pixels_id(teacher: str) -> str:
     return f"pixels-{teacher}"
 
 
-def student_id(teacher: str, student: str, loss: str) -> str:
+def grid_id(teacher: str, student: str, loss: str) -> str:
+    """One cell of a grid (teacher, student, loss or classification method), the same over its seeds: the
+    report aggregates the replicas of a cell under this name."""
     return f"{teacher}-{student}-{loss}"
+
+
+def student_id(teacher: str, student: str, loss: str, seed: int) -> str:
+    """One trained student: its grid cell and the replica's seed (`simclr-small-relaxed-seed0`)."""
+    return f"{grid_id(teacher, student, loss)}-seed{seed}"
+
+
+def student_stage(stage: str, teacher: str, student: str, loss: str, seed: int) -> str:
+    """The DVC name of a student's matrix stage, which joins the item's values with '-'
+    (`transfer@simclr-small-relaxed-0`): what `DVC_STAGE` holds, for a stage run by hand."""
+    return f"{stage}@{grid_id(teacher, student, loss)}-{seed}"
 
 
 def teacher_dir(teacher: str) -> Path:
     return OUTPUTS / "teachers" / teacher
 
 
-def student_dir(teacher: str, student: str, loss: str) -> Path:
-    return OUTPUTS / "students" / student_id(teacher, student, loss)
+def student_dir(teacher: str, student: str, loss: str, seed: int) -> Path:
+    return OUTPUTS / "students" / student_id(teacher, student, loss, seed)
 
 
 def eval_dir(model_id: str) -> Path:
@@ -42,8 +55,8 @@ def classifier_teacher_dir(teacher: str) -> Path:
     return OUTPUTS / "classification" / "teachers" / teacher
 
 
-def classifier_student_dir(teacher: str, student: str, method: str) -> Path:
-    return OUTPUTS / "classification" / student_id(teacher, student, method)
+def classifier_student_dir(teacher: str, student: str, method: str, seed: int) -> Path:
+    return OUTPUTS / "classification" / student_id(teacher, student, method, seed)
 
 
 def write_json(path: Path, payload: Any) -> None:

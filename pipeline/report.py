@@ -1,15 +1,17 @@
-"""The results report: the paper's Table 1 shape, built only from the metrics files of one run."""
+"""The results report, built only from the metrics files of one run: every setting over seeds (mean, 95%
+CI, paired differences: `pipeline.seed_report`), then every model in the paper's Table 1 shape."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from pipeline.config import SETTINGS
+from pipeline.config import SETTINGS, Params
 from pipeline.eval.curves import recall_at_k_plot
-from pipeline.outputs import (classifier_student_dir, classifier_teacher_dir, eval_dir, pixels_id, student_id,
-                              teacher_id)
+from pipeline.outputs import (classifier_student_dir, classifier_teacher_dir, eval_dir, grid_id, pixels_id,
+                              student_id, teacher_id)
+from pipeline.seed_report import SeedRow, seed_section
 
 Column = tuple[str, str, str]  # (metrics key, column title, format)
 
@@ -90,15 +92,138 @@ def _label(student: str, loss: str, loss_names: dict[str, str]) -> str:
     return f"{student} student, {loss} ({loss_names.get(loss, loss)})"
 
 
-def build_report(params, out_dir: Path) -> tuple[str, dict[str, float]]:
-    """Markdown report and a flat summary from the evaluation metrics of every model in the grids.
+def _replica(label: str, seed: int) -> str:
+    return f"{label}, seed {seed}"
 
-    Sections: one per teacher, holding raw pixels, the teacher, then each student of the grid.
+
+RELAXED = "relaxed_contrastive"  # the loss every other method of a grid is compared with, paired by seed
+
+
+def _compared(methods: Sequence[str], loss_of: dict[str, str | None]) -> tuple[str, list[str]]:
+    """The reference method (the grid's first relaxed-contrastive entry) and its baselines (every other
+    method of the grid); no baselines where the grid has no relaxed entry."""
+    relaxed = [m for m in methods if loss_of.get(m) == RELAXED]
+    if not relaxed:
+        return RELAXED, []
+    return relaxed[0], [m for m in methods if m != relaxed[0]]
+
+
+def _per_seed(params: Params, folder_of: Callable[[int], Path]) -> dict[int, dict[str, Any]]:
+    """seed -> the metrics file of that replica, for every seed of `seeds` (a missing one is an error)."""
+    return {seed: read_metrics(folder_of(seed) / "metrics.json") for seed in params.seeds}
+
+
+def _mean_metrics(per_seed: dict[int, dict[str, Any]]) -> dict[str, float]:
+    """The mean over seeds of every numeric metric all replicas report (the Recall@K figure's curves)."""
+    keys = set.intersection(*(set(m) for m in per_seed.values()))
+    return {k: sum(float(m[k]) for m in per_seed.values()) / len(per_seed) for k in sorted(keys)
+            if all(isinstance(m[k], (int, float)) and not isinstance(m[k], bool) for m in per_seed.values())}
+
+
+def transfer_seed_rows(params: Params, setting: str, teacher: str) -> list[SeedRow]:
+    """Raw pixels and the teacher (single runs, under `seed`), then every (student, loss) of the setting's
+    grid over `seeds`, each student's rows a group of their own (methods are compared within a student)."""
+    grid = params.transfer.of(setting).grid
+    t = params.teachers[teacher]
+    loss_names = {name: loss.name for name, loss in params.losses.items()}
+    teacher_metrics = read_metrics(eval_dir(teacher_id(teacher)) / "metrics.json")
+    rows = [SeedRow("raw pixels", None, {params.seed: read_metrics(eval_dir(pixels_id(teacher)) / "metrics.json")},
+                    key=pixels_id(teacher)),
+            SeedRow(f"teacher ({t.model.backbone})", None, {params.seed: teacher_metrics}, key=teacher_id(teacher))]
+    for student in grid.student:
+        for loss in grid.loss:
+            per_seed = _per_seed(params, lambda seed: eval_dir(student_id(teacher, student, loss, seed)))
+            label = _label(student, loss, loss_names)
+            if setting == "metric_learning":
+                where = table1_setting(t.model, params.students[student].model, teacher_metrics,
+                                       per_seed[params.seeds[0]])
+                label = f"{student} student ({TABLE1_SHORT[where]}), {loss} ({loss_names.get(loss, loss)})"
+            rows.append(SeedRow(label, loss, per_seed, key=grid_id(teacher, student, loss),
+                                group=f"{teacher}-{student}"))
+    return rows
+
+
+def classification_seed_rows(params: Params, teacher: str) -> list[SeedRow]:
+    """The classifier teacher (a single run, under `seed`), then every (student, method) over `seeds`."""
+    section = params.classification
+    grid = section.grid
+    rows = [SeedRow(f"teacher {teacher} ({section.teachers[teacher].model.backbone})", None,
+                    {params.seed: read_metrics(classifier_teacher_dir(teacher) / "metrics.json")},
+                    key=f"teacher-{teacher}")]
+    for student in grid.student:
+        for method in grid.method:
+            loss = section.methods[method].loss or "cross-entropy only"
+            per_seed = _per_seed(params, lambda seed: classifier_student_dir(teacher, student, method, seed))
+            rows.append(SeedRow(f"{student} student, {method} ({loss})", method, per_seed,
+                                key=grid_id(teacher, student, method), group=f"{teacher}-{student}"))
+    return rows
+
+
+SEED_COLUMNS = (("probe_top1", "Probe top-1", "pct"), ("knn_top1", "kNN top-1", "pct"),
+                ("recall@1", "R@1", "pct"), ("map@r", "MAP@R", "pct"), ("r_precision", "R-Prec", "pct"),
+                ("nmi", "NMI", "pct"), ("embedding_dim", "Dim", "int"), ("parameters", "Params", "params"))
+
+
+def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, float | int]]:
+    """Every setting over seeds (`pipeline.seed_report`): per teacher, mean and 95% CI of each metric, the
+    relaxed student minus each baseline paired by seed with its verdict, a figure, and the summary keys
+    ``<setting>.<model>.<metric>.*`` and ``<setting>.<teacher>-<student>.relaxed_vs_<baseline>.<metric>.*``."""
+    loss_of = {name: loss.name for name, loss in params.losses.items()}
+    parts: list[str] = []
+    summary: dict[str, float | int] = {}
+    for setting in SETTINGS:
+        grid = params.transfer.of(setting).grid
+        reference, baselines = _compared(grid.loss, loss_of)
+        for teacher in grid.teacher:
+            t = params.teachers[teacher]
+            classes = ("all classes" if t.train_classes is None
+                       else f"trained on classes {list(t.train_classes)}, evaluated on the others")
+            name = "Table 1" if setting == "metric_learning" else "Self-supervised"
+            title = f"{name} over seeds: {teacher} teacher ({t.method}), {classes}"
+            figure = out_dir / f"seeds_{teacher}.png"
+            text, numbers = seed_section(setting, title, transfer_seed_rows(params, setting, teacher),
+                                         reference=reference, baselines=baselines, figure_path=figure,
+                                         figure_link=str(figure.relative_to(out_dir.parent)), columns=SEED_COLUMNS)
+            parts.append(text)
+            summary.update(numbers)
+    section = params.classification
+    reference, baselines = _compared(section.grid.method, {m: c.loss for m, c in section.methods.items()})
+    for teacher in section.grid.teacher if section.grid.student else ():
+        figure = out_dir / f"seeds_classification_{teacher}.png"
+        text, numbers = seed_section("classification", f"Classification over seeds: {teacher} teacher, the loss "
+                                     "as a distillation term beside cross-entropy",
+                                     classification_seed_rows(params, teacher), reference=reference,
+                                     baselines=baselines, figure_path=figure,
+                                     figure_link=str(figure.relative_to(out_dir.parent)),
+                                     columns=CLASSIFICATION_COLUMNS, metrics=("top1",))
+        parts.append(text)
+        summary.update(numbers)
+    return parts, summary
+
+
+def build_report(params: Params, out_dir: Path) -> tuple[str, dict[str, float | int]]:
+    """Markdown report and its summary (`seed_sections`) from the metrics files of every model in the grids.
+
+    First each setting over seeds, then every model on its own line (each replica of each student): one
+    section per teacher (raw pixels, the teacher, its students), Table 1, classification.
     """
     loss_names = {name: loss.name for name, loss in params.losses.items()}
     columns = retrieval_columns(params.evaluation.retrieval.ks)
-    sections: list[tuple[str, list[ResultRow]]] = []
-    summary: dict[str, float] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seeds = ", ".join(str(s) for s in params.seeds)
+    parts = ["# Results", "",
+             f"Dataset `{params.data.name}`; retrieval distance `{params.evaluation.retrieval.distance}`; "
+             "percentages on the test split, final epoch of every model (no test-set model selection). "
+             "Probe and kNN are fitted on a seeded subsample of the train split "
+             f"({params.evaluation.probe.train_samples or 'all'} images).", "",
+             f"Seeds: every student is trained once per seed of `seeds` ({seeds}), which sets its initial "
+             "weights, augmentation stream and batch order; raw pixels and the teachers are single runs under "
+             f"`seed` ({params.seed}), which also fixes the evaluation protocol (probe subsample and its "
+             "validation split), so every replica is scored on the same sample and methods are compared "
+             "paired by seed.", ""]
+    seed_parts, summary = seed_sections(params, out_dir)
+    parts += seed_parts
+    parts += ["# Every model", "", "One line per model and replica; the sections above aggregate them.", ""]
     for setting in SETTINGS:
         grid = params.transfer.of(setting).grid
         for teacher in grid.teacher:
@@ -107,44 +232,33 @@ def build_report(params, out_dir: Path) -> tuple[str, dict[str, float]]:
                 title = f"{teacher} teacher ({t.method}), all classes"
             else:
                 title = f"{teacher} teacher ({t.method}), trained on classes {list(t.train_classes)}, evaluated on the others"
-            model_ids = [pixels_id(teacher), teacher_id(teacher)] + [
-                student_id(teacher, s, loss) for s in grid.student for loss in grid.loss]
-            labels = ["raw pixels", f"teacher ({t.model.backbone})"] + [
-                _label(s, loss, loss_names) for s in grid.student for loss in grid.loss]
-            rows = [ResultRow(title, label, read_metrics(eval_dir(model_id) / "metrics.json"))
-                    for label, model_id in zip(labels, model_ids)]
-            sections.append((teacher, rows))
-            for row, model_id in zip(rows, model_ids):
-                for key in ("recall@1", "map@r", "probe_top1"):
-                    if key in row.metrics:
-                        summary[f"{model_id}.{key}"] = float(row.metrics[key])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parts = ["# Results", "",
-             f"Dataset `{params.data.name}`; retrieval distance `{params.evaluation.retrieval.distance}`; "
-             "percentages on the test split, final epoch of every model (no test-set model selection). "
-             "Probe and kNN are fitted on a seeded subsample of the train split "
-             f"({params.evaluation.probe.train_samples or 'all'} images).", ""]
-    for teacher, rows in sections:
-        figure = out_dir / f"recall_{teacher}.png"
-        recall_at_k_plot(figure, {row.label: row.metrics for row in rows})
-        parts += [f"## {rows[0].section}", "", results_table(rows, columns), "", f"![Recall@K]({figure.relative_to(out_dir.parent)})", ""]
+            curves = {"raw pixels": read_metrics(eval_dir(pixels_id(teacher)) / "metrics.json"),
+                      f"teacher ({t.model.backbone})": read_metrics(eval_dir(teacher_id(teacher)) / "metrics.json")}
+            rows = [ResultRow(title, label, metrics) for label, metrics in curves.items()]
+            for student in grid.student:
+                for loss in grid.loss:
+                    per_seed = _per_seed(params, lambda seed: eval_dir(student_id(teacher, student, loss, seed)))
+                    label = _label(student, loss, loss_names)
+                    rows += [ResultRow(title, _replica(label, seed), m) for seed, m in per_seed.items()]
+                    mean = f" (mean of {len(per_seed)} seeds)" if len(per_seed) > 1 else ""
+                    curves[label + mean] = _mean_metrics(per_seed)
+            figure = out_dir / f"recall_{teacher}.png"
+            recall_at_k_plot(figure, curves)
+            parts += [f"## {title}", "", results_table(rows, columns), "",
+                      f"![Recall@K]({figure.relative_to(out_dir.parent)})", ""]
     for teacher in params.transfer.metric_learning.grid.teacher:
         parts += table1_section(params, teacher, loss_names)
-    classification = params.classification.grid
-    if classification.student:
-        rows = classification_rows(params)
+    if params.classification.grid.student:
         parts += ["## Classification: the loss as a distillation term beside cross-entropy", "",
-                  results_table(rows, CLASSIFICATION_COLUMNS), ""]
-        for row in rows:
-            summary[f"classification.{row.label}.top1"] = float(row.metrics["top1"])
+                  results_table(classification_rows(params), CLASSIFICATION_COLUMNS), ""]
     return "\n".join(parts), summary
 
 
 CLASSIFICATION_COLUMNS = (("top1", "Top-1", "pct"), ("top5", "Top-5", "pct"), ("parameters", "Params", "params"))
 
 
-def classification_rows(params) -> list[ResultRow]:
-    """Teacher, then each (student, method) of the classification grid, in grid order."""
+def classification_rows(params: Params) -> list[ResultRow]:
+    """Teacher, then each replica of each (student, method) of the classification grid, in grid order."""
     grid = params.classification.grid
     rows = []
     for teacher in grid.teacher:
@@ -153,8 +267,9 @@ def classification_rows(params) -> list[ResultRow]:
         for student in grid.student:
             for method in grid.method:
                 loss = params.classification.methods[method].loss or "cross-entropy only"
-                rows.append(ResultRow(title, f"{student} student, {method} ({loss})",
-                                      read_metrics(classifier_student_dir(teacher, student, method) / "metrics.json")))
+                for seed in params.seeds:
+                    metrics = read_metrics(classifier_student_dir(teacher, student, method, seed) / "metrics.json")
+                    rows.append(ResultRow(title, _replica(f"{student} student, {method} ({loss})", seed), metrics))
     return rows
 
 
@@ -165,6 +280,8 @@ TABLE1_SETTINGS = {
     "compression": "Compression: a smaller network, fewer dimensions",
     "other": "Other students (not one of the paper's three settings)",
 }
+TABLE1_SHORT = {"self_transfer": "self-transfer", "dim_reduction": "dimensionality reduction",
+                "compression": "compression", "other": "other"}
 TABLE1_KEYS = ("embedding_dim", "parameters")
 
 
@@ -187,8 +304,8 @@ def table1_setting(teacher_model, student_model, teacher_metrics: dict, student_
 
 def table1_section(params, teacher: str, loss_names: dict[str, str]) -> list[str]:
     """Markdown lines of Table 1 for a metric-learning teacher: one block per setting present in its grid,
-    each with raw pixels, the teacher and every (student, loss) of that setting, retrieval columns only;
-    the best student of each column in bold."""
+    each with raw pixels, the teacher and every replica of every (student, loss) of that setting, retrieval
+    columns only; the best student of each column in bold."""
     grid = params.transfer.metric_learning.grid
     t = params.teachers[teacher]
     ks = params.evaluation.retrieval.ks
@@ -199,13 +316,16 @@ def table1_section(params, teacher: str, loss_names: dict[str, str]) -> list[str
     by_setting: dict[str, list[ResultRow]] = {}
     for student in grid.student:
         for loss in grid.loss:
-            metrics = read_metrics(eval_dir(student_id(teacher, student, loss)) / "metrics.json")
-            setting = table1_setting(t.model, params.students[student].model, teacher_metrics, metrics)
-            by_setting.setdefault(setting, []).append(ResultRow(setting, _label(student, loss, loss_names), metrics))
+            for seed in params.seeds:
+                metrics = read_metrics(eval_dir(student_id(teacher, student, loss, seed)) / "metrics.json")
+                setting = table1_setting(t.model, params.students[student].model, teacher_metrics, metrics)
+                by_setting.setdefault(setting, []).append(
+                    ResultRow(setting, _replica(_label(student, loss, loss_names), seed), metrics))
     classes = "all classes" if t.train_classes is None else f"classes {list(t.train_classes)}"
     lines = [f"## Table 1: {teacher} teacher ({t.method}, {t.model.backbone}, trained on {classes})", "",
-             "Retrieval on the classes the teacher never saw, final step of every model; the best student of "
-             "each column in bold. The paper's Table 1 at this scale, one seed: differences of a point are noise.", ""]
+             "Retrieval on the classes the teacher never saw, final step of every model and replica; the best "
+             "student of each column in bold. One replica is no comparison: the means, intervals and paired "
+             "differences over seeds are in \"Table 1 over seeds\" above.", ""]
     for setting, title in TABLE1_SETTINGS.items():
         if setting not in by_setting:
             continue

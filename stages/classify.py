@@ -1,7 +1,10 @@
-"""DVC stages `classifier_teacher` and `classifier_student@STUDENT-METHOD`: classifier distillation.
+"""DVC stages `classifier_teacher@TEACHER` and `classifier_student@TEACHER-STUDENT-METHOD-SEED`: classifier
+distillation.
 
-The teacher is trained with cross-entropy; each student with cross-entropy plus one transfer term from
-the frozen teacher (or alone, the control). Both are scored by top-1 / top-5 on the test split.
+The teacher is trained with cross-entropy (under params.yaml's `seed`); each student replica with
+cross-entropy plus one transfer term from the frozen teacher (or alone, the control), its `--seed` (one of
+`seeds`) setting its initial weights, augmentation stream and batch order. Both are scored by top-1 / top-5
+on the test split.
 """
 from __future__ import annotations
 
@@ -17,8 +20,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--student")
     parser.add_argument("--method")
+    parser.add_argument("--seed", type=int, help="a student replica's seed, one of params.yaml's seeds")
     args = parser.parse_args(argv)
     params = load()
+    if args.role == "teacher" and args.seed is not None:
+        raise ValueError("--seed is for students: a classifier teacher trains under params.yaml's seed")
+    if args.role == "student" and args.seed is None:
+        raise ValueError("--seed is required for a student (one of params.yaml's seeds)")
+    seed = params.seed if args.role == "teacher" else params.replica_seed(args.seed)
     section = params.classification
     if args.teacher not in section.teachers:
         raise KeyError(f"classification.teachers.{args.teacher} is not in params.yaml "
@@ -45,7 +54,7 @@ def main(argv: list[str]) -> None:
     from pipeline.data.augment import build_augmentation
     from pipeline.data.loading import load_images
     from pipeline.models.classifier import load_classifier, save_classifier
-    from pipeline.outputs import classifier_student_dir, classifier_teacher_dir, student_id
+    from pipeline.outputs import classifier_student_dir, classifier_teacher_dir, student_stage
     from pipeline.train.classification import classification_metrics
     from pipeline.train.fingerprint import file_sha256
     from pipeline.train.classifier_recipes import classifier_student_objective, classifier_teacher_objective
@@ -59,17 +68,18 @@ def main(argv: list[str]) -> None:
         chosen = teacher_cfg
         stage = stage_name(f"classifier_teacher@{args.teacher}")
     else:
-        out = classifier_student_dir(args.teacher, args.student, args.method)
+        common["student_seed"] = seed  # the replica's: an MLflow param and part of the checkpoints' fingerprint
+        out = classifier_student_dir(args.teacher, args.student, args.method, seed)
         chosen = {**teacher_cfg,
                   "students": {args.student: section.students[args.student].model_dump(mode="json")},
                   "methods": {args.method: section.methods[args.method].model_dump(mode="json")},
                   "train": section.train.model_dump(mode="json")}
-        stage = stage_name(f"classifier_student@{student_id(args.teacher, args.student, args.method)}")
+        stage = stage_name(student_stage("classifier_student", args.teacher, args.student, args.method, seed))
     settings_section = {**common, "classification": chosen}
     # The tags every run carries (teacher stages: method = the objective), so the UI filters and groups
     # the classifier runs beside the embedding ones: tags.setting = 'classification', tags.method = 'kd'.
     tags = {"setting": "classification", "teacher": args.teacher, "student": args.student or "",
-            "method": args.method if args.role == "student" else "cross_entropy", "seed": params.seed}
+            "method": args.method if args.role == "student" else "cross_entropy", "seed": seed}
     with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(settings_section),
                             tags=tags) as run:
         train = load_images(params.data, "train")
@@ -83,9 +93,11 @@ def main(argv: list[str]) -> None:
                 raise FileNotFoundError(f"{teacher_path} does not exist; run classifier_teacher@{args.teacher} first")
             teacher, _ = load_classifier(teacher_path)
             settings["teacher_sha256"] = file_sha256(teacher_path)
-            objective, spec = classifier_student_objective(params, args.student, args.method, teacher, train)
+            # The student's initial weights from the replica's seed (initialised_from_seed reads params.seed).
+            replica = params.model_copy(update={"seed": seed})
+            objective, spec = classifier_student_objective(replica, args.student, args.method, teacher, train)
         metrics = train_and_save(objective, train, train_cfg, out, settings, run, stage,
-                                 lambda path: save_classifier(objective.model, spec, path), seed=params.seed)
+                                 lambda path: save_classifier(objective.model, spec, path), seed=seed)
         if not launch.is_main_process():
             return  # every rank holds the same model: rank 0 alone scores it and writes
         preprocess = build_augmentation("none", params.data.image_size, test.channels, test.mean, test.std)

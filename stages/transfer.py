@@ -1,5 +1,9 @@
-"""DVC stage `transfer@TEACHER-STUDENT-LOSS`: train a student from a frozen teacher with one transfer loss,
-then score the saved student (`pipeline.eval.session`) onto the same MLflow run."""
+"""DVC stages `transfer@TEACHER-STUDENT-LOSS-SEED` and `metric_transfer@...`: train one replica of a student
+from a frozen teacher with one transfer loss, then score the saved student (`pipeline.eval.session`) onto
+the same MLflow run.
+
+`--seed` (one of params.yaml's `seeds`) is the replica's: its initial weights, augmentation stream and
+batch order. The teacher and the evaluation protocol keep `seed`, so every replica is scored alike."""
 from __future__ import annotations
 
 import argparse
@@ -13,8 +17,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--student", required=True)
     parser.add_argument("--loss", required=True)
+    parser.add_argument("--seed", type=int, required=True, help="the replica's seed, one of params.yaml's seeds")
     args = parser.parse_args(argv)
     params = load()
+    seed = params.replica_seed(args.seed)
     quiet_libraries()
     for section, name in (("teachers", args.teacher), ("students", args.student), ("losses", args.loss)):
         if name not in getattr(params, section):
@@ -38,14 +44,16 @@ def main(argv: list[str]) -> None:
     from pipeline.launch import is_main_process
     from pipeline.models.embedding_model import save_model
     from pipeline.models.loading import load_teacher
-    from pipeline.outputs import student_dir, student_id, teacher_dir
+    from pipeline.outputs import student_dir, student_id, student_stage, teacher_dir
     from pipeline.train.fingerprint import file_sha256
     from pipeline.train.recipes import transfer_objective
     from pipeline.train.session import train_and_save
 
-    stage = stage_name(f"transfer@{student_id(args.teacher, args.student, args.loss)}")
+    dvc_stage = "transfer" if setting == "self_supervised" else "metric_transfer"
+    stage = stage_name(student_stage(dvc_stage, args.teacher, args.student, args.loss, seed))
     section = {
         "seed": params.seed,
+        "student_seed": seed,  # the replica's: an MLflow param and part of the checkpoints' fingerprint
         "data": params.data.model_dump(mode="json"),
         "teachers": {args.teacher: teacher_cfg.model_dump(mode="json")},
         "students": {args.student: params.students[args.student].model_dump(mode="json")},
@@ -53,27 +61,30 @@ def main(argv: list[str]) -> None:
         "transfer": {setting: transfer.model_dump(mode="json", exclude={"grid"})},
     }
     tags = {"setting": setting, "teacher": args.teacher, "student": args.student,
-            "method": args.loss, "seed": params.seed}
+            "method": args.loss, "seed": seed}
     logged = {**section, "evaluation": params.evaluation.model_dump(mode="json")}
     with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged), tags=tags) as run:
         teacher_path = teacher_dir(args.teacher) / "model.pt"
         teacher, _ = load_teacher(teacher_path, teacher_cfg)
         images = load_images(params.data, "train", teacher_cfg.train_classes)
-        objective, spec = transfer_objective(params, args.teacher, args.student, args.loss, teacher, images)
+        # The student's initial weights come from the replica's seed (recipes.initialised_from_seed reads
+        # `params.seed`); the teacher was trained, and the student is scored, under params.yaml's `seed`.
+        replica = params.model_copy(update={"seed": seed})
+        objective, spec = transfer_objective(replica, args.teacher, args.student, args.loss, teacher, images)
         sampler = getattr(transfer, "sampler", None)  # the self-supervised section has none
-        out = student_dir(args.teacher, args.student, args.loss)
+        out = student_dir(args.teacher, args.student, args.loss, seed)
         # A retrained teacher invalidates a half-trained student, so the teacher file is part of the fingerprint.
         settings = {**section, "teacher_sha256": file_sha256(teacher_path)}
         metrics = train_and_save(objective, images, transfer.train, out, settings, run, stage,
-                                 lambda path: save_model(objective.model, spec, path), seed=params.seed,
+                                 lambda path: save_model(objective.model, spec, path), seed=seed,
                                  samples_per_class=sampler.samples_per_class if sampler else None)
         write_json(out / "metrics.json", metrics)
         if is_main_process():
             from pipeline.eval.session import evaluate_and_save
 
             del objective, teacher, images
-            evaluate_and_save(out / "model.pt", student_id(args.teacher, args.student, args.loss), args.teacher,
-                              params, run)
+            evaluate_and_save(out / "model.pt", student_id(args.teacher, args.student, args.loss, seed),
+                              args.teacher, params, run)
 
 
 if __name__ == "__main__":

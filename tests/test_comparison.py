@@ -94,30 +94,45 @@ def test_headline_and_plot_tables_hold_every_model_of_the_grids(tmp_path, monkey
     values = fake_outputs(tmp_path, params)
     table = headline(params)["headline"]
     assert set(table) == set(values)
-    assert table["simclr-small-relaxed"] == {"map@r": values["simclr-small-relaxed"],
-                                             "recall@1": values["simclr-small-relaxed"] + 0.1,
-                                             "probe_top1": 0.5, "knn_top1": 0.4}
-    assert table["wide-small-kd"] == {"top1": values["wide-small-kd"]}
+    relaxed = values["simclr-small-relaxed-seed0"]
+    assert table["simclr-small-relaxed-seed0"] == {"map@r": relaxed, "recall@1": relaxed + 0.1,
+                                                   "probe_top1": 0.5, "knn_top1": 0.4}
+    assert table["wide-small-kd-seed0"] == {"top1": values["wide-small-kd-seed0"]}
     tables = plot_tables(params)
-    recall = [r for r in tables["recall_at_k.json"] if r["model"] == "proxy_anchor-small-relaxed"]
-    assert [(r["k"], r["recall"]) for r in recall] == [(1, pytest.approx(values["proxy_anchor-small-relaxed"] + 0.1)),
-                                                       (2, pytest.approx(values["proxy_anchor-small-relaxed"] + 0.2))]
+    metric = values["proxy_anchor-small-relaxed-seed0"]
+    recall = [r for r in tables["recall_at_k.json"] if r["model"] == "proxy_anchor-small-relaxed-seed0"]
+    assert [(r["k"], r["recall"]) for r in recall] == [(1, pytest.approx(metric + 0.1)), (2, pytest.approx(metric + 0.2))]
+    assert recall[0]["seed"] == 0
     assert recall[0]["method"] == "relaxed" and recall[0]["setting"] == "metric_learning"
     assert {r["model"] for r in tables["train_loss.json"]} == {
-        "simclr-small-relaxed", "simclr-small-own_objective", "proxy_anchor-small-relaxed"}
-    assert {(r["model"], r["step"]) for r in tables["classifier_loss.json"]} == {("wide-small-kd", 1), ("wide-small-kd", 2)}
+        "simclr-small-relaxed-seed0", "simclr-small-own_objective-seed0", "proxy_anchor-small-relaxed-seed0"}
+    assert {(r["model"], r["step"]) for r in tables["classifier_loss.json"]} == {("wide-small-kd-seed0", 1),
+                                                                                ("wide-small-kd-seed0", 2)}
     written = write_comparison(params, tmp_path / "reports/headline.json", tmp_path / "reports/plots")
     assert json.loads((tmp_path / "reports/headline.json").read_text()) == written
     assert sorted(p.name for p in (tmp_path / "reports/plots").iterdir()) == sorted(tables) == [
         "classifier_loss.json", "recall_at_k.json", "train_loss.json"]
 
 
+def test_each_seed_of_a_student_is_a_model_of_its_own():
+    from pipeline.config import validate_params
+
+    raw = yaml.safe_load(TINY.read_text())
+    raw["seeds"] = [0, 3]
+    found = models(validate_params(raw))
+    students = [m for m in found if m.kind.endswith("student")]
+    assert {m.model_id for m in students if m.method == "kd"} == {"wide-small-kd-seed0", "wide-small-kd-seed3"}
+    assert {str(m.folder) for m in students if m.model_id == "simclr-small-relaxed-seed3"} == {
+        "outputs/eval/simclr-small-relaxed-seed3"}
+    assert len(students) == 2 * 4 and [m.seed for m in found if m.kind == "teacher"] == [0, 0]
+
+
 def test_a_missing_loss_curve_is_named(tmp_path, monkeypatch):
     params = load_params(TINY)
     monkeypatch.chdir(tmp_path)
     fake_outputs(tmp_path, params)
-    (tmp_path / "outputs/students/simclr-small-relaxed" / LOSS_CURVE).unlink()
-    with pytest.raises(FileNotFoundError, match="simclr-small-relaxed/loss.json"):
+    (tmp_path / "outputs/students/simclr-small-relaxed-seed0" / LOSS_CURVE).unlink()
+    with pytest.raises(FileNotFoundError, match="simclr-small-relaxed-seed0/loss.json"):
         plot_tables(params)
 
 

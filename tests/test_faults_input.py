@@ -36,7 +36,7 @@ pytestmark = pytest.mark.faults
 
 PREPARE = ["stages.prepare"]
 TEACHER = ["stages.teacher", "simclr"]
-TRANSFER = ["stages.transfer", "--teacher", "simclr", "--student", "small", "--loss", "relaxed"]
+TRANSFER = ["stages.transfer", "--teacher", "simclr", "--student", "small", "--loss", "relaxed", "--seed", "0"]
 
 
 def setting(path: str, value):
@@ -143,7 +143,15 @@ PARAM_CASES = [
     ("unknown teacher on the command line", ["stages.teacher", "../../etc"], None,
      ["teachers.../../etc", "not in params.yaml"]),
     ("unknown loss on the command line", ["stages.transfer", "--teacher", "simclr", "--student", "small", "--loss",
-                                          "../x"], None, ["losses.../x", "not in params.yaml"]),
+                                          "../x", "--seed", "0"], None, ["losses.../x", "not in params.yaml"]),
+    # Seeds: the replicas of the student stages (params.yaml `seeds`; a stage's --seed must be one of them).
+    ("no seeds", PREPARE, setting("seeds", []), ["seeds", "at least one seed"]),
+    ("a seed listed twice", PREPARE, setting("seeds", [0, 1, 1]), ["seeds", "[1]", "twice"]),
+    ("a seed that is not an integer", PREPARE, setting("seeds", [0, "1"]), ["seeds.1", "valid integer"]),
+    ("a replica seed outside seeds", TRANSFER[:-1] + ["7"], None, ["--seed 7", "seeds [0]"]),
+    ("a classifier replica seed outside seeds", ["stages.classify", "student", "--teacher", "wide", "--student",
+                                                  "small", "--method", "kd", "--seed", "3"], None,
+     ["--seed 3", "seeds [0]"]),
     # Loss parameters, typed by the `Params` model each loss declares (pipeline.losses.contract).
     ("loss parameter given a string", PREPARE, setting("losses.relaxed.params", {"sigma": "abc"}),
      ["losses.relaxed.params.sigma", "valid number", "'abc'"]),
@@ -155,7 +163,7 @@ PARAM_CASES = [
      setting("losses.rkd", {"name": "rkd", "params": {"angle_max_rows": "x"}}),
      ["losses.rkd.params.angle_max_rows", "valid integer", "'x'"]),
     ("classification term parameter of the wrong type", ["stages.classify", "student", "--teacher", "wide",
-                                                         "--student", "small", "--method", "kd"],
+                                                         "--student", "small", "--method", "kd", "--seed", "0"],
      setting("classification.methods.kd.params", {"temperature": "hot"}),
      ["classification.methods.kd.params.temperature", "valid number", "'hot'"]),
     ("teacher objective named as a transfer loss", PREPARE, setting("losses.relaxed.name", "ntxent"),
@@ -319,7 +327,7 @@ def checkpoint_results(tmp_path_factory):
         (root / "outputs" / "eval" / f"teacher-{name}" / "metrics.json").unlink()
 
     def transfer(teacher: str) -> list[str]:
-        return ["stages.transfer", "--teacher", teacher, "--student", "small", "--loss", "relaxed"]
+        return ["stages.transfer", "--teacher", teacher, "--student", "small", "--loss", "relaxed", "--seed", "0"]
 
     jobs = {name: (transfer(name), root, env)
             for name in ("wrong_widths", "wrong_dim", "random_bytes", "pickled_code", "torn_model")}
@@ -340,7 +348,7 @@ def checkpoint_results(tmp_path_factory):
 def test_damaged_or_mismatched_checkpoint_is_refused_naming_the_file(checkpoint_results, case, expected):
     root, results = checkpoint_results
     assert_one_line_refusal(results[case], *expected)
-    students = root / "outputs" / "students" / f"{case}-small-relaxed"
+    students = root / "outputs" / "students" / f"{case}-small-relaxed-seed0"
     assert not (students / "model.pt").exists() and not (students / "metrics.json").exists()
     assert not (root / "outputs" / "eval" / f"teacher-{case}" / "metrics.json").exists()
     teacher = root / "outputs" / "teachers" / case
@@ -351,7 +359,7 @@ def test_damaged_or_mismatched_checkpoint_is_refused_naming_the_file(checkpoint_
     if case.startswith("ckpt_"):  # its first, undamaged run finished; the refused one failed
         stage_name, statuses = f"teacher@{case}", ["FAILED", "FINISHED"]
     else:
-        stage_name, statuses = f"transfer@{case}-small-relaxed", ["FAILED"]
+        stage_name, statuses = f"transfer@{case}-small-relaxed-0", ["FAILED"]
     assert sorted(r.info.status for r in stage_runs(root, stage_name)) == statuses
 
 
@@ -365,4 +373,4 @@ def test_the_undamaged_teacher_transfers_in_the_same_repository(checkpoint_resul
     """Control: the same settings work with an intact teacher, so the refusals above are about the damage."""
     root, results = checkpoint_results
     assert results["control"].returncode == 0, results["control"].stderr[-2000:]
-    assert read_json(root / "outputs/students/simclr-small-relaxed/metrics.json")["steps"] == 2
+    assert read_json(root / "outputs/students/simclr-small-relaxed-seed0/metrics.json")["steps"] == 2

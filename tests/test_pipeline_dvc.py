@@ -32,12 +32,15 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
     return result
 
 
-def make_repo(root: Path) -> dict:
-    """A git + DVC repository holding the project's pipeline code, dvc.yaml and the tiny params."""
+def make_repo(root: Path, params: dict | None = None) -> dict:
+    """A git + DVC repository holding the project's pipeline code, dvc.yaml and the tiny params (or `params`)."""
     for folder in ("pipeline", "stages"):
         shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
-    shutil.copy(ROOT / "tests" / "assets" / "tiny_params.yaml", root / "params.yaml")
+    if params is None:
+        shutil.copy(ROOT / "tests" / "assets" / "tiny_params.yaml", root / "params.yaml")
+    else:
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n/outputs/**/checkpoints\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "PIPELINE_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
@@ -86,10 +89,10 @@ def mlflow_runs(root: Path):
 def test_repro_writes_metrics_report_and_mlflow_runs_that_agree(repro):
     root, env, _ = repro
     stages = stage_names(root, env)
-    assert "teacher@simclr" in stages and "transfer@simclr-small-relaxed" in stages
-    assert "metric_transfer@proxy_anchor-small-relaxed" in stages and "report" in stages
+    assert "teacher@simclr" in stages and "transfer@simclr-small-relaxed-0" in stages
+    assert "metric_transfer@proxy_anchor-small-relaxed-0" in stages and "report" in stages
 
-    evaluation = json.loads((root / "outputs/eval/simclr-small-relaxed/metrics.json").read_text())
+    evaluation = json.loads((root / "outputs/eval/simclr-small-relaxed-seed0/metrics.json").read_text())
     for key in ("recall@1", "recall@8", "map@r", "r_precision", "nmi", "probe_top1", "knn_top1", "parameters"):
         assert key in evaluation, key
     assert 0.0 <= evaluation["recall@1"] <= evaluation["recall@8"] <= 1.0
@@ -107,7 +110,7 @@ def test_repro_writes_metrics_report_and_mlflow_runs_that_agree(repro):
     assert all(r.info.status == "FINISHED" for r in runs)
 
     # One run per model: the student's training parameters and its evaluation metrics together.
-    transfer = next(r for r in children if r.data.tags["dvc.stage"] == "transfer@simclr-small-relaxed")
+    transfer = next(r for r in children if r.data.tags["dvc.stage"] == "transfer@simclr-small-relaxed-0")
     assert transfer.data.metrics["recall_at_1"] == pytest.approx(evaluation["recall@1"])
     assert transfer.data.metrics["map_at_r"] == pytest.approx(evaluation["map@r"])
     assert transfer.data.params["losses.relaxed.params.sigma"] == "1.0"
@@ -116,19 +119,20 @@ def test_repro_writes_metrics_report_and_mlflow_runs_that_agree(repro):
     assert {k: transfer.data.tags[k] for k in ("setting", "teacher", "student", "method", "seed")} == {
         "setting": "self_supervised", "teacher": "simclr", "student": "small", "method": "relaxed", "seed": "0"}
     assert transfer.data.params["transfer.self_supervised.train.max_steps"] == "2"
+    assert transfer.data.params["student_seed"] == "0" and transfer.data.params["seed"] == "0"
     history = client.get_metric_history(transfer.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2]
 
 
 STUDENTS = {  # the tiny grids' students: (tags), the loss param their run must hold, and their metrics file
     "simclr-small-relaxed": ({"setting": "self_supervised", "teacher": "simclr", "method": "relaxed"},
-                             "losses.relaxed.params.sigma", "outputs/eval/simclr-small-relaxed/metrics.json"),
+                             "losses.relaxed.params.sigma", "outputs/eval/simclr-small-relaxed-seed0/metrics.json"),
     "simclr-small-own_objective": ({"setting": "self_supervised", "teacher": "simclr", "method": "own_objective"},
-                                   "losses.own_objective.name", "outputs/eval/simclr-small-own_objective/metrics.json"),
+                                   "losses.own_objective.name", "outputs/eval/simclr-small-own_objective-seed0/metrics.json"),
     "proxy_anchor-small-relaxed": ({"setting": "metric_learning", "teacher": "proxy_anchor", "method": "relaxed"},
-                                   "losses.relaxed.params.delta", "outputs/eval/proxy_anchor-small-relaxed/metrics.json"),
+                                   "losses.relaxed.params.delta", "outputs/eval/proxy_anchor-small-relaxed-seed0/metrics.json"),
     "wide-small-kd": ({"setting": "classification", "teacher": "wide", "method": "kd"},
-                      "classification.methods.kd.params.temperature", "outputs/classification/wide-small-kd/metrics.json"),
+                      "classification.methods.kd.params.temperature", "outputs/classification/wide-small-kd-seed0/metrics.json"),
 }
 
 
@@ -146,8 +150,8 @@ def test_the_server_finds_each_student_by_its_tags_with_its_loss_params_and_its_
     client, experiment = server_client(env)
     assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
     relaxed = client.search_runs([experiment.experiment_id], filter_string="tags.method = 'relaxed'")
-    assert {r.data.tags["dvc.stage"] for r in relaxed} == {"transfer@simclr-small-relaxed",
-                                                           "metric_transfer@proxy_anchor-small-relaxed"}
+    assert {r.data.tags["dvc.stage"] for r in relaxed} == {"transfer@simclr-small-relaxed-0",
+                                                           "metric_transfer@proxy_anchor-small-relaxed-0"}
     for model, (tags, loss_param, metrics_file) in STUDENTS.items():
         query = " and ".join(f"tags.{key} = '{value}'" for key, value in {**tags, "student": "small"}.items())
         found = client.search_runs([experiment.experiment_id], filter_string=query)
@@ -175,8 +179,8 @@ def test_the_parent_run_carries_the_report(repro):
     downloaded = Path(client.download_artifacts(parent.info.run_id, "results.md", str(root.parent)))
     assert downloaded.read_text() == (root / "reports/results.md").read_text()
     headline = json.loads((root / "reports/headline.json").read_text())["headline"]
-    assert parent.data.metrics["headline.simclr-small-relaxed.map_at_r"] == pytest.approx(
-        headline["simclr-small-relaxed"]["map@r"])
+    assert parent.data.metrics["headline.simclr-small-relaxed-seed0.map_at_r"] == pytest.approx(
+        headline["simclr-small-relaxed-seed0"]["map@r"])
     assert parent.data.tags["method"] == "pipeline"
 
 
@@ -194,12 +198,11 @@ def test_dvc_plots_show_draws_every_method_offline(repro, tmp_path):
         assert plot in specs, sorted(specs)
     def models_in(plot: str) -> set[str]:
         return {row["model"] for rendered in specs[plot] for row in rendered["content"]["data"]["values"]}
-    assert models_in("recall_at_k") == {"pixels-simclr", "teacher-simclr", "simclr-small-relaxed",
-                                        "simclr-small-own_objective", "pixels-proxy_anchor", "teacher-proxy_anchor",
-                                        "proxy_anchor-small-relaxed"}
-    assert models_in("train_loss") == {"simclr-small-relaxed", "simclr-small-own_objective",
-                                       "proxy_anchor-small-relaxed"}
-    assert models_in("classifier_loss") == {"wide-small-kd"}
+    students = {"simclr-small-relaxed-seed0", "simclr-small-own_objective-seed0", "proxy_anchor-small-relaxed-seed0"}
+    assert models_in("recall_at_k") == {"pixels-simclr", "teacher-simclr", "pixels-proxy_anchor",
+                                        "teacher-proxy_anchor"} | students
+    assert models_in("train_loss") == students
+    assert models_in("classifier_loss") == {"wide-small-kd-seed0"}
     for method in ("relaxed", "own_objective", "kd"):
         assert method in page
 
@@ -218,7 +221,7 @@ def test_the_documented_exp_show_command_prints_the_headline_only(repro):
     headline = json.loads((root / "reports/headline.json").read_text())["headline"]
     expected = {f"headline.{model}.{key}" for model, keys in headline.items() for key in keys}
     assert columns[0] == "Experiment" and set(columns[1:]) == expected, columns
-    assert "headline.simclr-small-relaxed.map@r" in expected
+    assert "headline.simclr-small-relaxed-seed0.map@r" in expected
 
 
 def test_second_repro_runs_nothing(repro):
@@ -241,7 +244,7 @@ def test_changing_one_loss_parameter_invalidates_only_its_branch(repro):
     finally:
         params_path.write_text(original)
     # prepare validates the whole file (its params dep is params.yaml), so it re-checks every change first;
-    assert changed == {"prepare", "transfer@simclr-small-relaxed", "metric_transfer@proxy_anchor-small-relaxed",
+    assert changed == {"prepare", "transfer@simclr-small-relaxed-0", "metric_transfer@proxy_anchor-small-relaxed-0",
                        "report"}  # the report labels rows by loss name (params: losses)
 
 
@@ -281,10 +284,64 @@ def test_exp_run_is_visible_in_dvc_and_mlflow(repro):
     _, runs = mlflow_runs(root)
     tagged = [r for r in runs if r.data.tags.get("dvc.exp_name") == "sigma-half"]
     stages = {r.data.tags.get("dvc.stage") for r in tagged}
-    assert "transfer@simclr-small-relaxed" in stages
-    assert "transfer@simclr-small-own_objective" not in stages, "unchanged branches must not re-run"
-    transfer = next(r for r in tagged if r.data.tags.get("dvc.stage") == "transfer@simclr-small-relaxed")
+    assert "transfer@simclr-small-relaxed-0" in stages
+    assert "transfer@simclr-small-own_objective-0" not in stages, "unchanged branches must not re-run"
+    transfer = next(r for r in tagged if r.data.tags.get("dvc.stage") == "transfer@simclr-small-relaxed-0")
     assert transfer.data.params["losses.relaxed.params.sigma"] == "0.5"
+
+
+def two_seed_params() -> dict:
+    """The tiny profile cut to one SSL teacher and one student under two losses, over seeds 0 and 1."""
+    params = yaml.safe_load((ROOT / "tests" / "assets" / "tiny_params.yaml").read_text())
+    params["seeds"] = [0, 1]
+    params["teachers"] = {"simclr": params["teachers"]["simclr"]}
+    params["transfer"]["metric_learning"]["grid"] = {"teacher": [], "student": [], "loss": []}
+    params["classification"].update(teachers={}, grid={"teacher": [], "student": [], "method": []})
+    params["evaluation"]["tsne_points"] = 0
+    return params
+
+
+@pytest.mark.slow  # 91 s on 2 shared cores (8 stages); run with -m slow
+def test_two_seeds_give_a_stage_a_model_and_a_run_per_replica_and_a_report_over_them(tmp_path):
+    """Issue 14: each seed of `seeds` is its own stage, model, metrics file and MLflow run (tagged with its
+    seed), and the report's means are the means of the per-seed metrics files."""
+    import statistics
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    env = make_repo(root, two_seed_params())
+    run([str(BIN / "dvc"), "repro"], root, env)
+    replicas = {f"transfer@simclr-small-{loss}-{seed}": (loss, seed)
+                for loss in ("relaxed", "own_objective") for seed in (0, 1)}
+    assert set(replicas) <= stage_names(root, env)
+    _, runs = mlflow_runs(root)
+    by_stage = {r.data.tags.get("dvc.stage"): r for r in runs}
+    assert len([r for r in runs if r.data.tags.get("dvc.stage", "").startswith("transfer@")]) == 4
+    evaluation = {}
+    for stage, (loss, seed) in replicas.items():
+        model = f"simclr-small-{loss}-seed{seed}"
+        evaluation[loss, seed] = json.loads((root / "outputs/eval" / model / "metrics.json").read_text())
+        tracked = by_stage[stage].data
+        assert (tracked.tags["seed"], tracked.tags["method"], tracked.params["student_seed"]) == (str(seed), loss, str(seed))
+        assert tracked.metrics["map_at_r"] == pytest.approx(evaluation[loss, seed]["map@r"])
+    for loss in ("relaxed", "own_objective"):  # the seed moves the student (weights, views, batches)
+        models = [(root / f"outputs/students/simclr-small-{loss}-seed{seed}/model.pt").read_bytes() for seed in (0, 1)]
+        assert models[0] != models[1], loss
+    summary = json.loads((root / "reports/summary.json").read_text())
+    for loss in ("relaxed", "own_objective"):
+        for metric in ("map@r", "recall@1"):
+            key = f"self_supervised.simclr-small-{loss}.{metric}"
+            values = [evaluation[loss, seed][metric] for seed in (0, 1)]
+            assert summary[f"{key}.mean"] == pytest.approx(statistics.fmean(values), rel=1e-12), key
+            assert summary[f"{key}.n"] == 2
+    differences = [evaluation["relaxed", s]["map@r"] - evaluation["own_objective", s]["map@r"] for s in (0, 1)]
+    paired = "self_supervised.simclr-small.relaxed_vs_own_objective.map@r"
+    assert summary[f"{paired}.diff"] == pytest.approx(statistics.fmean(differences), rel=1e-9)
+    report = (root / "reports/results.md").read_text()
+    assert "## Self-supervised over seeds: simclr" in report and "(n=2)" in report
+    assert (root / "reports/figures/seeds_simclr.png").is_file()
+    shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], root, env).stdout)
+    assert f"{paired}.diff" in json.dumps(shown)  # dvc metrics show lists the summary
 
 
 # What a stage must not import: each costs seconds of start-up it has no use for (benchmarks/stage_overhead.py).
@@ -315,19 +372,19 @@ def test_a_loss_code_change_retrains_its_students_from_step_zero(repro):
     ran is unchanged, and write back the same models. Last in this module: it leaves the repository at
     the edited code."""
     root, env, _ = repro
-    student = root / "outputs/students/simclr-small-relaxed"
+    student = root / "outputs/students/simclr-small-relaxed-seed0"
     teacher = root / "outputs/teachers/simclr"
-    control = root / "outputs/students/simclr-small-own_objective"
+    control = root / "outputs/students/simclr-small-own_objective-seed0"
     before = {path: (path / "model.pt").read_bytes() for path in (student, teacher, control)}
     scores_before = {name: json.loads((root / "outputs/eval" / name / "metrics.json").read_text())
-                     for name in ("teacher-simclr", "simclr-small-own_objective")}
+                     for name in ("teacher-simclr", "simclr-small-own_objective-seed0")}
     loss = root / "pipeline/losses/relaxed_contrastive.py"
     source = loss.read_text()
     assert "return weighted_contrastive(distances, weights, self.delta)" in source
     loss.write_text(source.replace("return weighted_contrastive(distances, weights, self.delta)",
                                    "return weighted_contrastive(distances, weights.square(), self.delta)"))
     out = run([str(BIN / "dvc"), "repro"], root, env).stdout
-    assert "Running stage 'transfer@simclr-small-relaxed'" in out
+    assert "Running stage 'transfer@simclr-small-relaxed-0'" in out
     retrained = json.loads((student / "metrics.json").read_text())
     assert retrained["resumed_from_step"] == 0 and retrained["steps"] == 2
     assert (student / "model.pt").read_bytes() != before[student]
@@ -336,7 +393,7 @@ def test_a_loss_code_change_retrains_its_students_from_step_zero(repro):
         assert resumed["resumed_from_step"] == resumed["steps"] == 2, unchanged
         assert (unchanged / "model.pt").read_bytes() == before[unchanged], unchanged
     # Each training stage scores its model again (the price of one process per model): same model, same numbers.
-    for unchanged in ("teacher-simclr", "simclr-small-own_objective"):
+    for unchanged in ("teacher-simclr", "simclr-small-own_objective-seed0"):
         rescored = json.loads((root / "outputs/eval" / unchanged / "metrics.json").read_text())
         assert {k: v for k, v in rescored.items() if k != "ms_per_image"} == {
             k: v for k, v in scores_before[unchanged].items() if k != "ms_per_image"}, unchanged

@@ -43,12 +43,14 @@ def test_dvc_builds_the_profile_dag(path, tmp_path):
     assert listed.returncode == 0, listed.stderr
     stages = set(listed.stdout.split())
     expected = {"prepare", "report"} | {f"teacher@{t}" for t in raw["teachers"]}
-    for key, prefix in (("self_supervised", "transfer"), ("metric_learning", "metric_transfer")):
-        grid = raw["transfer"][key]["grid"]
+    grids = [(raw["transfer"][key]["grid"], "loss", prefix)
+             for key, prefix in (("self_supervised", "transfer"), ("metric_learning", "metric_transfer"))]
+    grids.append((raw["classification"]["grid"], "method", "classifier_student"))
+    for grid, column, prefix in grids:  # every student once per seed: DVC joins the matrix item with '-'
         for t in grid.get("teacher", []):
             for s in grid["student"]:
-                for loss in grid["loss"]:
-                    expected.add(f"{prefix}@{t}-{s}-{loss}")
+                for loss in grid[column]:
+                    expected.update(f"{prefix}@{t}-{s}-{loss}-{seed}" for seed in raw["seeds"])
     assert expected <= stages
     dag = subprocess.run([str(BIN / "dvc"), "dag", "--md"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert dag.returncode == 0, dag.stderr

@@ -74,7 +74,7 @@ def test_table1_groups_the_metric_students_into_the_papers_three_settings(tmp_pa
     _write_metrics("pixels-simclr", _retrieval(0.5, 0.2, 64, 0))
     _write_metrics("teacher-simclr", _retrieval(0.6, 0.3, 16, 2000))
     for loss in ("relaxed", "own_objective"):
-        _write_metrics(f"simclr-small-{loss}", _retrieval(0.55, 0.25, 8, 300))
+        _write_metrics(f"simclr-small-{loss}-seed0", _retrieval(0.55, 0.25, 8, 300))
     _write_metrics("pixels-proxy_anchor", _retrieval(0.9, 0.4, 64, 0))
     _write_metrics("teacher-proxy_anchor", _retrieval(0.8, 0.3, 16, 2000))
     sizes = {"same": (16, 2000), "dim8": (8, 1900), "small": (8, 300)}
@@ -82,9 +82,9 @@ def test_table1_groups_the_metric_students_into_the_papers_three_settings(tmp_pa
               ("dim8", "relaxed"): 0.70, ("dim8", "pkt"): 0.75, ("dim8", "own_objective"): 0.75,
               ("small", "relaxed"): 0.60, ("small", "pkt"): 0.61, ("small", "own_objective"): 0.62}
     for (student, loss), r1 in scores.items():
-        _write_metrics(f"proxy_anchor-{student}-{loss}", _retrieval(r1, r1 / 2, *sizes[student]))
+        _write_metrics(f"proxy_anchor-{student}-{loss}-seed0", _retrieval(r1, r1 / 2, *sizes[student]))
     markdown, _ = build_report(params, tmp_path / "reports" / "figures")
-    table1 = markdown[markdown.index("## Table 1"):]
+    table1 = markdown[markdown.index("## Table 1:"):]
     headings = [line for line in table1.splitlines() if line.startswith("### ")]
     assert [h.split(":")[0] for h in headings] == ["### Self-transfer", "### Dimensionality reduction",
                                                    "### Compression"]
@@ -95,16 +95,17 @@ def test_table1_groups_the_metric_students_into_the_papers_three_settings(tmp_pa
     assert self_transfer == [
         "| raw pixels | 90.00 | 100.00 | 40.00 | 45.00 | 64 | - |",
         "| teacher (small_resnet) | 80.00 | 90.00 | 30.00 | 35.00 | 16 | 2.0k |",
-        "| same student, relaxed (relaxed_contrastive) | **85.00** | **95.00** | **42.50** | **47.50** | 16 | 2.0k |",
-        "| same student, pkt (pkt) | 81.00 | 91.00 | 40.50 | 45.50 | 16 | 2.0k |",
-        "| same student, own_objective (teacher_objective) | 79.00 | 89.00 | 39.50 | 44.50 | 16 | 2.0k |",
+        "| same student, relaxed (relaxed_contrastive), seed 0 | **85.00** | **95.00** | **42.50** | **47.50** | 16 | 2.0k |",
+        "| same student, pkt (pkt), seed 0 | 81.00 | 91.00 | 40.50 | 45.50 | 16 | 2.0k |",
+        "| same student, own_objective (teacher_objective), seed 0 | 79.00 | 89.00 | 39.50 | 44.50 | 16 | 2.0k |",
     ]
     reduction = blocks[1]
-    assert "dim8 student, pkt (pkt) | **75.00** |" in reduction and "own_objective (teacher_objective) | **75.00** |" in reduction
+    assert "dim8 student, pkt (pkt), seed 0 | **75.00** |" in reduction
+    assert "own_objective (teacher_objective), seed 0 | **75.00** |" in reduction
     assert "same student" not in reduction and "small student" not in reduction
     compression = blocks[2]
     assert compression.count("small student") == 3 and "dim8" not in compression
-    assert "| small student, own_objective (teacher_objective) | **62.00** |" in compression
+    assert "| small student, own_objective (teacher_objective), seed 0 | **62.00** |" in compression
 
 
 def test_table1_setting_of_a_student():
@@ -122,3 +123,117 @@ def test_table1_setting_of_a_student():
     # A wider student is none of the paper's three settings.
     assert table1_setting(teacher, ModelConfig(backbone="small_resnet", widths=(16, 32), embedding_dim=16), t,
                           {"embedding_dim": 16, "parameters": 8000}) == "other"
+
+
+def _seeded_params(seeds):
+    """The Table 1 profile over `seeds`, with a classification grid of kd and relaxed."""
+    from pipeline.config import validate_params
+
+    params = _table1_params().model_dump(mode="json")
+    params["seeds"] = list(seeds)
+    params["classification"]["methods"]["relaxed"] = {"loss": "relaxed_contrastive", "transfer_weight": 0.02}
+    params["classification"]["grid"] = {"teacher": ["wide"], "student": ["small"], "method": ["kd", "relaxed"]}
+    return validate_params(params)
+
+
+def _seeded_outputs(params) -> dict[str, dict[int, dict]]:
+    """Every metrics file of `params`' grids, each replica its own numbers; relaxed 2.0-2.3 points above pkt
+    on every seed under a seed effect both share, so the paired difference separates them. Returns
+    model -> seed -> metrics for the students."""
+    from pipeline.outputs import classifier_student_dir, classifier_teacher_dir
+
+    written: dict[str, dict[int, dict]] = {}
+    for name, value in (("pixels-simclr", 0.5), ("teacher-simclr", 0.6), ("pixels-proxy_anchor", 0.9),
+                        ("teacher-proxy_anchor", 0.8)):
+        _write_metrics(name, _retrieval(value, value / 2, 16, 2000))
+    for seed in params.seeds:
+        shared = 0.05 * seed  # what a seed does to every method alike
+        for loss in ("relaxed", "own_objective"):
+            written.setdefault(f"simclr-small-{loss}", {})[seed] = _retrieval(0.5 + shared, 0.2 + shared, 8, 300)
+        for student in ("small", "dim8", "same"):
+            for loss, offset in (("relaxed", 0.02 + 0.001 * seed), ("pkt", 0.0), ("own_objective", 0.01 * (seed % 2))):
+                value = 0.3 + shared + offset
+                sizes = {"same": (16, 2000), "dim8": (8, 1900), "small": (8, 300)}[student]  # Table 1's settings
+                written.setdefault(f"proxy_anchor-{student}-{loss}", {})[seed] = _retrieval(value, value, *sizes)
+        for method, top1 in (("kd", 0.70 + shared), ("relaxed", 0.71 + shared + 0.002 * seed)):
+            written.setdefault(f"wide-small-{method}", {})[seed] = {"top1": top1, "top5": 0.99, "parameters": 500}
+    for model, per_seed in written.items():
+        for seed, metrics in per_seed.items():
+            if model.startswith("wide-"):
+                folder = classifier_student_dir("wide", "small", model.split("-")[-1], seed)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "metrics.json").write_text(json.dumps(metrics))
+            else:
+                _write_metrics(f"{model}-seed{seed}", metrics)
+    classifier_teacher_dir("wide").mkdir(parents=True, exist_ok=True)
+    (classifier_teacher_dir("wide") / "metrics.json").write_text(json.dumps({"top1": 0.8, "top5": 1.0, "parameters": 900}))
+    return written
+
+
+def test_the_report_aggregates_every_student_over_its_seeds(tmp_path, monkeypatch):
+    """Each grid cell's mean and 95% CI are those of its per-seed metrics files (scipy's t interval);
+    relaxed - baseline is paired by seed, per student; raw pixels and the teachers are single runs."""
+    import statistics
+
+    import scipy.stats
+
+    from pipeline.report import build_report
+
+    monkeypatch.chdir(tmp_path)
+    params = _seeded_params([0, 1, 2, 3])
+    written = _seeded_outputs(params)
+    markdown, summary = build_report(params, tmp_path / "reports" / "figures")
+    settings = {"simclr": "self_supervised", "proxy_anchor": "metric_learning", "wide": "classification"}
+    for model, per_seed in written.items():
+        setting = settings[model.split("-")[0]]
+        for metric in ("top1",) if setting == "classification" else ("map@r", "recall@1"):
+            values = [per_seed[s][metric] for s in params.seeds]
+            prefix = f"{setting}.{model}.{metric}"
+            assert summary[f"{prefix}.mean"] == pytest.approx(statistics.fmean(values), rel=1e-12), prefix
+            assert summary[f"{prefix}.n"] == 4
+            low, high = scipy.stats.t.interval(0.95, df=3, loc=statistics.fmean(values), scale=scipy.stats.sem(values))
+            assert (summary[f"{prefix}.ci_low"], summary[f"{prefix}.ci_high"]) == pytest.approx((low, high), rel=1e-9)
+    for student in ("small", "dim8", "same"):  # +2.0-2.3 points on every seed, under a seed effect of 15 points
+        key = f"metric_learning.proxy_anchor-{student}.relaxed_vs_pkt.map@r"
+        assert summary[f"{key}.diff"] == pytest.approx(0.0215) and summary[f"{key}.verdict"] == 1
+        assert summary[f"metric_learning.proxy_anchor-{student}.relaxed_vs_own_objective.map@r.verdict"] == 1
+    assert summary["self_supervised.simclr-small.relaxed_vs_own_objective.map@r.verdict"] == 0  # equal: no spread
+    assert summary["classification.wide-small.relaxed_vs_kd.top1.diff"] == pytest.approx(0.013)
+    assert summary["classification.wide-small.relaxed_vs_kd.top1.verdict"] == 1
+    assert summary["metric_learning.pixels-proxy_anchor.map@r.n"] == 1  # a single run under `seed`
+    assert "metric_learning.pixels-proxy_anchor.map@r.ci_low" not in summary
+    for title in ("## Self-supervised over seeds: simclr", "## Table 1 over seeds: proxy_anchor",
+                  "## Classification over seeds: wide", "# Every model", "## Table 1: proxy_anchor"):
+        assert title in markdown, title
+    assert "| raw pixels | " in markdown and "(1 seed, no interval)" in markdown
+    assert "same student (self-transfer), relaxed (relaxed_contrastive) | " in markdown
+    assert "| same student, relaxed (relaxed_contrastive), seed 3 |" in markdown  # every replica on its own line
+    figures = {p.name for p in (tmp_path / "reports" / "figures").iterdir()}
+    assert {"seeds_simclr.png", "seeds_proxy_anchor.png", "seeds_classification_wide.png"} <= figures
+    assert "(figures/seeds_proxy_anchor.png)" in markdown
+
+
+def test_one_seed_is_reported_without_an_interval(tmp_path, monkeypatch):
+    from pipeline.report import build_report
+
+    monkeypatch.chdir(tmp_path)
+    params = _seeded_params([0])
+    _seeded_outputs(params)
+    markdown, summary = build_report(params, tmp_path / "reports" / "figures")
+    assert "| same student (self-transfer), relaxed (relaxed_contrastive) | " in markdown
+    line = next(l for l in markdown.splitlines() if l.startswith("| same student (self-transfer), relaxed"))
+    assert "(1 seed, no interval)" in line and "±" not in line
+    assert not [k for k in summary if k.endswith((".sd", ".ci_low", ".ci_high"))]
+    assert summary["metric_learning.proxy_anchor-same.relaxed_vs_pkt.map@r.n"] == 1
+    assert summary["metric_learning.proxy_anchor-same.relaxed_vs_pkt.map@r.verdict"] == 0  # one seed never separates
+
+
+def test_a_missing_replica_is_named(tmp_path, monkeypatch):
+    from pipeline.report import build_report
+
+    monkeypatch.chdir(tmp_path)
+    params = _seeded_params([0, 1])
+    _seeded_outputs(params)
+    (tmp_path / "outputs/eval/proxy_anchor-dim8-pkt-seed1/metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match="proxy_anchor-dim8-pkt-seed1/metrics.json"):
+        build_report(params, tmp_path / "reports" / "figures")
