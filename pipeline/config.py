@@ -191,8 +191,35 @@ class TrainConfig(Strict):
 
 
 class MocoConfig(Strict):
+    """`variant`: "symmetric" (the default, so existing runs keep their meaning) scores both view pairs,
+    with momentum on lightly's cosine schedule from `momentum` to 1; "v2" is MoCo v2 as its authors ran it
+    (He et al. CVPR 2020, Chen et al. 2020; facebookresearch/moco builder.py): q from view 0, k from view 1,
+    the loss once, constant `momentum`, shuffle BN with `bn_splits` BatchNorm groups per process (the
+    official CIFAR-10 demo's SplitBatchNorm; 1: one group per process, as on each GPU of the DDP code)."""
+
+    variant: Literal["symmetric", "v2"] = "symmetric"
     queue_size: PositiveInt = 4096
-    momentum: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    # One field, its default per variant (filled in before validation, so a dumped section shows the value
+    # used): 0.99, where the symmetric form's cosine schedule starts, as before; 0.999, MoCo v2's constant
+    # (builder.py at ImageNet scale; its CIFAR-10 demo runs 0.99). Both are the key encoder's m; only the
+    # schedule differs, so a second field would let a profile set the one its variant ignores.
+    momentum: Fraction
+    bn_splits: PositiveInt | None = None  # v2 only; left out there: 8, the demo's
+
+    @model_validator(mode="before")
+    @classmethod
+    def _variant_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            v2 = data.get("variant") == "v2"
+            data = {"momentum": 0.999 if v2 else 0.99, **({"bn_splits": 8} if v2 else {}), **data}
+        return data
+
+    @model_validator(mode="after")
+    def _shuffle_bn_is_v2s(self) -> "MocoConfig":
+        if self.variant == "symmetric" and self.bn_splits is not None:
+            raise ValueError(f"{FIELD_MARK}bn_splits: only variant v2 has shuffle BN (the symmetric form runs plain "
+                             "BatchNorm); leave bn_splits out or set variant: v2")
+        return self
 
 
 class ProxyAnchorConfig(Strict):
@@ -232,6 +259,14 @@ class TeacherConfig(Strict):
             raise ValueError(f"model.embedding_dim: a {self.method} teacher trains its backbone and projection head only; "
                              "an embedding head would stay untrained. Leave embedding_dim out: the teacher is "
                              "evaluated on its pooled backbone features")
+        if self.method == "moco" and self.moco.variant == "v2":
+            if self.train.batch_size % self.moco.bn_splits:
+                raise ValueError(f"{FIELD_MARK}train.batch_size: {self.train.batch_size} images do not split into "
+                                 f"moco.bn_splits = {self.moco.bn_splits} equal BatchNorm groups")
+            if self.train.sync_batchnorm and (self.train.processes != 1 or self.train.nodes != 1):
+                raise ValueError(f"{FIELD_MARK}train.sync_batchnorm: MoCo v2's shuffle BN needs BatchNorm per process "
+                                 "(the official DDP code); SyncBatchNorm pools the whole batch, which leaves "
+                                 "the shuffle nothing to split. Set it false")
         return self
 
 
