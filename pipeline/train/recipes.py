@@ -47,8 +47,9 @@ def _own_objective(method: str, teacher: cfg.TeacherConfig, model: EmbeddingMode
     if method == "simclr":
         return SimCLRObjective(model, augment, temperature=teacher.temperature)
     if method == "moco":
-        return MoCoObjective(model, augment, queue_size=teacher.moco.queue_size, temperature=teacher.temperature,
-                             momentum_base=teacher.moco.momentum)
+        moco = teacher.moco
+        return MoCoObjective(model, augment, queue_size=moco.queue_size, temperature=teacher.temperature,
+                             momentum=moco.momentum, variant=moco.variant, bn_splits=moco.bn_splits or 1)
     pa = teacher.proxy_anchor
     loss = losses.build("proxy_anchor", num_classes=num_classes, embedding_dim=model.embedding_dim,
                         margin=pa.margin, alpha=pa.alpha)
