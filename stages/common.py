@@ -36,7 +36,7 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
     tracking.prestart_agent()
     try:
         _run_mapped(main)
-        code = 0
+        code = _check_code_manifest()
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     sys.stdout.flush()
@@ -62,6 +62,23 @@ def _run_mapped(main: Callable[[list[str]], None]) -> None:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _check_code_manifest() -> int:
+    """Under DVC, a stage that imported project code its manifest does not list fails (exit 1): DVC would
+    not re-run it when that code changes (`pipeline.code_manifest`)."""
+    main = sys.modules["__main__"].__spec__
+    if not os.environ.get("DVC_STAGE") or main is None:
+        return 0
+    from pipeline.code_manifest import manifest_path, unlisted_imports
+
+    unlisted = unlisted_imports(main.name)
+    if unlisted:
+        print(f"error: {main.name} imported {', '.join(unlisted)}, which {manifest_path(main.name)} does not list, "
+              "so DVC would not re-run this stage when that code changes; import it where "
+              "pipeline.code_manifest can read it (a plain import statement)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def stage_name(default: str) -> str:

@@ -5,7 +5,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from pipeline.train.fingerprint import _code_of, claim_checkpoint_dir, file_sha256
+from pipeline.code_manifest import normalised_code
+from pipeline.train.fingerprint import claim_checkpoint_dir, file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +43,8 @@ def test_code_identity_ignores_comments_docstrings_and_layout_but_not_code():
             SOURCE.replace("(x - delta) ** 2", "(x-delta)**2"), "\n\n" + SOURCE]
     changed = [SOURCE.replace("delta=1.0", "delta=2.0"), SOURCE.replace("** 2", "** 3"),
                SOURCE.replace("x - delta", "delta - x")]
-    assert all(_code_of(variant) == _code_of(SOURCE) for variant in same)
-    assert all(_code_of(variant) != _code_of(SOURCE) for variant in changed)
+    assert all(normalised_code(variant) == normalised_code(SOURCE) for variant in same)
+    assert all(normalised_code(variant) != normalised_code(SOURCE) for variant in changed)
 
 
 # Build every kind of objective as the stages do, take the code fingerprint, train one step: training

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from import_closure import ROOT, imported_modules
+from pipeline.code_manifest import imported_modules
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def project_modules() -> dict[str, Path]:
@@ -43,7 +45,7 @@ def test_no_import_cycle_among_project_modules():
     modules = project_modules()
     # A package's __init__ is not an edge to its submodules' importers: importing `a.b` runs `a` first,
     # but `a` importing nothing of `a.b` is what makes it a leaf.
-    graph = {name: imported_modules(path) - {name} for name, path in modules.items()}
+    graph = {name: imported_modules(path, ROOT) - {name} for name, path in modules.items()}
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
 

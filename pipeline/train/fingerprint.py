@@ -6,13 +6,14 @@ and one re-run after a code change would write the old model back as if today's 
 """
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+from pipeline.code_manifest import code_digest
 
 FINGERPRINT_FILE = "fingerprint.json"
 PROJECT_PACKAGES = ("pipeline", "stages")
@@ -22,27 +23,16 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _code_of(source: str) -> str:
-    """The module's syntax tree without docstrings: a comment, a docstring or formatting change is not
-    a code change, while any change to what runs is (line numbers are left out of the dump)."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
-
-
 def code_fingerprint() -> dict[str, str]:
-    """sha256 of the code of every project module this process has imported so far (`pipeline.*`,
-    `stages.*`), by module name. Taken once the objective is built and before training starts, it
-    covers exactly what the stage runs (a stage that does not use PKT never imports `pkt.py`)."""
+    """Digest of the code (`pipeline.code_manifest.code_digest`: docstrings and formatting left out) of
+    every project module this process has imported so far (`pipeline.*`, `stages.*`), by module name.
+    Taken once the objective is built and before training starts, it covers exactly what the stage runs
+    (a stage that does not use PKT never imports `pkt.py`)."""
     digests = {}
     for name, module in sorted(sys.modules.items()):
         path = getattr(module, "__file__", None)
         if name.split(".")[0] in PROJECT_PACKAGES and path and path.endswith(".py"):
-            digests[name] = hashlib.sha256(_code_of(Path(path).read_text()).encode()).hexdigest()
+            digests[name] = code_digest(path)
     return digests
 
 
