@@ -5,6 +5,8 @@ every command alike; medians and ratios against `python -c "import torch"` measu
 
 - `python -m stages.report` (0.1-1 s of work: read metrics files, draw figures, log to MLflow);
 - `python -m stages.evaluate --teacher NAME` (`evaluate_pixels@NAME`: load data, retrieval, probe);
+- `python -m stages.prepare` and `dvc repro -s -f prepare`: their difference is what DVC itself costs
+  around one stage (collecting the pipeline, hashing, and rewriting all of dvc.lock);
 - `dvc repro` with nothing changed (DVC checks every stage's deps, params and outs).
 
 It needs a repository where `dvc repro` has run and `dvc status` is clean (the default profile: run
@@ -64,10 +66,13 @@ def main() -> None:
         "report stage": ([python, "-m", "stages.report"], stage_env),
         f"evaluate_pixels@{args.teacher} stage": ([python, "-m", "stages.evaluate", "--teacher", args.teacher],
                                                   stage_env),
+        "prepare stage": ([python, "-m", "stages.prepare"], stage_env),
+        "dvc repro -s -f prepare": ([str(bin_dir / "dvc"), "repro", "-s", "-f", "prepare"], stage_env),
         "dvc repro (nothing changed)": ([str(bin_dir / "dvc"), "repro"], env),
     }
     if args.stages_only:
-        del commands["dvc repro (nothing changed)"]
+        for name in ("dvc repro -s -f prepare", "dvc repro (nothing changed)"):
+            del commands[name]
     for command, command_env in commands.values():  # warm the page cache and the MLflow store once
         timed(command, command_env)
     times: dict[str, list[float]] = {name: [] for name in commands}
@@ -91,6 +96,10 @@ def main() -> None:
     for name, values in times.items():
         lines.append(f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} | "
                      f"{statistics.median(values) / reference:.2f}x |")
+    if "dvc repro -s -f prepare" in times:
+        around = statistics.median(times["dvc repro -s -f prepare"]) - statistics.median(times["prepare stage"])
+        lines += ["", f"DVC's own cost around one stage (`dvc repro -s -f prepare` minus the prepare command): "
+                      f"{around:.2f} s; dvc.lock holds {(REPO / 'dvc.lock').stat().st_size / 1024:.0f} KB."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
