@@ -385,6 +385,9 @@ class EvaluationConfig(Strict):
     probe: ProbeConfig = ProbeConfig()
     knn: KnnConfig = KnnConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    # NMI clusters the test embeddings with k = number of classes (pipeline.eval.kmeans); false skips it and
+    # the report says "NMI off" (SOP on CPU: 17.9 of the 20.9 minutes of one evaluation, BENCHMARKS.md).
+    nmi: bool = True
 
 
 class DistillationMethodConfig(Strict):

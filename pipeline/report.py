@@ -171,6 +171,8 @@ def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, f
     loss_of = {name: loss.name for name, loss in params.losses.items()}
     parts: list[str] = []
     summary: dict[str, float | int] = {}
+    columns = SEED_COLUMNS if params.evaluation.nmi else tuple(  # evaluation.nmi false: no model has one
+        (key, "NMI off", kind) if key == "nmi" else (key, title, kind) for key, title, kind in SEED_COLUMNS)
     for setting in SETTINGS:
         grid = params.transfer.of(setting).grid
         reference, baselines = _compared(grid.loss, loss_of)
@@ -183,7 +185,7 @@ def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, f
             figure = out_dir / f"seeds_{teacher}.png"
             text, numbers = seed_section(setting, title, transfer_seed_rows(params, setting, teacher),
                                          reference=reference, baselines=baselines, figure_path=figure,
-                                         figure_link=str(figure.relative_to(out_dir.parent)), columns=SEED_COLUMNS)
+                                         figure_link=str(figure.relative_to(out_dir.parent)), columns=columns)
             parts.append(text)
             summary.update(numbers)
     section = params.classification
@@ -215,7 +217,9 @@ def build_report(params: Params, out_dir: Path) -> tuple[str, dict[str, float | 
              f"Dataset `{params.data.name}`; retrieval distance `{params.evaluation.retrieval.distance}`; "
              "percentages on the test split, final epoch of every model (no test-set model selection). "
              "Probe and kNN are fitted on a seeded subsample of the train split "
-             f"({params.evaluation.probe.train_samples or 'all'} images).", "",
+             f"({params.evaluation.probe.train_samples or 'all'} images)."
+             + ("" if params.evaluation.nmi else " NMI off (`evaluation.nmi: false`): no test set was clustered."),
+             "",
              f"Seeds: every student is trained once per seed of `seeds` ({seeds}), which sets its initial "
              "weights, augmentation stream and batch order; raw pixels and the teachers are single runs under "
              f"`seed` ({params.seed}), which also fixes the evaluation protocol (probe subsample and its "

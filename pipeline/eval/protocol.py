@@ -65,7 +65,8 @@ def evaluate(
                                  "num_test": len(test), "num_classes": int(test.labels.unique().numel())}
     retrieval = evaluation.retrieval
     metrics.update(retrieval_metrics(test_x, test.labels, ks=retrieval.ks, distance=retrieval.distance,
-                                     memory_budget_bytes=retrieval.memory_budget_mb * 2**20, seed=seed))
+                                     memory_budget_bytes=retrieval.memory_budget_mb * 2**20, nmi=evaluation.nmi,
+                                     seed=seed))
     if evaluation.probe.enabled:
         metrics.update(linear_probe(train_x, train.labels, test_x, test.labels,
                                     val_fraction=evaluation.probe.val_fraction,

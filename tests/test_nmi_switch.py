@@ -1,0 +1,55 @@
+"""`evaluation.nmi`: false skips the k-means behind NMI in every evaluation, and the report says "NMI off"
+where the number would be."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import EvaluationConfig, validate_params
+from pipeline.data import ImageSet
+from pipeline.eval.protocol import evaluate
+
+
+def tiny_set(seed: int) -> ImageSet:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=generator)
+    return ImageSet("tiny", images, torch.arange(40) % 4, 4, (0.5,), (0.25,))
+
+
+@pytest.mark.parametrize("nmi", [True, False])
+def test_evaluate_computes_nmi_only_when_asked(nmi, monkeypatch):
+    from pipeline.eval import retrieval
+
+    clustered, real = [], retrieval.kmeans
+
+    def recording(points, num_clusters, **kwargs):
+        clustered.append(num_clusters)
+        return real(points, num_clusters, **kwargs)
+
+    monkeypatch.setattr(retrieval, "kmeans", recording)
+    evaluation = EvaluationConfig(nmi=nmi, probe={"enabled": False}, knn={"enabled": False},
+                                  retrieval={"ks": [1, 2]})
+    metrics, _ = evaluate(None, tiny_set(0), tiny_set(1), evaluation, 8, seed=0)
+    assert ("nmi" in metrics) is nmi and clustered == ([4] if nmi else [])
+    assert 0.0 <= metrics["recall@1"] <= 1.0
+
+
+@pytest.mark.parametrize("nmi", [True, False])
+def test_the_report_says_nmi_off_instead_of_a_number(nmi, tmp_path, monkeypatch):
+    from test_report import _seeded_outputs, _seeded_params
+
+    from pipeline.report import build_report
+
+    monkeypatch.chdir(tmp_path)
+    raw = _seeded_params([0]).model_dump(mode="json")
+    raw["evaluation"]["nmi"] = nmi
+    params = validate_params(raw)
+    _seeded_outputs(params)
+    markdown, _ = build_report(params, tmp_path / "reports" / "figures")
+    headers = [line for line in markdown.splitlines() if line.startswith("| Model |") and "| NMI" in line]
+    assert headers  # the tables over seeds
+    if nmi:
+        assert "NMI off" not in markdown and all("| NMI |" in line for line in headers)
+    else:
+        assert "NMI off (`evaluation.nmi: false`)" in markdown
+        assert all("| NMI off |" in line for line in headers)
