@@ -468,6 +468,13 @@ class Params(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     classification: ClassificationConfig = ClassificationConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    # Teacher name -> an official Proxy-Anchor source checkpoint (LabelRelaxation's
+    # download_pretrained_source_models.sh files) that its teacher stage loads instead of training it.
+    # `teachers.NAME` still says what the model is; its `train` section and `model.weights_path` (how it
+    # would be trained) are then unused, so one entry here switches a profile to the released file. A
+    # mapping of its own, not a key inside `teachers`: dvc.yaml's released_teacher stage iterates over it to
+    # make each file a dependency (a foreach over `teachers` could only name a file every teacher has).
+    released_teachers: dict[str, str] = {}
 
     @field_validator("seeds")
     @classmethod
@@ -509,6 +516,15 @@ class Params(Strict):
                     raise ValueError(f"transfer.{setting}.grid.teacher: {teacher!r} is a {found.method} teacher "
                                      f"({found.setting} setting: its students go in transfer.{found.setting}.grid); "
                                      f"this grid takes {expected}")
+        for name, path in self.released_teachers.items():
+            teacher = self.teachers.get(name)
+            if teacher is None:
+                raise ValueError(f"released_teachers.{name}: {name!r} is not in teachers (declared: "
+                                 f"{', '.join(self.teachers) or 'none'}); the entry there says what the model is")
+            if teacher.method != "proxy_anchor" or not path:
+                raise ValueError(f"released_teachers.{name}: the released sources are Proxy-Anchor models, so "
+                                 f"teachers.{name} needs method proxy_anchor and the entry a file path (got method "
+                                 f"{teacher.method!r}, path {path!r})")
         for name, teacher in self.teachers.items():
             if teacher.train_classes is not None:
                 bad = [c for c in teacher.train_classes if c >= 1000]

@@ -21,12 +21,17 @@ the converted image. ResNets take ImageNet-normalised RGB in both.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pipeline.models.embedding_model import EmbeddingModel, ModelSpec, build_model
+
+if TYPE_CHECKING:
+    from pipeline.config import TeacherConfig
 
 RELEASED_BACKBONES = ("bn_inception", "resnet18", "resnet50")
 
@@ -48,7 +53,11 @@ def load_released_teacher(
     if backbone not in RELEASED_BACKBONES:
         raise ValueError(f"released teachers exist for {RELEASED_BACKBONES}, got {backbone!r}")
     path = Path(path)
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, truncated, or pickled objects beyond tensors: one line, not a trace
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path} cannot be read as a checkpoint ({type(err).__name__}: {reason})") from None
     if not isinstance(payload, dict) or "model_state_dict" not in payload:
         found = list(payload)[:5] if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: no 'model_state_dict' entry (the official layout); found {found}")
@@ -72,6 +81,19 @@ def load_released_teacher(
     converted.update({official_to_ours[k]: v for k, v in state.items() if k in official_to_ours})
     model.load_state_dict(converted, strict=True)
     return model.eval(), spec
+
+
+def load_released(name: str, path: str | Path, teacher: TeacherConfig) -> tuple[EmbeddingModel, ModelSpec]:
+    """Teacher `name` from the official source checkpoint at `path` (params.yaml's ``released_teachers.NAME``)
+    with the backbone and embedding dimension ``teachers.NAME.model`` declares; a missing file, or one that
+    does not hold that official layout, is refused in one line naming the key, before any compute."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"released_teachers.{name}: {path} does not exist (nothing is downloaded: put the "
+                                "official file there, README \"Paper-scale runs\")")
+    try:
+        return load_released_teacher(path, teacher.model.backbone, teacher.model.embedding_dim)
+    except ValueError as err:
+        raise ValueError(f"released_teachers.{name}: {err}") from None
 
 
 def _official_key(backbone: str, key: str) -> str:
@@ -115,3 +137,13 @@ def _check(
             f"{path} does not match the official {backbone} with a {embedding_dim}-d embedding: "
             f"{'; '.join(first)} ({len(problems)} problem(s) in all)"
         )
+
+
+def checkpoint_fingerprint(path: str | Path) -> dict[str, str | int]:
+    """The file's SHA-256 and size: what dvc.yaml's ``released_teacher`` stage records, so that a replaced
+    checkpoint changes a file every teacher stage depends on (DVC re-runs them)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"sha256": digest.hexdigest(), "bytes": Path(path).stat().st_size}
