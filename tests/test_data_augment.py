@@ -153,3 +153,92 @@ def test_evaluation_preprocessing_imports_no_kornia():
     code = ("import sys; from pipeline.data.augment import build_augmentation; "
             "build_augmentation('none', 8, 1, (0.5,), (0.2,)); print('kornia' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------- canvases of file sets
+
+
+def canvas_of(image: torch.Tensor, load_size: int) -> torch.Tensor:
+    from pipeline.data.files import on_canvas
+
+    return on_canvas(image, load_size)
+
+
+def striped(height: int, width: int, edge: int) -> torch.Tensor:
+    """uint8 (3, h, w): red in the leftmost `edge` columns, blue in the rightmost, green between."""
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    image[1] = 200
+    image[:, :, :edge] = torch.tensor([200, 0, 0], dtype=torch.uint8).view(3, 1, 1)
+    image[:, :, width - edge:] = torch.tensor([0, 0, 200], dtype=torch.uint8).view(3, 1, 1)
+    return image
+
+
+def test_a_training_crop_reaches_both_sides_of_a_wide_image():
+    """A 3:2 image whose outer tenths are red and blue: the metric recipe's crops show each side in some
+    views (the centre square the loader stored before holds neither), and never the canvas around it."""
+    canvas = canvas_of(striped(60, 90, edge=9), 40)  # resized to 40 x 60: the outer 6 columns each side
+    assert canvas.shape == (3, 40, 60)
+    centre_square = canvas[:, :, 10:50].float()
+    assert centre_square[0].max() < 100 and centre_square[2].max() < 100  # the old layout: no red, no blue
+    augment = make("metric", 32, 3)
+    torch.manual_seed(0)
+    crops = augment.canvas_crop(canvas.expand(256, 3, 40, 60).float() / 255)
+    red = (crops[:, 0] > 0.5).flatten(1).any(1)
+    blue = (crops[:, 2] > 0.5).flatten(1).any(1)
+    assert 20 <= int(red.sum()) <= 236 and 20 <= int(blue.sum()) <= 236, (int(red.sum()), int(blue.sum()))
+    assert crops.max() < 0.99  # the fill (1.0) never enters a crop
+    views = augment(canvas.expand(8, 3, 40, 60))
+    assert views.shape == (8, 3, 32, 32)
+
+
+def test_image_boxes_find_each_image_on_its_canvas():
+    from pipeline.data.augment import image_boxes
+
+    batch = torch.stack([canvas_of(striped(60, 90, 9), 40), canvas_of(striped(30, 40, 4), 40),
+                         canvas_of(striped(90, 60, 9), 40), canvas_of(striped(40, 120, 9), 40)])
+    # 3:2 fills the 60-column canvas; 4:3 is 53 wide; a portrait is cut to a 40 x 40 square; 3:1 to 60 columns.
+    assert image_boxes(batch.float() / 255).tolist() == [[0, 0, 60, 40], [3, 0, 53, 40], [10, 0, 40, 40],
+                                                         [0, 0, 60, 40]]
+
+
+def test_full_scale_canvas_crop_is_the_whole_image_resized():
+    """Crop scale (1, 1) on a 4:3 image (a ratio RandomResizedCrop may draw): the crop is the whole image,
+    not the canvas, bilinearly resized as kornia's crop resizes it (align_corners=True)."""
+    from pipeline.data.augment import CanvasResizedCrop
+
+    image = torch.randint(0, 255, (3, 30, 40), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    canvas = canvas_of(image, 36).float() / 255  # 36 x 48 image on a 54-wide canvas, columns 3-50
+    crop = CanvasResizedCrop((32, 32), scale=(1.0, 1.0))(canvas.expand(4, 3, 36, 54))
+    whole = torch.nn.functional.interpolate(canvas[None, :, :, 3:51], size=(32, 32), mode="bilinear",
+                                            align_corners=True)
+    torch.testing.assert_close(crop, whole.expand(4, 3, 32, 32), rtol=0, atol=1e-5)
+
+
+def test_canvas_crop_boxes_are_drawn_as_torchvision_draws_them():
+    """Box statistics of CanvasResizedCrop.sample against torchvision's RandomResizedCrop.get_params on the
+    same 60 x 90 image: mean left, top, width and height within 4 standard errors, fallbacks included
+    (scale up to 1 on a 3:2 image often draws no fitting crop)."""
+    from torchvision.transforms import v2
+
+    from pipeline.data.augment import CanvasResizedCrop
+
+    n = 4000
+    torch.manual_seed(0)
+    ours = CanvasResizedCrop((32, 32), scale=(0.08, 1.0)).sample(torch.tensor([[7, 3, 90, 60]]).expand(n, 4))
+    ours = (ours - torch.tensor([7, 3, 0, 0])).double()
+    image = torch.zeros(3, 60, 90)
+    reference = torch.tensor([v2.RandomResizedCrop.get_params(image, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+                              for _ in range(n)], dtype=torch.float64)[:, [1, 0, 3, 2]]  # (top, left, h, w)
+    assert (ours[:, 0] + ours[:, 2] <= 90).all() and (ours[:, 1] + ours[:, 3] <= 60).all() and (ours >= 0).all()
+    error = (ours.var(0) / n + reference.var(0) / n).sqrt()
+    assert ((ours.mean(0) - reference.mean(0)).abs() <= 4 * error).all(), (ours.mean(0), reference.mean(0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_canvas_crop_runs_on_cuda():
+    canvas = canvas_of(striped(60, 90, 9), 40).expand(8, 3, 40, 60).cuda()
+    augment = make("metric", 32, 3).to("cuda")
+    y, again = seeded(augment, canvas, 7), seeded(augment, canvas, 7)
+    assert y.device.type == "cuda" and y.shape == (8, 3, 32, 32) and torch.equal(y, again)
+    assert unnormalise(y, 3).max() < 0.99  # no fill in any crop

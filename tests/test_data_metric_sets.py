@@ -109,26 +109,57 @@ def test_missing_archive_says_how_to_obtain_it(tmp_path, name, how):
 # ---------------------------------------------------------------------------------------------- decoding
 
 
-def test_decoded_loader_gives_uint8_square_batches_of_the_right_images(archives):
+def test_decoded_loader_gives_uint8_canvas_batches_of_the_right_images(archives):
+    """Every 16 x 12 fake photo, resized to a shorter side of 8 (10 x 8), sits in the middle of a 12 x 8
+    canvas of CANVAS_FILL (pipeline.data.files)."""
+    from pipeline.data.augment import CANVAS_FILL
+
     root, manifests = archives
     data = load_dataset("sop", "test", root=root)
     colour = {rel.split("/")[-1]: class_colour(c) for rel, c in manifests["sop"]["test"]}
     seen = 0
     for images, labels in decoded_loader(data, load_size=8, batch_size=5, workers=0):
-        assert images.dtype == torch.uint8 and images.shape == (len(labels), 3, 8, 8)
+        assert images.dtype == torch.uint8 and images.shape == (len(labels), 3, 8, 12)
         for image, label, path in zip(images, labels.tolist(), data.paths[seen: seen + len(labels)]):
             assert label == int(data.labels[seen])
             # A flat-colour JPEG decodes to its colour within JPEG rounding.
-            assert (image.int() - torch.tensor(colour[path.name]).view(3, 1, 1)).abs().max() <= 4
+            assert (image[:, :, 1:11].int() - torch.tensor(colour[path.name]).view(3, 1, 1)).abs().max() <= 4
+            assert (image[:, :, [0, 11]] == CANVAS_FILL).all()
             seen += 1
     assert seen == len(data)
+
+
+@pytest.mark.parametrize("height, width, box", [
+    (30, 40, (3, 48)),    # 4:3: 36 x 48 on the 54-wide canvas, centred
+    (36, 54, (0, 54)),    # 3:2 fills it
+    (20, 60, (0, 54)),    # 3:1: 36 x 108, cut to the middle 54 columns
+    (60, 40, (9, 36)),    # portrait: 36 x 54, cut to the middle 36 rows
+])
+def test_canvas_holds_the_image_and_its_centre_crop_is_the_official_evaluation_crop(height, width, box):
+    """on_canvas against torchvision's Resize(36) (+ the cut to the canvas): the same pixels, a value of
+    CANVAS_FILL capped to one below it, the fill elsewhere; the evaluation's centre crop of the canvas is
+    torchvision's Resize(36) + CenterCrop(32) of the image, the official test transform."""
+    from torchvision.transforms.v2 import functional as F
+
+    from pipeline.data.augment import CANVAS_FILL, CenterCrop
+    from pipeline.data.files import on_canvas
+
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    canvas = on_canvas(image, 36)
+    left, columns = box
+    resized = F.resize(image, 36, antialias=True)
+    expected = F.center_crop(resized, [36, columns]).clamp(max=CANVAS_FILL - 1)
+    assert canvas.shape == (3, 36, 54) and torch.equal(canvas[:, :, left: left + columns], expected)
+    assert (canvas[:, :, :left] == CANVAS_FILL).all() and (canvas[:, :, left + columns:] == CANVAS_FILL).all()
+    official = F.center_crop(resized, [32, 32]).clamp(max=CANVAS_FILL - 1)
+    assert torch.equal(CenterCrop((32, 32))(canvas), official)
 
 
 def test_grayscale_jpeg_is_decoded_to_three_equal_channels(archives):
     root, _ = archives
     data = load_dataset("cub200", "train", root=root)  # its first image is written as a 1-channel JPEG
     images, _ = next(iter(decoded_loader(data, load_size=6, batch_size=2, workers=0)))
-    assert images.shape == (2, 3, 6, 6)
+    assert images.shape == (2, 3, 6, 9)
     assert torch.equal(images[0, 0], images[0, 1]) and torch.equal(images[0, 0], images[0, 2])
 
 
@@ -139,7 +170,7 @@ def test_decoded_loader_with_workers_and_class_balanced_batches(archives):
     batches = list(decoded_loader(data, load_size=10, batch_sampler=sampler, workers=1))
     assert len(batches) == len(sampler)
     for (images, labels), indices in zip(batches, sampler):
-        assert images.shape == (8, 3, 10, 10) and images.dtype == torch.uint8
+        assert images.shape == (8, 3, 10, 15) and images.dtype == torch.uint8
         assert labels.tolist() == data.labels[indices].tolist()
 
 

@@ -7,6 +7,7 @@ global generator, so two calls give two views and `torch.manual_seed` makes a ru
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -18,11 +19,18 @@ from pipeline.data import TUNABLE_AUGMENTATIONS
 
 
 class BatchAugmentation(nn.Module):
-    """uint8 (or float in [0, 1]) batch -> float batch, augmented, resized to `image_size`, normalised."""
+    """uint8 (or float in [0, 1]) batch -> float batch, augmented, resized to `image_size`, normalised.
 
-    def __init__(self, ops: Sequence[nn.Module], channels: int, mean: Sequence[float], std: Sequence[float]):
+    `canvas_crop` takes the place of the first op (a random resized crop of the whole batch shape) on a batch
+    wider than high: the canvases of a file-based set (pipeline.data.files), which every in-memory set's
+    square images are not.
+    """
+
+    def __init__(self, ops: Sequence[nn.Module], channels: int, mean: Sequence[float], std: Sequence[float],
+                 canvas_crop: nn.Module | None = None):
         super().__init__()
         self.ops = nn.Sequential(*ops)
+        self.canvas_crop = canvas_crop
         self.channels = channels
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -31,7 +39,10 @@ class BatchAugmentation(nn.Module):
         if images.ndim != 4 or images.shape[1] != self.channels:
             raise ValueError(f"expected a batch (B, {self.channels}, H, W), got {tuple(images.shape)}")
         x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
-        x = self.ops(x)
+        if self.canvas_crop is not None and x.shape[-1] > x.shape[-2]:
+            x = self.ops[1:](self.canvas_crop(x))
+        else:
+            x = self.ops(x)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
@@ -50,6 +61,74 @@ class CenterCrop(nn.Module):
             raise ValueError(f"cannot centre-crop {height}x{width} images to {h}x{w}")
         top, left = (height - h) // 2, (width - w) // 2
         return x[..., top: top + h, left: left + w]
+
+
+# The value of a file-set canvas outside its image, in every channel (pipeline.data.files); no image pixel holds
+# it, so the columns and rows holding anything else are the image's.
+CANVAS_FILL = 255
+
+
+def image_boxes(x: torch.Tensor) -> torch.Tensor:
+    """(B, 4) long: left, top, width, height of the image on each canvas of a float batch in [0, 1] (where
+    CANVAS_FILL is exactly 1.0)."""
+    content = (x < CANVAS_FILL / 255).any(dim=1)  # (B, H, W)
+    boxes = []
+    for along in (content.any(dim=1), content.any(dim=2)):  # columns, rows
+        first = along.int().argmax(dim=1)
+        last = along.shape[1] - 1 - along.flip(1).int().argmax(dim=1)
+        boxes.append((first, last - first + 1))
+    (left, width), (top, height) = boxes
+    return torch.stack([left, top, width, height], dim=1)
+
+
+class CanvasResizedCrop(nn.Module):
+    """RandomResizedCrop of each whole image, as torchvision's transform and the official metric-learning code
+    apply it (``dataset/utils.py`` of Proxy-Anchor and LabelRelaxation), for a batch of canvases that hold
+    images of different aspect ratios (pipeline.data.files).
+
+    Each image's box is found from the canvas fill, and a crop is drawn in it as kornia's
+    ``RandomResizedCrop`` draws one in a whole image (area fraction in `scale`, log-uniform aspect ratio in
+    `ratio`, the first of ten tries that fits, else the centre crop of the ratio in range nearest the
+    image's, as torchvision's ``get_params``), then cut and resized by kornia's ``crop_by_indices``, the op
+    that ``RandomResizedCrop`` crops with.
+    """
+
+    def __init__(self, size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        super().__init__()
+        self.size, self.scale, self.ratio = size, scale, ratio
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from kornia.geometry.transform import crop_by_indices
+
+        left, top, width, height = self.sample(image_boxes(x)).unbind(1)
+        right, bottom = left + width - 1, top + height - 1
+        corners = torch.stack([torch.stack([left, top], 1), torch.stack([right, top], 1),
+                               torch.stack([right, bottom], 1), torch.stack([left, bottom], 1)], dim=1)
+        return crop_by_indices(x, corners.to(x.dtype), self.size, interpolation="bilinear", align_corners=True)
+
+    def sample(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(B, 4) crops (left, top, width, height) inside `boxes`, from torch's global generator."""
+        left, top, width, height = boxes.double().unbind(1)
+        n, device = len(boxes), boxes.device
+        area = width * height
+        target = area[:, None] * (self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(n, 10, device=device))
+        low, high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(low + (high - low) * torch.rand(n, 10, device=device, dtype=torch.float64))
+        w = torch.sqrt(target * aspect).round()
+        h = torch.sqrt(target / aspect).round()
+        fits = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
+        first = fits.int().argmax(dim=1, keepdim=True)  # the first try that fits
+        found = fits.any(dim=1)
+        # No try fits: the whole image, cut to the nearest ratio in range (torchvision's get_params).
+        image_ratio = width / height
+        fallback_w = torch.where(image_ratio > self.ratio[1], (height * self.ratio[1]).round(), width)
+        fallback_h = torch.where(image_ratio < self.ratio[0], (width / self.ratio[0]).round(), height)
+        w = torch.where(found, w.gather(1, first)[:, 0], fallback_w).clamp(min=1).minimum(width)
+        h = torch.where(found, h.gather(1, first)[:, 0], fallback_h).clamp(min=1).minimum(height)
+        offset = torch.rand(n, 2, device=device, dtype=torch.float64)
+        x0 = torch.where(found, (offset[:, 0] * (width - w + 1)).floor(), ((width - w) / 2).floor())
+        y0 = torch.where(found, (offset[:, 1] * (height - h + 1)).floor(), ((height - h) / 2).floor())
+        return torch.stack([left + x0, top + y0, w, h], dim=1).long()
 
 
 @dataclass(frozen=True)
@@ -167,4 +246,4 @@ def build_augmentation(
         return BatchAugmentation([crop, K.RandomHorizontalFlip()], channels, mean, std)
     ops = [K.RandomResizedCrop(size, scale=recipe.crop_scale), K.RandomHorizontalFlip(),
            *_colour_ops(channels, recipe), *_blur(image_size, recipe.blur_at(image_size))]
-    return BatchAugmentation(ops, channels, mean, std)
+    return BatchAugmentation(ops, channels, mean, std, canvas_crop=CanvasResizedCrop(size, recipe.crop_scale))
