@@ -56,6 +56,28 @@ def test_dvc_builds_the_profile_dag(path, tmp_path):
     assert dag.returncode == 0, dag.stderr
 
 
+METRIC_PROFILES = ("cub200", "cub200_compression", "cars196", "cars196_compression", "sop", "sop_compression")
+
+
+@pytest.mark.parametrize("name", METRIC_PROFILES)
+def test_dvc_builds_the_released_teacher_variant_dag(name, tmp_path):
+    """The README's released-source command sets released_teachers.TEACHER: a released_teacher stage per
+    file appears, every teacher stage depends on its record, and the rest of the DAG is the profile's."""
+    raw = profile(name)
+    (teacher,) = raw["transfer"]["metric_learning"]["grid"]["teacher"]
+    raw["released_teachers"] = {teacher: f"data/weights/{teacher}_source.pth"}
+    validate_params(raw)
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=tmp_path, check=True, env=env)
+    dag = subprocess.run([str(BIN / "dvc"), "dag", "--dot", f"teacher@{teacher}"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert dag.returncode == 0, dag.stderr
+    assert f'"released_teacher@{teacher}" -> "teacher@{teacher}"' in dag.stdout, dag.stdout
+
+
 def shrink(raw: dict, data_root: Path | None) -> dict:
     """Tiny overrides: small images, one step, small batches, no pretrained weights file, cheap evaluation."""
     raw = copy.deepcopy(raw)
@@ -76,6 +98,9 @@ def shrink(raw: dict, data_root: Path | None) -> dict:
     for section in sections:
         if section.get("sampler"):
             section["sampler"] = {"classes_per_batch": 4, "samples_per_class": 2}
+    for loss in raw["losses"].values():
+        if loss["name"] == "crd":  # the fake archives hold a few hundred images
+            loss.setdefault("params", {})["num_negatives"] = 16
     probe = raw.get("evaluation", {}).get("probe", {}).get("enabled", True)
     raw["evaluation"] = {"batch_size": 64, "tsne_points": 0, "probe": {"enabled": probe},
                          "knn": {"enabled": True, "k": 5}, "retrieval": {"ks": [1, 2]}}
@@ -90,8 +115,10 @@ def fake_cifar10(split: str, root=None, download: bool = False) -> ImageSet:
     return ImageSet("cifar10", images, torch.arange(count) % 10, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
 
-def one_step_of_every_recipe(params, tmp_path: Path) -> dict:
-    """Train each teacher and each grid student for one step and evaluate one student."""
+def one_step_of_every_recipe(params, tmp_path: Path, every_loss: bool = False) -> dict:
+    """Train each teacher and each grid student for one step and evaluate one student: the first student with
+    every loss of the grid when `every_loss` (the others, whose code path only their widths change, and
+    every student otherwise, with the first loss)."""
     results = {}
     for setting in ("self_supervised", "metric_learning"):
         section = params.transfer.of(setting)
@@ -107,32 +134,63 @@ def one_step_of_every_recipe(params, tmp_path: Path) -> dict:
         teacher = objective.model.eval()
         sampler = getattr(section, "sampler", None)
         for student in grid.student:
-            student_objective, _ = recipes.transfer_objective(params, teacher_name, student, grid.loss[0], teacher, images)
-            result = fit(student_objective, images, section.train, seed=params.seed, device="cpu",
-                         samples_per_class=sampler.samples_per_class if sampler else None,
-                         checkpoint_dir=tmp_path / f"{teacher_name}-{student}")
-            results[f"{teacher_name}-{student}"] = result.losses
+            for loss in grid.loss if every_loss and student == grid.student[0] else grid.loss[:1]:
+                student_objective, _ = recipes.transfer_objective(params, teacher_name, student, loss, teacher, images)
+                result = fit(student_objective, images, section.train, seed=params.seed, device="cpu",
+                             samples_per_class=sampler.samples_per_class if sampler else None,
+                             checkpoint_dir=tmp_path / f"{teacher_name}-{student}-{loss}")
+                results[f"{teacher_name}-{student}-{loss}"] = result.losses
         test = load_images(params.data, "test")
         metrics, _ = evaluate(student_objective.model, images, test, params.evaluation, params.data.image_size, params.seed)
         results["metrics"] = metrics
     return results
 
 
-@pytest.mark.parametrize("name, build, all_students", [("cub200", build_cub, True), ("cars196", build_cars, False),
-                                                       ("sop", build_sop, False)])
-def test_metric_learning_profile_runs_one_step_on_a_fake_archive(name, build, all_students, tmp_path):
-    """CUB runs every student of the grid; Cars and SOP (same code after loading) only the first."""
-    build(tmp_path / "data")
+BUILDERS = {"cub200": build_cub, "cars196": build_cars, "sop": build_sop}
+
+
+@pytest.mark.parametrize("name", METRIC_PROFILES)
+def test_metric_learning_profile_runs_one_step_on_a_fake_archive(name, tmp_path):
+    """The CUB profiles run every method of the grid (on their first student) and every student; Cars and SOP
+    (the same code after loading) the first student with the first method."""
+    dataset = name.removesuffix("_compression")
+    BUILDERS[dataset](tmp_path / "data")
     raw = shrink(profile(name), tmp_path / "data")
-    if not all_students:
-        raw["transfer"]["metric_learning"]["grid"]["student"] = raw["transfer"]["metric_learning"]["grid"]["student"][:1]
+    grid = raw["transfer"]["metric_learning"]["grid"]
+    every = dataset == "cub200"
+    if not every:
+        grid["student"] = grid["student"][:1]
     params = validate_params(raw)
-    results = one_step_of_every_recipe(params, tmp_path)
+    results = one_step_of_every_recipe(params, tmp_path, every_loss=every)
     students = [k for k in results if k != "metrics"]
-    assert len(students) == len(params.transfer.metric_learning.grid.student)
+    assert len(students) == len(grid["student"]) + (len(grid["loss"]) - 1 if every else 0)
     assert all(len(losses) == 1 and torch.isfinite(torch.tensor(losses[0][1])) for losses in
                (results[k] for k in students))
     assert 0.0 <= results["metrics"]["recall@1"] <= 1.0
+
+
+def test_released_teacher_variant_runs_one_step_from_an_official_checkpoint(tmp_path):
+    """The README's released-source CUB run: the teacher comes from a file in the official BN-Inception
+    layout (random weights here) instead of training, and a student trains one step against it."""
+    from test_released_teachers import OfficialBNInception, caffe_bgr, randomise
+
+    from pipeline.models.released import load_released
+
+    build_cub(tmp_path / "data")
+    torch.manual_seed(0)
+    official = randomise(OfficialBNInception(512), caffe_bgr(torch.randn(2, 3, 32, 32)))
+    torch.save({"model_state_dict": official.state_dict()}, tmp_path / "cub_bn_inception_512dim.pth")
+    raw = shrink(profile("cub200"), tmp_path / "data")
+    raw["released_teachers"] = {"bn_inception": str(tmp_path / "cub_bn_inception_512dim.pth")}
+    params = validate_params(raw)
+    teacher, _ = load_released("bn_inception", params.released_teachers["bn_inception"],
+                               params.teachers["bn_inception"])
+    images = load_images(params.data, "train")
+    section = params.transfer.metric_learning
+    objective, _ = recipes.transfer_objective(params, "bn_inception", "same", "relaxed", teacher, images)
+    result = fit(objective, images, section.train, seed=params.seed, device="cpu",
+                 samples_per_class=section.sampler.samples_per_class, checkpoint_dir=tmp_path / "student")
+    assert len(result.losses) == 1 and torch.isfinite(torch.tensor(result.losses[0][1]))
 
 
 def test_cifar10_profile_runs_one_step_on_fake_cifar(tmp_path, monkeypatch):
@@ -143,7 +201,7 @@ def test_cifar10_profile_runs_one_step_on_fake_cifar(tmp_path, monkeypatch):
     raw["transfer"]["self_supervised"]["grid"]["student"] = ["small"]  # the ResNet-18 self-transfer is the same code path
     params = validate_params(raw)
     results = one_step_of_every_recipe(params, tmp_path)
-    assert "simclr-small" in results and "probe_top1" in results["metrics"]
+    assert f"simclr-small-{params.transfer.self_supervised.grid.loss[0]}" in results and "probe_top1" in results["metrics"]
 
 
 def fake_cifar100(split: str, root=None, download: bool = False) -> ImageSet:
