@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name", help="a key of the `teachers` section of params.yaml")
     parser.add_argument("--fingerprint", action="store_true",
-                        help="check the released checkpoint of NAME and record its hash (released_teacher@NAME)")
+                        help="check the released checkpoint of NAME, record its hash (released_teacher@NAME)")
     args = parser.parse_args(argv)
     params = load()
     quiet_libraries()
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     released = params.released_teachers.get(args.name)
     if args.fingerprint:
         if released is None:
-            raise KeyError(f"released_teachers.{args.name} is not in params.yaml: teacher {args.name} is trained")
+            raise KeyError(f"released_teachers.{args.name} is not in params.yaml: {args.name} is trained")
         fingerprint(args.name, released, teacher)
         return
 
@@ -55,7 +55,8 @@ def main(argv: list[str]) -> None:
 
     stage = stage_name(f"teacher@{args.name}")
     described = teacher.model_dump(mode="json")
-    section = {"seed": params.seed, "data": params.data.model_dump(mode="json"), "teachers": {args.name: described}}
+    section = {"seed": params.seed, "data": params.data.model_dump(mode="json"),
+               "teachers": {args.name: described}}
     if released is not None:  # how it would be trained says nothing about the file it is loaded from
         del described["train"], described["model"]["weights_path"]
         section["released_teachers"] = {args.name: released}
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> None:
 
 
 def train(params: Params, name: str, section: dict, run: RunLogger, stage: str) -> dict[str, float]:
-    """Train teacher `name` into its output folder (resuming its checkpoint) and return the training summary."""
+    """Train teacher `name` into its output folder (resuming its checkpoint); the training summary."""
     from pipeline.data.loading import load_images
     from pipeline.models.embedding_model import save_model
     from pipeline.outputs import teacher_dir

@@ -63,8 +63,8 @@ class CenterCrop(nn.Module):
         return x[..., top: top + h, left: left + w]
 
 
-# The value of a file-set canvas outside its image, in every channel (pipeline.data.files); no image pixel holds
-# it, so the columns and rows holding anything else are the image's.
+# The value of a file-set canvas outside its image, in every channel (pipeline.data.files); no image pixel
+# holds it, so the columns and rows holding anything else are the image's.
 CANVAS_FILL = 255
 
 
@@ -93,7 +93,8 @@ class CanvasResizedCrop(nn.Module):
     that ``RandomResizedCrop`` crops with.
     """
 
-    def __init__(self, size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+    def __init__(self, size: tuple[int, int], scale: tuple[float, float],
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)):
         super().__init__()
         self.size, self.scale, self.ratio = size, scale, ratio
 
@@ -111,7 +112,8 @@ class CanvasResizedCrop(nn.Module):
         left, top, width, height = boxes.double().unbind(1)
         n, device = len(boxes), boxes.device
         area = width * height
-        target = area[:, None] * (self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(n, 10, device=device))
+        fraction = self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(n, 10, device=device)
+        target = area[:, None] * fraction
         low, high = math.log(self.ratio[0]), math.log(self.ratio[1])
         aspect = torch.exp(low + (high - low) * torch.rand(n, 10, device=device, dtype=torch.float64))
         w = torch.sqrt(target * aspect).round()

@@ -55,7 +55,7 @@ def load_released_teacher(
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, truncated, or pickled objects beyond tensors: one line, not a trace
+    except Exception as err:  # not a torch file, truncated, or objects beyond tensors: one line, no trace
         reason = (str(err).strip().splitlines() or [""])[0]
         raise ValueError(f"{path} cannot be read as a checkpoint ({type(err).__name__}: {reason})") from None
     if not isinstance(payload, dict) or "model_state_dict" not in payload:
@@ -88,8 +88,8 @@ def load_released(name: str, path: str | Path, teacher: TeacherConfig) -> tuple[
     with the backbone and embedding dimension ``teachers.NAME.model`` declares; a missing file, or one that
     does not hold that official layout, is refused in one line naming the key, before any compute."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"released_teachers.{name}: {path} does not exist (nothing is downloaded: put the "
-                                "official file there, README \"Paper-scale runs\")")
+        raise FileNotFoundError(f"released_teachers.{name}: {path} does not exist (nothing is downloaded: "
+                                "put the official file there, README \"Paper-scale runs\")")
     try:
         return load_released_teacher(path, teacher.model.backbone, teacher.model.embedding_dim)
     except ValueError as err:
