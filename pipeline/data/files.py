@@ -10,8 +10,8 @@ a canvas ``load_size`` high and ``CANVAS_ASPECT`` x ``load_size`` wide whose oth
 ``CANVAS_FILL``; no image pixel holds that value (decoded pixels are capped one below it), so the training
 crop finds each image's columns in the batch (``augment.WholeImageResizedCrop``), while the evaluation's
 centre crop of the canvas is the official centre crop of the image. What does not fit is centre-cropped:
-portrait images lose rows beyond a square, landscape ones columns beyond ``CANVAS_ASPECT`` (3:2 photos, most
-of CUB's and Cars', fit whole); the canvas costs ``CANVAS_ASPECT`` x the memory of a square.
+portrait images lose rows beyond a square, landscape ones columns beyond ``CANVAS_ASPECT`` (landscape images
+up to 3:2 are stored whole); the canvas costs ``CANVAS_ASPECT`` x the memory of a square.
 """
 from __future__ import annotations
 
