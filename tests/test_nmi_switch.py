@@ -34,6 +34,16 @@ def test_evaluate_computes_nmi_only_when_asked(nmi, monkeypatch):
     assert 0.0 <= metrics["recall@1"] <= 1.0
 
 
+def test_without_probe_and_knn_the_train_split_is_not_needed():
+    """SOP-sized profiles switch both off: no train features are extracted (for SOP's raw pixels that
+    would be 36 GB), and a train split is only required by the probe or kNN."""
+    off = EvaluationConfig(probe={"enabled": False}, knn={"enabled": False}, retrieval={"ks": [1]})
+    metrics, _ = evaluate(None, None, tiny_set(1), off, 8, seed=0)
+    assert "recall@1" in metrics and not any(key.startswith(("probe", "knn")) for key in metrics)
+    with pytest.raises(ValueError, match="need the train split"):
+        evaluate(None, None, tiny_set(1), EvaluationConfig(retrieval={"ks": [1]}), 8, seed=0)
+
+
 @pytest.mark.parametrize("nmi", [True, False])
 def test_the_report_says_nmi_off_instead_of_a_number(nmi, tmp_path, monkeypatch):
     from test_report import _seeded_outputs, _seeded_params

@@ -35,17 +35,24 @@ def pixel_features(images: ImageSet, preprocess: Callable[[torch.Tensor], torch.
     return torch.cat([preprocess(images.images[i: i + 4096]).flatten(1) for i in range(0, len(images), 4096)])
 
 
+def needs_train_split(evaluation: cfg.EvaluationConfig) -> bool:
+    """Whether `evaluate` fits anything on the train split (the probe or kNN)."""
+    return evaluation.probe.enabled or evaluation.knn.enabled
+
+
 def evaluate(
     model: torch.nn.Module | None,
-    train: ImageSet,
+    train: ImageSet | None,
     test: ImageSet,
     evaluation: cfg.EvaluationConfig,
     image_size: int,
     seed: int,
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """All metrics of one model as a flat dict, and the test embeddings (for figures). `model=None`: pixels."""
+    """All metrics of one model as a flat dict, and the test embeddings (for figures). `model=None`: pixels.
+    `train` may be None when neither the probe nor kNN is enabled (`needs_train_split`)."""
     preprocess = build_augmentation("none", image_size, test.channels, test.mean, test.std)
-    train = subsample(train, evaluation.probe.train_samples, seed)
+    if train is None and needs_train_split(evaluation):
+        raise ValueError("evaluation.probe / evaluation.knn need the train split, and train is None")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
     if model is None:
@@ -54,12 +61,15 @@ def evaluate(
         test_x, _ = extract_features(model, test.images, batch_size=evaluation.batch_size, device=device,
                                      transform=preprocess)
     ms_per_image = 1000 * (time.perf_counter() - started) / len(test)
-    if model is None:
-        train_x = pixel_features(train, preprocess)
-    else:
-        train_x, _ = extract_features(model, train.images, batch_size=evaluation.batch_size, device=device,
-                                      transform=preprocess)
-    train_x, test_x = train_x.float().cpu(), test_x.float().cpu()
+    test_x = test_x.float().cpu()
+    if needs_train_split(evaluation):  # only the probe and kNN fit on train (SOP's pixels: 36 GB of features)
+        train = subsample(train, evaluation.probe.train_samples, seed)
+        if model is None:
+            train_x = pixel_features(train, preprocess)
+        else:
+            train_x, _ = extract_features(model, train.images, batch_size=evaluation.batch_size, device=device,
+                                          transform=preprocess)
+        train_x = train_x.float().cpu()
 
     metrics: dict[str, float] = {"embedding_dim": int(test_x.shape[1]), "ms_per_image": ms_per_image,
                                  "num_test": len(test), "num_classes": int(test.labels.unique().numel())}

@@ -27,7 +27,7 @@ def evaluate_and_save(checkpoint: Path | None, model_id: str, teacher: str, para
     """Evaluate `checkpoint` (None: raw pixels) on `teacher`'s evaluation classes; log, write, return."""
     from pipeline.data import class_names
     from pipeline.data.loading import evaluation_classes, load_images
-    from pipeline.eval.protocol import evaluate, evaluation_figures
+    from pipeline.eval.protocol import evaluate, evaluation_figures, needs_train_split
     from pipeline.models.loading import load_saved_model
 
     model = None
@@ -43,7 +43,7 @@ def evaluate_and_save(checkpoint: Path | None, model_id: str, teacher: str, para
 
         model = model.to(memory_format=torch.channels_last)
     classes = evaluation_classes(params, teacher)
-    train = load_images(params.data, "train", classes)
+    train = load_images(params.data, "train", classes) if needs_train_split(params.evaluation) else None
     test = load_images(params.data, "test", classes)
     metrics, test_embeddings = evaluate(model, train, test, params.evaluation, params.data.image_size, params.seed)
     out = eval_dir(model_id)
