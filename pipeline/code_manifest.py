@@ -127,6 +127,17 @@ def write_manifest(module: str, root: Path = Path(".")) -> Path:
     return path
 
 
+def imported_project_modules() -> dict[str, str]:
+    """Module name -> source file of every project module (`PACKAGES`) this process has imported so far:
+    what `unlisted_imports` checks against a manifest and the checkpoint fingerprint digests."""
+    found = {}
+    for name, loaded in sorted(sys.modules.items()):
+        file = getattr(loaded, "__file__", None)
+        if name.split(".")[0] in PACKAGES and file and file.endswith(".py"):
+            found[name] = file
+    return found
+
+
 def unlisted_imports(module: str, root: Path = Path(".")) -> list[str]:
     """Project files this process has imported that `module`'s manifest does not list ([] without a
     manifest: a stage run by hand outside DVC)."""
@@ -136,11 +147,9 @@ def unlisted_imports(module: str, root: Path = Path(".")) -> list[str]:
     listed = set(json.loads(path.read_text())["files"])
     root = Path(root).resolve()
     imported = set()
-    for name, loaded in list(sys.modules.items()):
-        file = getattr(loaded, "__file__", None)
-        if name.split(".")[0] in PACKAGES and file and file.endswith(".py"):
-            try:
-                imported.add(str(Path(file).resolve().relative_to(root)))
-            except ValueError:  # a module of the same name from elsewhere (not this checkout's code)
-                continue
+    for file in imported_project_modules().values():
+        try:
+            imported.add(str(Path(file).resolve().relative_to(root)))
+        except ValueError:  # a module of the same name from elsewhere (not this checkout's code)
+            continue
     return sorted(imported - listed)

@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.config import SETTINGS
 from pipeline.eval.curves import recall_at_k_values
 from pipeline.outputs import (LOSS_CURVE, classifier_student_dir, classifier_teacher_dir, eval_dir, pixels_id,
-                              student_dir, student_id, teacher_id)
+                              student_dir, student_id, teacher_id, transferred_id)
 
 HEADLINE_KEYS = ("map@r", "recall@1", "probe_top1", "knn_top1")
 CLASSIFIER_KEYS = ("top1",)
@@ -30,7 +30,8 @@ CLASSIFIER_KEYS = ("top1",)
 
 @dataclass(frozen=True)
 class Model:
-    """One trained (or raw-pixels) model of this run: `kind` is pixels, teacher, student, classifier_teacher
+    """One trained (or raw-pixels) model of this run: `kind` is pixels, teacher, teacher_transferred (the
+    embedding the teacher hands its students), student, classifier_teacher
     or classifier_student; `method` the loss (students), the objective (teachers) or "pixels"; `seed` the
     seed it trained under (a student's replica seed, else params.yaml's `seed`)."""
 
@@ -54,6 +55,8 @@ def models(params) -> list[Model]:
                                eval_dir(pixels_id(teacher))))
             found.append(Model(teacher_id(teacher), setting, teacher, params.teachers[teacher].method, "teacher",
                                params.seed, eval_dir(teacher_id(teacher))))
+            found.append(Model(transferred_id(teacher), setting, teacher, params.teachers[teacher].method,
+                               "teacher_transferred", params.seed, eval_dir(transferred_id(teacher))))
             for student in grid.student:
                 for loss in grid.loss:
                     for seed in params.seeds:

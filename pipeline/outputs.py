@@ -17,6 +17,12 @@ def teacher_id(teacher: str) -> str:
     return f"teacher-{teacher}"
 
 
+def transferred_id(teacher: str) -> str:
+    """The teacher scored on what it hands its students (`teacher_embedding`: the L2-normalised projection
+    or embedding), next to `teacher_id`, the model's own output."""
+    return f"teacher-{teacher}-transferred"
+
+
 def pixels_id(teacher: str) -> str:
     """Raw pixels scored on the classes `teacher`'s students are evaluated on."""
     return f"pixels-{teacher}"

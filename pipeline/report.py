@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from pipeline.config import SETTINGS, Params
 from pipeline.eval.curves import recall_at_k_plot
 from pipeline.outputs import (classifier_student_dir, classifier_teacher_dir, eval_dir, grid_id, pixels_id,
-                              student_id, teacher_id)
+                              student_id, teacher_id, transferred_id)
 from pipeline.seed_report import SeedRow, seed_section
 
 Column = tuple[str, str, str]  # (metrics key, column title, format)
@@ -120,16 +120,32 @@ def _mean_metrics(per_seed: dict[int, dict[str, Any]]) -> dict[str, float]:
             if all(isinstance(m[k], (int, float)) and not isinstance(m[k], bool) for m in per_seed.values())}
 
 
+TRANSFERRED = {"projection": "L2-normalised projection", "embedding": "L2-normalised embedding",
+               "backbone": "pooled features"}
+
+
+def reference_rows(params: Params, teacher: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, model id, metrics) of raw pixels, the teacher's own output and the embedding it hands its
+    students (`teacher_embedding`), which differ: SimCLR is scored on pooled features and transfers its
+    projection; the Proxy-Anchor teacher is scored raw and transfers its normalised embedding, which is
+    what the Proxy-Anchor repo scores (cosine)."""
+    t = params.teachers[teacher]
+    return [(label, key, read_metrics(eval_dir(key) / "metrics.json")) for label, key in (
+        ("raw pixels", pixels_id(teacher)),
+        (f"teacher ({t.model.backbone})", teacher_id(teacher)),
+        (f"teacher ({t.model.backbone}), transferred: {TRANSFERRED[t.transfer_embedding]}", transferred_id(teacher)))]
+
+
 def transfer_seed_rows(params: Params, setting: str, teacher: str) -> list[SeedRow]:
-    """Raw pixels and the teacher (single runs, under `seed`), then every (student, loss) of the setting's
-    grid over `seeds`, each student's rows a group of their own (methods are compared within a student)."""
+    """Raw pixels and the teacher both ways (`reference_rows`; single runs under `seed`), then every
+    (student, loss) of the setting's grid over `seeds`, each student's rows a group of their own (methods
+    are compared within a student)."""
     grid = params.transfer.of(setting).grid
     t = params.teachers[teacher]
     loss_names = {name: loss.name for name, loss in params.losses.items()}
-    teacher_metrics = read_metrics(eval_dir(teacher_id(teacher)) / "metrics.json")
-    rows = [SeedRow("raw pixels", None, {params.seed: read_metrics(eval_dir(pixels_id(teacher)) / "metrics.json")},
-                    key=pixels_id(teacher)),
-            SeedRow(f"teacher ({t.model.backbone})", None, {params.seed: teacher_metrics}, key=teacher_id(teacher))]
+    references = reference_rows(params, teacher)
+    teacher_metrics = references[1][2]
+    rows = [SeedRow(label, None, {params.seed: metrics}, key=key) for label, key, metrics in references]
     for student in grid.student:
         for loss in grid.loss:
             per_seed = _per_seed(params, lambda seed: eval_dir(student_id(teacher, student, loss, seed)))
@@ -236,8 +252,7 @@ def build_report(params: Params, out_dir: Path) -> tuple[str, dict[str, float | 
                 title = f"{teacher} teacher ({t.method}), all classes"
             else:
                 title = f"{teacher} teacher ({t.method}), trained on classes {list(t.train_classes)}, evaluated on the others"
-            curves = {"raw pixels": read_metrics(eval_dir(pixels_id(teacher)) / "metrics.json"),
-                      f"teacher ({t.model.backbone})": read_metrics(eval_dir(teacher_id(teacher)) / "metrics.json")}
+            curves = {label: metrics for label, _, metrics in reference_rows(params, teacher)}
             rows = [ResultRow(title, label, metrics) for label, metrics in curves.items()]
             for student in grid.student:
                 for loss in grid.loss:
@@ -315,8 +330,8 @@ def table1_section(params, teacher: str, loss_names: dict[str, str]) -> list[str
     ks = params.evaluation.retrieval.ks
     columns = [c for c in retrieval_columns(ks) if c[0].startswith("recall@") or c[0] in ("map@r", "r_precision")
                or c[0] in TABLE1_KEYS]
-    pixels = read_metrics(eval_dir(pixels_id(teacher)) / "metrics.json")
-    teacher_metrics = read_metrics(eval_dir(teacher_id(teacher)) / "metrics.json")
+    references = reference_rows(params, teacher)
+    teacher_metrics = references[1][2]
     by_setting: dict[str, list[ResultRow]] = {}
     for student in grid.student:
         for loss in grid.loss:
@@ -333,7 +348,6 @@ def table1_section(params, teacher: str, loss_names: dict[str, str]) -> list[str
     for setting, title in TABLE1_SETTINGS.items():
         if setting not in by_setting:
             continue
-        rows = [ResultRow(setting, "raw pixels", pixels),
-                ResultRow(setting, f"teacher ({t.model.backbone})", teacher_metrics), *by_setting[setting]]
-        lines += [f"### {title}", "", results_table(rows, columns, bold_best_from=2), ""]
+        rows = [*(ResultRow(setting, label, metrics) for label, _, metrics in references), *by_setting[setting]]
+        lines += [f"### {title}", "", results_table(rows, columns, bold_best_from=len(references)), ""]
     return lines

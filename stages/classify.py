@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.outputs import write_json
-from stages.common import load, quiet_libraries, run_stage, stage_name
+from stages.common import load, run_stage, stage_name
 
 
 def main(argv: list[str]) -> None:
@@ -39,7 +39,6 @@ def main(argv: list[str]) -> None:
         from pipeline.contracts import check_contracts
 
         check_contracts(params, losses=(), methods=(args.method,))
-    quiet_libraries()
 
     from pipeline import launch
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from stages.common import load, quiet_libraries, run_stage, stage_name
+from stages.common import load, run_stage, stage_name
 
 
 def main(argv: list[str]) -> None:
@@ -13,7 +13,6 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--teacher", required=True, help="whose evaluation classes to use")
     args = parser.parse_args(argv)
     params = load()
-    quiet_libraries()
     if args.teacher not in params.teachers:
         raise KeyError(f"teachers.{args.teacher} is not in params.yaml (declared: {', '.join(params.teachers)})")
 

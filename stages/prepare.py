@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.outputs import write_json
-from stages.common import load, quiet_libraries, run_stage, stage_name
+from stages.common import load, run_stage, stage_name
 
 
 def main(argv: list[str]) -> None:
@@ -16,7 +16,6 @@ def main(argv: list[str]) -> None:
     from pipeline.contracts import check_contracts
 
     check_contracts(params)  # every loss entry too, before any stage computes
-    quiet_libraries()
 
     from pipeline import tracking
     from pipeline.config import flatten

@@ -7,13 +7,12 @@ from __future__ import annotations
 import argparse
 
 from pipeline.outputs import write_json
-from stages.common import load, quiet_libraries, run_stage, stage_name
+from stages.common import load, run_stage, stage_name
 
 
 def main(argv: list[str]) -> None:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
     params = load()
-    quiet_libraries()
 
     from pipeline import tracking
     from pipeline.comparison import write_comparison

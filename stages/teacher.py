@@ -12,7 +12,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from pipeline.outputs import OUTPUTS, write_json
-from stages.common import load, quiet_libraries, run_stage, stage_name
+from stages.common import load, run_stage, stage_name
 
 if TYPE_CHECKING:
     from pipeline.config import Params, TeacherConfig
@@ -28,7 +28,6 @@ def main(argv: list[str]) -> None:
                         help="check the released checkpoint of NAME, record its hash (released_teacher@NAME)")
     args = parser.parse_args(argv)
     params = load()
-    quiet_libraries()
     if args.name not in params.teachers:
         raise KeyError(f"teachers.{args.name} is not in params.yaml (declared: {', '.join(params.teachers)})")
     teacher = params.teachers[args.name]
@@ -51,7 +50,7 @@ def main(argv: list[str]) -> None:
     from pipeline import tracking
     from pipeline.config import flatten
     from pipeline.launch import is_main_process
-    from pipeline.outputs import LOSS_CURVE, teacher_dir, teacher_id
+    from pipeline.outputs import LOSS_CURVE, teacher_dir, teacher_id, transferred_id
 
     stage = stage_name(f"teacher@{args.name}")
     described = teacher.model_dump(mode="json")
@@ -78,7 +77,8 @@ def main(argv: list[str]) -> None:
         if is_main_process():
             from pipeline.eval.session import evaluate_and_save
 
-            evaluate_and_save(out / "model.pt", teacher_id(args.name), args.name, params, run)
+            evaluate_and_save(out / "model.pt", teacher_id(args.name), args.name, params, run,
+                              transferred=(transferred_id(args.name), teacher.transfer_embedding))
 
 
 def train(params: Params, name: str, section: dict, run: RunLogger, stage: str) -> dict[str, float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.outputs import write_json
-from stages.common import load, quiet_libraries, run_stage, stage_name
+from stages.common import load, run_stage, stage_name
 
 
 def main(argv: list[str]) -> None:
@@ -21,7 +21,6 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     params = load()
     seed = params.replica_seed(args.seed)
-    quiet_libraries()
     for section, name in (("teachers", args.teacher), ("students", args.student), ("losses", args.loss)):
         if name not in getattr(params, section):
             raise KeyError(f"{section}.{name} is not in params.yaml (declared: {', '.join(getattr(params, section))})")

@@ -115,6 +115,30 @@ def test_teacher_embedding_kinds():
         teacher_embedding(model, x, "logits")
 
 
+def test_the_transferred_view_ranks_by_cosine_what_the_teacher_hands_its_students():
+    """The teacher's `transferred` evaluation row: its forward is the unit-norm projection (SSL) or
+    embedding (Proxy-Anchor), so Euclidean retrieval on it ranks neighbours as cosine similarity on the
+    raw output does, the Proxy-Anchor repo's protocol; checked by brute force."""
+    from pipeline.models.embedding_model import TransferredEmbedding
+
+    torch.manual_seed(1)
+    model = EmbeddingModel(build_backbone("small_resnet", 1, widths=(8, 8, 16)), embedding_dim=4,
+                           projection="simclr", projection_dim=6).eval()
+    x = torch.randn(12, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(TransferredEmbedding(model, "projection")(x), F.normalize(model.projection(x), dim=1))
+        view, raw = TransferredEmbedding(model, "embedding")(x), model(x)
+    torch.testing.assert_close(view.norm(dim=1), torch.ones(12))
+    cosine = raw @ raw.T / (raw.norm(dim=1, keepdim=True) * raw.norm(dim=1))
+    distance = torch.cdist(view, view)
+    for row in range(12):  # nearest first, the query itself excluded
+        by_cosine = [i for i in cosine[row].argsort(descending=True).tolist() if i != row]
+        by_distance = [i for i in distance[row].argsort().tolist() if i != row]
+        assert by_cosine == by_distance
+    with pytest.raises(ValueError, match="teacher_embedding"):
+        TransferredEmbedding(model, "logits")
+
+
 def test_model_without_head_returns_pooled_features_and_projection_is_required():
     model = EmbeddingModel(build_backbone("small_resnet", 1, widths=(8, 8, 16)))
     x = torch.randn(2, 1, 8, 8)

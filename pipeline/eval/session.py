@@ -23,11 +23,16 @@ if TYPE_CHECKING:
 
 
 def evaluate_and_save(checkpoint: Path | None, model_id: str, teacher: str, params: cfg.Params,
-                      logger: RunLogger) -> dict[str, float]:
-    """Evaluate `checkpoint` (None: raw pixels) on `teacher`'s evaluation classes; log, write, return."""
-    from pipeline.data import class_names
+                      logger: RunLogger, transferred: tuple[str, str] | None = None) -> dict[str, float]:
+    """Evaluate `checkpoint` (None: raw pixels) on `teacher`'s evaluation classes; log, write, return.
+
+    `transferred` = (model id, `teacher_embedding` kind), for a teacher: also score, on the same images, the
+    embedding its students are trained to match, logged with the prefix ``transferred.`` (issue 13: the
+    SimCLR teacher is scored on its pooled features but hands on its projection; the Proxy-Anchor teacher
+    is scored raw but hands on its normalised embedding, the official repo's cosine protocol).
+    """
     from pipeline.data.loading import evaluation_classes, load_images
-    from pipeline.eval.protocol import evaluate, evaluation_figures, needs_train_split
+    from pipeline.eval.protocol import needs_train_split
     from pipeline.models.loading import load_saved_model
 
     model = None
@@ -45,14 +50,32 @@ def evaluate_and_save(checkpoint: Path | None, model_id: str, teacher: str, para
     classes = evaluation_classes(params, teacher)
     train = load_images(params.data, "train", classes) if needs_train_split(params.evaluation) else None
     test = load_images(params.data, "test", classes)
+    metrics, figures = _score(model, model_id, train, test, classes, params)
+    logger.log_metrics(metrics, step=0)
+    for figure in figures:
+        logger.log_artifact(figure)
+    if transferred is not None:
+        from pipeline.models.embedding_model import TransferredEmbedding
+
+        transferred_id, kind = transferred
+        view, figures = _score(TransferredEmbedding(model, kind), transferred_id, train, test, classes, params)
+        logger.log_metrics({f"transferred.{key}": value for key, value in view.items()}, step=0)
+        for figure in figures:
+            logger.log_artifact(figure, "transferred")
+    return metrics
+
+
+def _score(model, model_id: str, train, test, classes, params: cfg.Params) -> tuple[dict[str, float], list[Path]]:
+    """Write the figures, recall.json and (last, atomically) metrics.json of one model under its eval
+    folder; its metrics and figure paths."""
+    from pipeline.data import class_names
+    from pipeline.eval.protocol import evaluate, evaluation_figures
+
     metrics, test_embeddings = evaluate(model, train, test, params.evaluation, params.data.image_size, params.seed)
     out = eval_dir(model_id)
     figures = evaluation_figures(out / "figures", test, test_embeddings, params,
                                  class_names=class_names(params.data.name, classes))
-    logger.log_metrics(metrics, step=0)
-    for figure in figures:
-        logger.log_artifact(figure)
     write_json(out / "recall.json", [{"k": int(k.split("@")[1]), "recall": v}
                                      for k, v in metrics.items() if k.startswith("recall@")])
     write_json(out / "metrics.json", metrics)
-    return metrics
+    return metrics, figures

@@ -88,6 +88,21 @@ def teacher_embedding(teacher: EmbeddingModel, x: torch.Tensor, kind: str = "pro
     raise ValueError(f"teacher_embedding must be one of {TEACHER_EMBEDDINGS}, got {kind!r}")
 
 
+class TransferredEmbedding(nn.Module):
+    """A teacher whose forward is `teacher_embedding`: scores what the students are trained to match, which
+    is not the teacher's own output (SimCLR: the normalised projection, not the pooled features; the
+    Proxy-Anchor teacher: its normalised embedding, the official repo's cosine protocol, not the raw one)."""
+
+    def __init__(self, teacher: EmbeddingModel, kind: str) -> None:
+        super().__init__()
+        if kind not in TEACHER_EMBEDDINGS:
+            raise ValueError(f"teacher_embedding must be one of {TEACHER_EMBEDDINGS}, got {kind!r}")
+        self.teacher, self.kind = teacher, kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return teacher_embedding(self.teacher, x, self.kind)
+
+
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild an ``EmbeddingModel``; stored next to its weights."""

@@ -9,14 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.code_manifest import code_digest
+from pipeline.code_manifest import code_digest, imported_project_modules
 
 FINGERPRINT_FILE = "fingerprint.json"
-PROJECT_PACKAGES = ("pipeline", "stages")
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -28,12 +26,7 @@ def code_fingerprint() -> dict[str, str]:
     every project module this process has imported so far (`pipeline.*`, `stages.*`), by module name.
     Taken once the objective is built and before training starts, it covers exactly what the stage runs
     (a stage that does not use PKT never imports `pkt.py`)."""
-    digests = {}
-    for name, module in sorted(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if name.split(".")[0] in PROJECT_PACKAGES and path and path.endswith(".py"):
-            digests[name] = code_digest(path)
-    return digests
+    return {name: code_digest(path) for name, path in imported_project_modules().items()}
 
 
 def claim_checkpoint_dir(folder: str | Path, settings: dict[str, Any]) -> bool:
