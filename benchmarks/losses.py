@@ -81,6 +81,8 @@ def embedding_rows(n: int, d: int, repeats: int) -> list[tuple[str, float]]:
     labels = torch.randint(0, 10, (n,), generator=generator)
     rows = max(1, min(n, RKD_ANGLE_ROWS)) if n > 180 else None
     crd = build("crd", student_dim=d, teacher_dim=d, n_data=60000)
+    crd_gathered = build("crd", student_dim=d, teacher_dim=d, n_data=60000)
+    crd_gathered.score_every_entry = False  # the official code's (n, K+1, feat) gather, as the reference
     cases = [
         ("relaxed_contrastive", loss_step(build("relaxed_contrastive"), student, teacher)),
         ("contrastive (labels)", loss_step(build("contrastive"), student, labels)),
@@ -88,6 +90,8 @@ def embedding_rows(n: int, d: int, repeats: int) -> list[tuple[str, float]]:
         ("pkt", loss_step(build("pkt"), student, teacher)),
         ("darkrank (+triplet)", loss_step(build("darkrank"), student, teacher, labels)),
         ("crd (4096 negatives)", loss_step(crd, student, teacher, torch.randint(0, 60000, (n,), generator=generator))),
+        ("crd (4096 negatives, gathered rows)",
+         loss_step(crd_gathered, student, teacher, torch.randint(0, 60000, (n,), generator=generator))),
     ]
     return [(name, median_seconds(step, repeats)) for name, step in cases]
 

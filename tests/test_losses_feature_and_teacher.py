@@ -165,6 +165,35 @@ def test_crd_matches_nce_formula_and_updates_memory_in_training_only():
         loss(student, teacher, torch.tensor([0, 1, 20]))
 
 
+
+@pytest.mark.parametrize("score_every_entry", [True, False])
+def test_crd_scores_the_same_by_whole_bank_matmul_and_by_gathered_rows(score_every_entry):
+    """`_scores` has two paths (a matmul over the whole bank, or the official code's gathered rows): each
+    matches the NCE re-derivation and both give the same gradients and bank updates, in float64."""
+    generator = torch.Generator().manual_seed(11)
+    student = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(6, 7, generator=generator, dtype=torch.float64)
+    index = torch.tensor([0, 4, 9, 13, 21, 29])
+    contrast = torch.randint(0, 30, (6, 8), generator=generator)
+    runs = {}
+    for dense in (True, False):
+        torch.manual_seed(3)  # the same heads and banks for both paths
+        loss = CRDLoss(student_dim=5, teacher_dim=7, n_data=30, feat_dim=4, num_negatives=8).double()
+        loss.score_every_entry = dense
+        s = student.clone().requires_grad_()
+        student_emb = F.normalize(loss.student_head.linear(student), dim=1).detach().numpy()
+        teacher_emb = F.normalize(loss.teacher_head.linear(teacher), dim=1).detach().numpy()
+        candidates = np.concatenate([index.numpy()[:, None], contrast.numpy()], axis=1)
+        expected = reference_crd(student_emb, teacher_emb, loss.student_memory.numpy(), loss.teacher_memory.numpy(),
+                                 candidates, 30)
+        value = loss(s, teacher, index, contrast)
+        assert value.item() == pytest.approx(expected, rel=1e-9)
+        value.backward()
+        runs[dense] = (s.grad, loss.teacher_head.linear.weight.grad, loss.student_memory.clone(), loss.normalizers.clone())
+    for dense_part, gathered_part in zip(runs[True], runs[False]):
+        torch.testing.assert_close(dense_part, gathered_part, rtol=1e-12, atol=1e-12)
+    assert CRDLoss(3, 3, n_data=60000).score_every_entry and not CRDLoss(3, 3, n_data=1_281_167).score_every_entry
+
 # Classes of 13 training items: unsorted, unequal sizes, and ids 3 and 4 unused.
 CRD_LABELS = torch.tensor([2, 0, 2, 1, 0, 2, 5, 1, 0, 2, 5, 5, 2])
 

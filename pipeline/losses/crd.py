@@ -25,6 +25,11 @@ class L2Head(nn.Module):
         return F.normalize(self.linear(features.flatten(1)), dim=1)
 
 
+# Score the whole bank by matmul (`CRDLoss._scores`) while it holds at most this many times the K + 1
+# candidates of a row: the measured crossover with the gather lies between 60x and 300x.
+DENSE_SCORING_MAX_RATIO = 64
+
+
 def nce_loss(scores: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:
     """CRD's Eq. 18: column 0 holds the positive's score, the rest the negatives' (noise = uniform)."""
     noise = (scores.shape[1] - 1) / n_data
@@ -82,6 +87,7 @@ class CRDLoss(Loss):
         self.num_negatives = num_negatives
         self.temperature = temperature
         self.momentum = momentum
+        self.score_every_entry = n_data <= DENSE_SCORING_MAX_RATIO * (num_negatives + 1)
         self.student_head = L2Head(student_dim, feat_dim)
         self.teacher_head = L2Head(teacher_dim, feat_dim)
         bound = 1.0 / math.sqrt(feat_dim / 3)
@@ -153,9 +159,20 @@ class CRDLoss(Loss):
         return loss
 
     def _scores(self, memory: Tensor, candidates: Tensor, anchors: Tensor, slot: int) -> Tensor:
-        """exp(<bank entry, anchor> / T) / Z for each candidate; Z fixed from the first batch."""
-        bank = memory[candidates].detach().to(anchors.dtype)  # (n, K+1, feat)
-        scores = torch.exp(torch.einsum("nkf,nf->nk", bank, anchors) / self.temperature)
+        """exp(<bank entry, anchor> / T) / Z for each candidate; Z fixed from the first batch.
+
+        The official code gathers the (n, K+1, feat) candidate rows and contracts them with the anchors,
+        memory-bound work.  While the bank is at most `DENSE_SCORING_MAX_RATIO` times the candidates,
+        scoring every bank entry with one matmul and picking the candidates' columns gives the same
+        numbers far faster (written by hand: measured 11x at a 30k bank, 4.8x at 60k, 1.5x at 240k and
+        0.3x at 1.28M, n = 256, K = 4096, 2-core CPU; benchmarks/losses.py)."""
+        if self.score_every_entry:  # a copy: backward needs the bank as it was, and `_update` writes in place
+            bank = memory.detach().to(anchors.dtype, copy=True)
+            logits = torch.gather(anchors @ bank.T, 1, candidates)
+        else:
+            bank = memory[candidates].detach().to(anchors.dtype)  # (n, K+1, feat)
+            logits = torch.einsum("nkf,nf->nk", bank, anchors)
+        scores = torch.exp(logits / self.temperature)
         if self.normalizers[slot] < 0:
             self.normalizers[slot] = mean_over_ranks(scores.detach().mean()) * self.n_data
         return scores / self.normalizers[slot].clone().to(scores.dtype)  # clone: the buffer changes in place
