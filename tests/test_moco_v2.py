@@ -4,6 +4,8 @@ colab/moco_cifar10_demo.ipynb): the loss once on (q from view 0, k from view 1),
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,10 @@ from pipeline.eval.protocol import evaluate
 from pipeline.models.embedding_model import EmbeddingModel, save_model
 from pipeline.models.loading import load_saved_model
 from pipeline.models.registry import build_backbone
-from pipeline.train import objectives, recipes
+from pipeline.train import moco_objective, recipes
 from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.loop import fit
-from pipeline.train.objectives import MoCoObjective
+from pipeline.train.moco_objective import MoCoObjective
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,7 +108,7 @@ def test_shuffle_bn_normalises_each_split_of_the_shuffled_key_batch_and_unshuffl
         recorded["shuffle"] = shuffle
         return shuffled, shuffle
 
-    monkeypatch.setattr(objectives, "batch_shuffle", recording_shuffle)
+    monkeypatch.setattr(moco_objective, "batch_shuffle", recording_shuffle)
     seen = {}
     bn = objective.key_encoder.backbone.stem[1]  # clone: the stem's ReLU runs in place on its output
     bn.register_forward_hook(lambda module, inputs, output: seen.update(x=inputs[0].clone(), y=output.clone()))
@@ -219,3 +221,15 @@ def test_cifar10_profile_has_the_symmetric_form_and_the_official_demos_moco_v2()
     assert (train.epochs, train.batch_size, train.optimizer.name, train.optimizer.lr, train.optimizer.momentum,
             train.optimizer.weight_decay, train.optimizer.warmup_epochs, train.optimizer.milestones_epochs) == \
         (200, 512, "sgd", 0.06, 0.9, 5e-4, 0.0, ())
+
+
+def test_only_moco_imports_lightlys_model_utilities():
+    """lightly.models imports all of torchvision (2.5 s of a stage's start-up, measured): a stage that
+    builds any other objective (a Table 1 student, a SimCLR or Proxy-Anchor teacher) must not pay it."""
+    code = ("import sys; from pipeline.train import recipes, classifier_recipes, session; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightly', 'torchvision'}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+    code = "import sys; import pipeline.train.moco_objective; print('torchvision' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "True"  # the guard above measures what it claims to

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 from mlflow import MlflowClient
+from train_support import train_config
 
 from pipeline import losses, tracking
 from pipeline.data import load_dataset
@@ -15,10 +16,10 @@ from pipeline.models.embedding_model import EmbeddingModel
 from pipeline.models.registry import build_backbone
 from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.loop import fit
-from pipeline.train.objectives import MoCoObjective, ProxyAnchorObjective, SimCLRObjective, TransferObjective
-from pipeline.train.stops import NonFiniteLossError
+from pipeline.train.moco_objective import MoCoObjective
+from pipeline.train.objectives import ProxyAnchorObjective, SimCLRObjective, TransferObjective
 from pipeline.train.schedule import WarmupCosine
-from train_support import train_config
+from pipeline.train.stops import NonFiniteLossError
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ TRAIN_SCRIPT = textwrap.dedent('''
     from pipeline.models.registry import build_backbone
     from train_support import train_config
     from pipeline.train.loop import fit
-    from pipeline.train.objectives import MoCoObjective
+    from pipeline.train.moco_objective import MoCoObjective
 
     checkpoint_dir, mode, out = sys.argv[1:4]
     data = load_dataset("digits", "train")

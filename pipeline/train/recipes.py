@@ -18,13 +18,7 @@ from pipeline.data import ImageSet
 from pipeline.data.augment import build_augmentation
 from pipeline.models.embedding_model import EmbeddingModel, ModelSpec, build_model
 from pipeline.models.loading import model_spec, teacher_embedding_dim
-from pipeline.train.objectives import (
-    MoCoObjective,
-    Objective,
-    ProxyAnchorObjective,
-    SimCLRObjective,
-    TransferObjective,
-)
+from pipeline.train.objectives import Objective, ProxyAnchorObjective, SimCLRObjective, TransferObjective
 
 PROJECTION_KIND = {"simclr": "simclr", "moco": "mocov2"}
 # Global pooling of the backbone's last map, by setting: SSL models pool by average, as SimCLR, MoCo and the
@@ -47,6 +41,8 @@ def _own_objective(method: str, teacher: cfg.TeacherConfig, model: EmbeddingMode
     if method == "simclr":
         return SimCLRObjective(model, augment, temperature=teacher.temperature)
     if method == "moco":
+        from pipeline.train.moco_objective import MoCoObjective  # lightly's model utilities: MoCo only
+
         moco = teacher.moco
         return MoCoObjective(model, augment, queue_size=moco.queue_size, temperature=teacher.temperature,
                              momentum=moco.momentum, variant=moco.variant, bn_splits=moco.bn_splits or 1)
