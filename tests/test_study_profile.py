@@ -1,0 +1,48 @@
+"""The study's parts (scripts/study_profile.py): each is one setting of profiles/cpu_study.yaml with every
+seed and hyper-parameter unchanged, and together they hold every stage of the whole study."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("study_profile", ROOT / "scripts/study_profile.py")
+study_profile = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study_profile)
+WHOLE = yaml.safe_load((ROOT / "profiles/cpu_study.yaml").read_text())
+
+
+def stages(params) -> set[tuple]:
+    """(setting, teacher, student, loss or method, seed) of every student stage, and every teacher."""
+    found = {("teacher", name) for name in params.teachers}
+    found |= {("classification_teacher", name) for name in params.classification.grid.teacher}
+    for setting in ("self_supervised", "metric_learning"):
+        grid = params.transfer.of(setting).grid
+        found |= {(setting, t, s, loss, seed) for t in grid.teacher for s in grid.student for loss in grid.loss
+                  for seed in params.seeds}
+    grid = params.classification.grid
+    found |= {("classification", t, s, m, seed) for t in grid.teacher for s in grid.student for m in grid.method
+              for seed in params.seeds}
+    return found
+
+
+def test_the_parts_partition_the_whole_study_by_setting():
+    whole = validate_params(WHOLE)
+    parts = {part: validate_params(yaml.safe_load(yaml.safe_dump(study_profile.part_profile(WHOLE, part))))
+             for part in ("self_supervised", "metric_learning", "classification")}
+    found = [stages(params) for params in parts.values()]
+    assert set().union(*found) == stages(whole) and sum(map(len, found)) == len(stages(whole))
+    for part, params in parts.items():
+        assert params.seeds == whole.seeds and params.evaluation == whole.evaluation and params.data == whole.data
+        assert all(teacher.setting == part for teacher in params.teachers.values())
+        assert {key[0] for key in stages(params)} - {"teacher", "classification_teacher"} == {part}
+    assert parts["metric_learning"].transfer.metric_learning == whole.transfer.metric_learning
+    assert study_profile.part_profile(WHOLE, "all") == WHOLE
+
+
+def test_an_unknown_part_is_refused_naming_it():
+    with pytest.raises(ConfigError, match="'table1' is not one of all, self_supervised"):
+        study_profile.part_profile(WHOLE, "table1")
