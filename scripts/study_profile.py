@@ -35,7 +35,9 @@ def part_profile(raw: dict, part: str) -> dict:
         if setting != part:
             raw["transfer"][setting] = {"grid": {"teacher": [], "student": [], "loss": []}}
     if part != "classification":
-        raw["classification"] = {"teachers": {}, "grid": {"teacher": [], "student": [], "method": []}}
+        # Kept but for its teachers and grid: the report stage depends on `classification.methods` by name.
+        raw["classification"] = {**raw["classification"], "teachers": {},
+                                 "grid": {"teacher": [], "student": [], "method": []}}
     validate_params(raw)  # a part must be a profile of its own
     return raw
 
