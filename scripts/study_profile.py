@@ -1,8 +1,9 @@
 """Print the params.yaml of one part of the multi-seed study: `profiles/cpu_study.yaml` with only one
 setting's teachers and grid (`self_supervised`, `metric_learning` or `classification`), or all of it.
 
-Why parts: the whole study is ~200 stages, about 75 minutes on a fast 2-core machine but three hours on
-one 2.7x slower, and a stopped study resumes only where its `.study/` clone survives. Each part is a
+Why parts: the whole study is ~200 stages, estimated at about 75 minutes on a fast 2-core machine and
+three hours on one 2.8x slower (from per-stage times measured on each), and a stopped study resumes only
+where its `.study/` clone survives. Each part is a
 whole setting, so its report's intervals and verdicts are complete; the parts share every seed and
 hyper-parameter, so they add up to the whole study.
 

@@ -164,8 +164,9 @@ class CRDLoss(Loss):
         The official code gathers the (n, K+1, feat) candidate rows and contracts them with the anchors,
         memory-bound work.  While the bank is at most `DENSE_SCORING_MAX_RATIO` times the candidates,
         scoring every bank entry with one matmul and picking the candidates' columns gives the same
-        numbers far faster (written by hand: measured 11x at a 30k bank, 4.8x at 60k, 1.5x at 240k and
-        0.3x at 1.28M, n = 256, K = 4096, 2-core CPU; benchmarks/losses.py)."""
+        numbers far faster (written by hand; on a 2-core CPU, K = 4096: 5.4-6.5x at a 60k bank for
+        n = 180-1024 in benchmarks/losses.py; in a stand-alone timing at n = 256, 11x at 30k, 1.5x at
+        240k and 0.3x at 1.28M, hence the switch)."""
         if self.score_every_entry:  # a copy: backward needs the bank as it was, and `_update` writes in place
             bank = memory.detach().to(anchors.dtype, copy=True)
             logits = torch.gather(anchors @ bank.T, 1, candidates)
