@@ -27,7 +27,9 @@ dvc repro
 seconds=$(( $(date +%s) - started ))
 out=$repo/reports/study/$part
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-cp -r reports/. dvc.lock params.yaml "$out.tmp/"
+# reports/study/ holds the parts committed before this one: copying it would nest them in this part
+find reports -mindepth 1 -maxdepth 1 ! -name study -exec cp -r {} "$out.tmp/" \;
+cp dvc.lock params.yaml "$out.tmp/"
 printf '{"commit": "%s", "part": "%s", "wall_seconds_of_last_repro": %d}\n' "$(git rev-parse HEAD)" "$part" "$seconds" \
   > "$out.tmp/run.json"
 rm -rf "$out" && mv "$out.tmp" "$out"  # never a half-copied report
