@@ -45,19 +45,20 @@ def main(argv: list[str]) -> str:
     from pipeline.models.embedding_model import teacher_embedding
     from pipeline.models.loading import load_teacher
     from pipeline.outputs import teacher_dir
+    from pipeline.report import RELAXED
 
     params = load_params("params.yaml")
     if args.teacher not in params.teachers:
         raise KeyError(f"teachers.{args.teacher} is not in params.yaml (declared: {', '.join(params.teachers)})")
-    if args.loss not in params.losses or params.losses[args.loss].name != "relaxed_contrastive":
-        relaxed = [name for name, loss in params.losses.items() if loss.name == "relaxed_contrastive"]
+    if args.loss not in params.losses or params.losses[args.loss].name != RELAXED:
+        relaxed = [name for name, loss in params.losses.items() if loss.name == RELAXED]
         raise KeyError(f"losses.{args.loss} is not a relaxed_contrastive entry of params.yaml "
                        f"(those are: {', '.join(relaxed) or 'none'})")
     teacher_cfg = params.teachers[args.teacher]
-    loss = registry.build("relaxed_contrastive", **params.losses[args.loss].params)
+    loss = registry.build(RELAXED, **params.losses[args.loss].params)
     teacher, _ = load_teacher(teacher_dir(args.teacher) / "model.pt", teacher_cfg)
 
-    images = load_images(params.data, "train", getattr(teacher_cfg, "train_classes", None))
+    images = load_images(params.data, "train", teacher_cfg.train_classes)
     rows = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: args.images]
     preprocess = build_augmentation("none", params.data.image_size, images.channels, images.mean, images.std)
     with torch.no_grad():
