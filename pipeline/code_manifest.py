@@ -4,7 +4,7 @@ Why a manifest instead of listing each stage's modules in dvc.yaml: DVC rewrites
 after every stage it runs (a round-trip YAML parse and dump, treeverse/dvc#10629), and 40-odd code deps
 per stage made 63% of a 232 KB lock: 5.3 s of DVC per stage here, more than most stages' start-up, and
 growing with the square of the stage count (the multi-seed study has over a hundred stages). So the
-`code` stage writes, per stage module, ``outputs/code/<module>.json``: every file of its import closure
+`code` stage writes, per stage module, ``manifests/<module>.json``: every file of its import closure
 with the digest of its code; each stage depends on its module's manifest only. A change to a file
 rewrites exactly the manifests of the commands that import it, so DVC still re-runs exactly the stages
 a code change can affect, with one dep per stage in the lock.
@@ -28,12 +28,12 @@ import sys
 from pathlib import Path
 
 PACKAGES = ("pipeline", "stages")
-MANIFEST_DIR = Path("outputs") / "code"
+MANIFEST_DIR = Path("manifests")
 _DEFERRED = re.compile(r"^((?:pipeline|stages)(?:\.\w+)+):\w+$")
 
 
 def manifest_path(module: str) -> Path:
-    """``outputs/code/<stage module>.json``, e.g. ``outputs/code/stages.transfer.json``."""
+    """``manifests/<stage module>.json``, e.g. ``manifests/stages.transfer.json``."""
     return MANIFEST_DIR / f"{module}.json"
 
 

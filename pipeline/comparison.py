@@ -50,7 +50,7 @@ def models(params) -> list[Model]:
     found: list[Model] = []
     for setting in SETTINGS:
         grid = params.transfer.of(setting).grid
-        for teacher in grid.teacher:
+        for teacher in grid.teachers_with_models():
             found.append(Model(pixels_id(teacher), setting, teacher, "pixels", "pixels", params.seed,
                                eval_dir(pixels_id(teacher))))
             found.append(Model(teacher_id(teacher), setting, teacher, params.teachers[teacher].method, "teacher",
@@ -64,16 +64,15 @@ def models(params) -> list[Model]:
                         found.append(Model(model, setting, teacher, loss, "student", seed, eval_dir(model),
                                            student_dir(teacher, student, loss, seed)))
     grid = params.classification.grid
-    if grid.student:
-        for teacher in grid.teacher:
-            found.append(Model(f"classification-teacher-{teacher}", "classification", teacher, "cross_entropy",
-                               "classifier_teacher", params.seed, classifier_teacher_dir(teacher)))
-            for student in grid.student:
-                for method in grid.method:
-                    for seed in params.seeds:
-                        folder = classifier_student_dir(teacher, student, method, seed)
-                        found.append(Model(student_id(teacher, student, method, seed), "classification", teacher,
-                                           method, "classifier_student", seed, folder, folder))
+    for teacher in grid.teachers_with_models():
+        found.append(Model(f"classification-teacher-{teacher}", "classification", teacher, "cross_entropy",
+                           "classifier_teacher", params.seed, classifier_teacher_dir(teacher)))
+        for student in grid.student:
+            for method in grid.method:
+                for seed in params.seeds:
+                    folder = classifier_student_dir(teacher, student, method, seed)
+                    found.append(Model(student_id(teacher, student, method, seed), "classification", teacher,
+                                       method, "classifier_student", seed, folder, folder))
     return found
 
 

@@ -288,7 +288,19 @@ class LossConfig(Strict):
         return self
 
 
-class GridConfig(Strict):
+class Grid(Strict):
+    """A grid of stages: DVC's matrix makes one stage per combination of its lists (and seed)."""
+
+    def declares_models(self) -> bool:
+        """Whether the matrix makes any stage: every list non-empty."""
+        return all(names for _, names in self)
+
+    def teachers_with_models(self) -> tuple[str, ...]:
+        """The grid's teachers, or none where the matrix makes no stage: those the report covers."""
+        return self.teacher if self.declares_models() else ()
+
+
+class GridConfig(Grid):
     teacher: tuple[str, ...]
     student: tuple[str, ...]
     loss: tuple[str, ...]
@@ -315,7 +327,7 @@ class SettingTransferConfig(Strict):
 
     @model_validator(mode="after")
     def _complete_when_used(self):
-        if self.grid.teacher and self.grid.student and self.grid.loss:
+        if self.grid.declares_models():
             for key in type(self).model_fields:
                 if key not in self.model_fields_set:
                     raise ValueError(f"{FIELD_MARK}{key}: required key is missing (the grid declares stages, "
@@ -405,7 +417,7 @@ class DistillationMethodConfig(Strict):
         return self
 
 
-class ClassificationGridConfig(Strict):
+class ClassificationGridConfig(Grid):
     teacher: tuple[str, ...] = ()
     student: tuple[str, ...] = ()
     method: tuple[str, ...] = ()

@@ -192,7 +192,7 @@ def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, f
     for setting in SETTINGS:
         grid = params.transfer.of(setting).grid
         reference, baselines = _compared(grid.loss, loss_of)
-        for teacher in grid.teacher:
+        for teacher in grid.teachers_with_models():
             t = params.teachers[teacher]
             classes = ("all classes" if t.train_classes is None
                        else f"trained on classes {list(t.train_classes)}, evaluated on the others")
@@ -206,7 +206,7 @@ def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, f
             summary.update(numbers)
     section = params.classification
     reference, baselines = _compared(section.grid.method, {m: c.loss for m, c in section.methods.items()})
-    for teacher in section.grid.teacher if section.grid.student else ():
+    for teacher in section.grid.teachers_with_models():
         figure = out_dir / f"seeds_classification_{teacher}.png"
         text, numbers = seed_section("classification", f"Classification over seeds: {teacher} teacher, the loss "
                                      "as a distillation term beside cross-entropy",
@@ -217,6 +217,23 @@ def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, f
         parts.append(text)
         summary.update(numbers)
     return parts, summary
+
+
+SETTING_TITLES = {"self_supervised": "self-supervised transfer", "metric_learning": "metric-learning transfer (Table 1)",
+                  "classification": "classification"}
+
+
+def absent_settings(params: Params) -> list[str]:
+    """The settings whose grid declares no model in params.yaml (an empty teacher, student or loss list),
+    each with the grid key that says so: the report leaves them out and says so once, at its top."""
+    grids = {setting: (f"transfer.{setting}.grid", params.transfer.of(setting).grid) for setting in SETTINGS}
+    grids["classification"] = ("classification.grid", params.classification.grid)
+    absent = []
+    for setting, (key, grid) in grids.items():
+        empty = [field for field, names in grid if not names]
+        if empty:
+            absent.append(f"{SETTING_TITLES[setting]} (`{key}.{empty[0]}` is empty)")
+    return absent
 
 
 def build_report(params: Params, out_dir: Path) -> tuple[str, dict[str, float | int]]:
@@ -241,12 +258,15 @@ def build_report(params: Params, out_dir: Path) -> tuple[str, dict[str, float | 
              f"`seed` ({params.seed}), which also fixes the evaluation protocol (probe subsample and its "
              "validation split), so every replica is scored on the same sample and methods are compared "
              "paired by seed.", ""]
+    absent = absent_settings(params)
+    if absent:
+        parts += [f"Not in this run: {'; '.join(absent)}.", ""]
     seed_parts, summary = seed_sections(params, out_dir)
     parts += seed_parts
     parts += ["# Every model", "", "One line per model and replica; the sections above aggregate them.", ""]
     for setting in SETTINGS:
         grid = params.transfer.of(setting).grid
-        for teacher in grid.teacher:
+        for teacher in grid.teachers_with_models():
             t = params.teachers[teacher]
             if t.train_classes is None:
                 title = f"{teacher} teacher ({t.method}), all classes"
@@ -265,9 +285,9 @@ def build_report(params: Params, out_dir: Path) -> tuple[str, dict[str, float | 
             recall_at_k_plot(figure, curves)
             parts += [f"## {title}", "", results_table(rows, columns), "",
                       f"![Recall@K]({figure.relative_to(out_dir.parent)})", ""]
-    for teacher in params.transfer.metric_learning.grid.teacher:
+    for teacher in params.transfer.metric_learning.grid.teachers_with_models():
         parts += table1_section(params, teacher, loss_names)
-    if params.classification.grid.student:
+    if params.classification.grid.declares_models():
         parts += ["## Classification: the loss as a distillation term beside cross-entropy", "",
                   results_table(classification_rows(params), CLASSIFICATION_COLUMNS), ""]
     return "\n".join(parts), summary
@@ -280,7 +300,7 @@ def classification_rows(params: Params) -> list[ResultRow]:
     """Teacher, then each replica of each (student, method) of the classification grid, in grid order."""
     grid = params.classification.grid
     rows = []
-    for teacher in grid.teacher:
+    for teacher in grid.teachers_with_models():
         title = f"{teacher} classifier teacher ({params.classification.teachers[teacher].model.backbone})"
         rows.append(ResultRow(title, f"teacher {teacher}", read_metrics(classifier_teacher_dir(teacher) / "metrics.json")))
         for student in grid.student:

@@ -85,14 +85,13 @@ def run_checked(cmd: list[str], cwd: Path, env: dict, timeout: float = 600) -> s
     return result
 
 
-def make_repo(root: Path, params: dict, dvc_yaml: dict | None = None, with_dvc: bool = True) -> dict:
-    """A git (+ DVC) repository with the project's pipeline/ and stages/, dvc.yaml and `params`."""
+def make_repo(root: Path, params: dict, with_dvc: bool = True) -> dict:
+    """A git (+ DVC) repository with the project's pipeline/ and stages/, its whole dvc.yaml (with the plot
+    templates) and `params`. Always the whole dvc.yaml: a test that needs part of the pipeline names its
+    targets (`dvc repro transfer`), so a stage added to dvc.yaml, such as `code`, reaches every test."""
     for folder in ("pipeline", "stages"):
         shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    if dvc_yaml is None:
-        shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
-    else:
-        (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     write_params(root, params)
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n/outputs/**/checkpoints\n*.err\n")
     env = clean_env()
@@ -100,6 +99,8 @@ def make_repo(root: Path, params: dict, dvc_yaml: dict | None = None, with_dvc: 
     if with_dvc:
         run_checked([str(BIN / "dvc"), "init", "-q"], root, env)
         run_checked([str(BIN / "dvc"), "config", "core.analytics", "false"], root, env)
+        shutil.copytree(ROOT / ".dvc" / "plots", root / ".dvc" / "plots")  # the plot templates, the offline page
+        run_checked([str(BIN / "dvc"), "config", "plots.html_template", "plots/offline.html"], root, env)
     git(root, env, "add", "-A")
     git(root, env, "commit", "-qm", "init")
     return env

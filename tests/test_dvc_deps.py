@@ -40,7 +40,7 @@ def test_every_stage_depends_on_its_commands_manifest_and_on_no_code_file():
         if name == "code":
             assert sorted(deps) == ["pipeline", "stages"]
             continue
-        code = [d for d in deps if d.split("/")[0] in CODE_ROOTS or d.startswith("outputs/code")]
+        code = [d for d in deps if d.split("/")[0] in CODE_ROOTS or d.startswith("manifests")]
         assert code == [str(manifest_path(command_module(entry)))], f"{name}: code deps {code}"
 
 

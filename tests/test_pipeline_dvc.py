@@ -10,8 +10,6 @@ run, `dvc plots show` and the headline `dvc exp show` command of the README.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from faults_support import make_repo, tiny_params
 from team_support import local_mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,29 +29,6 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
-
-
-def make_repo(root: Path, params: dict | None = None) -> dict:
-    """A git + DVC repository holding the project's pipeline code, dvc.yaml and the tiny params (or `params`)."""
-    for folder in ("pipeline", "stages"):
-        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
-    if params is None:
-        shutil.copy(ROOT / "tests" / "assets" / "tiny_params.yaml", root / "params.yaml")
-    else:
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n/outputs/**/checkpoints\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "PIPELINE_"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", OMP_NUM_THREADS="1")
-    run(["git", "init", "-q"], root, env)
-    run([str(BIN / "dvc"), "init", "-q"], root, env)
-    run([str(BIN / "dvc"), "config", "core.analytics", "false"], root, env)
-    shutil.copytree(ROOT / ".dvc" / "plots", root / ".dvc" / "plots")  # the plot templates and the offline page
-    run([str(BIN / "dvc"), "config", "plots.html_template", "plots/offline.html"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "init"], root, env)
-    return env
 
 
 def stage_names(root: Path, env: dict) -> set[str]:
@@ -70,7 +46,7 @@ def repro(tmp_path_factory):
     """The tiny `dvc repro`, tracked by a real `mlflow server` over the repository's mlflow.db (so
     `mlflow_runs` also reads it directly); the server lives as long as the module's tests."""
     root = tmp_path_factory.mktemp("pipeline")
-    env = make_repo(root)
+    env = make_repo(root, tiny_params())
     with local_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", tmp_path_factory.mktemp("mlflow-server")) as server:
         env["MLFLOW_TRACKING_URI"] = server.uri
         first = run([str(BIN / "dvc"), "repro"], root, env)
@@ -302,7 +278,7 @@ def test_exp_run_is_visible_in_dvc_and_mlflow(repro):
 
 def two_seed_params() -> dict:
     """The tiny profile cut to one SSL teacher and one student under two losses, over seeds 0 and 1."""
-    params = yaml.safe_load((ROOT / "tests" / "assets" / "tiny_params.yaml").read_text())
+    params = tiny_params()
     params["seeds"] = [0, 1]
     params["teachers"] = {"simclr": params["teachers"]["simclr"]}
     params["transfer"]["metric_learning"]["grid"] = {"teacher": [], "student": [], "loss": []}
@@ -407,3 +383,45 @@ def test_a_loss_code_change_retrains_its_students_from_step_zero(repro):
         rescored = json.loads((root / "outputs/eval" / unchanged / "metrics.json").read_text())
         assert {k: v for k, v in rescored.items() if k != "ms_per_image"} == {
             k: v for k, v in scores_before[unchanged].items() if k != "ms_per_image"}, unchanged
+
+
+# Each setting of the pipeline, the grid key that empties it, and what the report shows when it ran.
+SETTING_GRIDS = {
+    "self_supervised": (("transfer", "self_supervised", "grid"), "## Self-supervised over seeds: simclr"),
+    "metric_learning": (("transfer", "metric_learning", "grid"), "## Table 1 over seeds: proxy_anchor"),
+    "classification": (("classification", "grid"), "## Classification over seeds: wide"),
+}
+
+
+@pytest.mark.slow  # about a minute per setting on 2 cores (7 stages each); run with -m slow
+@pytest.mark.parametrize("removed", list(SETTING_GRIDS))
+def test_a_params_file_without_one_setting_reproduces_to_a_report_of_what_ran(tmp_path, removed):
+    """Issue 26: a user who drops one setting (its grid emptied) gets a report of the other two, which says
+    once that the dropped one is not in this run, and never a failed `dvc repro` after the training."""
+    params = tiny_params()
+    params["transfer"]["self_supervised"]["grid"]["loss"] = ["relaxed"]  # one student per setting
+    params["evaluation"]["tsne_points"] = 0
+    path, _ = SETTING_GRIDS[removed]
+    section = params
+    for key in path[:-1]:
+        section = section[key]
+    section[path[-1]] = {field: [] for field in section[path[-1]]}
+    if removed == "self_supervised":
+        del params["teachers"]["simclr"]
+    elif removed == "metric_learning":
+        del params["teachers"]["proxy_anchor"]
+    else:
+        params["classification"]["teachers"] = {}
+    root = tmp_path / "repo"
+    root.mkdir()
+    env = make_repo(root, params)
+    run([str(BIN / "dvc"), "repro"], root, env)
+    report = (root / "reports/results.md").read_text()
+    for setting, (_, heading) in SETTING_GRIDS.items():
+        assert (heading in report) == (setting != removed), (setting, heading)
+    assert report.count("Not in this run:") == 1
+    absent = report.split("Not in this run:")[1].split("\n")[0]
+    assert f"`{'.'.join(path)}." in absent, absent
+    summary = json.loads((root / "reports/summary.json").read_text())
+    assert {key.split(".")[0] for key in summary} == set(SETTING_GRIDS) - {removed}
+    assert not changed_stages(root, env)  # the repro is complete: nothing left to run

@@ -241,3 +241,34 @@ def test_a_missing_replica_is_named(tmp_path, monkeypatch):
     (tmp_path / "outputs/eval/proxy_anchor-dim8-pkt-seed1/metrics.json").unlink()
     with pytest.raises(FileNotFoundError, match="proxy_anchor-dim8-pkt-seed1/metrics.json"):
         build_report(params, tmp_path / "reports" / "figures")
+
+
+@pytest.mark.parametrize("emptied", [("transfer", "self_supervised", "grid", "student"),
+                                     ("transfer", "metric_learning", "grid", "loss"),
+                                     ("classification", "grid", "method")])
+def test_a_setting_with_an_empty_grid_is_left_out_and_named_once(tmp_path, monkeypatch, emptied):
+    """No metrics file of the emptied setting is read (its models never trained): the report covers the
+    other settings and says once, naming the empty key, that this one is not in the run."""
+    import shutil
+
+    from pipeline.config import validate_params
+    from pipeline.outputs import OUTPUTS
+    from pipeline.report import build_report
+
+    monkeypatch.chdir(tmp_path)
+    full = _seeded_params([0, 1])
+    _seeded_outputs(full)
+    raw = full.model_dump(mode="json")
+    section = raw
+    for key in emptied[:-1]:
+        section = section[key]
+    section[emptied[-1]] = []
+    params = validate_params(raw)
+    setting = "classification" if emptied[0] == "classification" else emptied[1]
+    prefix = {"self_supervised": "simclr-", "metric_learning": "proxy_anchor-", "classification": "wide-"}[setting]
+    for folder in OUTPUTS.rglob(f"{prefix}*"):  # the emptied setting's students were never trained
+        shutil.rmtree(folder)
+    markdown, summary = build_report(params, tmp_path / "reports" / "figures")
+    assert markdown.count("Not in this run:") == 1
+    assert f"`{'.'.join(emptied)}` is empty" in markdown.split("Not in this run:")[1].split("\n")[0]
+    assert {key.split(".")[0] for key in summary} == {"self_supervised", "metric_learning", "classification"} - {setting}
