@@ -189,19 +189,19 @@ PUBLISHED_VIEWS = {
 
 
 def view_strengths(augment) -> dict:
-    """The strengths of the kornia ops a view generator holds, read off the modules themselves."""
+    """The strengths of the ops a view generator holds, read off the modules themselves."""
     found = {"scale": None, "jitter": None, "jitter_p": None, "gray": 0.0, "blur": 0.0, "kernel": None}
     for op in augment.ops:
-        name, generator = type(op).__name__, getattr(op, "_param_generator", None)
+        name = type(op).__name__
         if name == "RandomResizedCrop":
-            found["scale"] = tuple(generator.scale)
+            found["scale"] = tuple(op.scale)
         elif name == "ColorJitter":
-            found["jitter"] = tuple(round(float(getattr(generator, k)), 6) for k in ("brightness", "contrast", "saturation", "hue"))
+            found["jitter"] = tuple(round(float(s), 6) for s in op.strengths)
             found["jitter_p"] = op.p
         elif name == "RandomGrayscale":
             found["gray"] = op.p
-        elif name == "RandomGaussianBlur":
-            found["blur"], found["kernel"] = op.p, op.flags["kernel_size"][0]
+        elif name == "GaussianBlur":
+            found["blur"], found["kernel"] = op.p, op.kernel
     return found
 
 

@@ -1,4 +1,4 @@
-"""Batched kornia augmentations: shapes, ranges, per-sample randomness, seeding, the exact "none" transform, CUDA.
+"""Batched augmentations: shapes, ranges, per-sample randomness, seeding, the exact "none" transform, CUDA.
 
 References are computed here: (x / 255 - mean) / std in float64 and plain tensor slicing / flipping.
 """
@@ -182,7 +182,7 @@ def test_a_training_crop_reaches_both_sides_of_a_wide_image():
     assert centre_square[0].max() < 100 and centre_square[2].max() < 100  # the old layout: no red, no blue
     augment = make("metric", 32, 3)
     torch.manual_seed(0)
-    crops = augment.canvas_crop(canvas.expand(256, 3, 40, 60).float() / 255)
+    crops = augment.ops[0](canvas.expand(256, 3, 40, 60).float() / 255)  # the crop
     red = (crops[:, 0] > 0.5).flatten(1).any(1)
     blue = (crops[:, 2] > 0.5).flatten(1).any(1)
     assert 20 <= int(red.sum()) <= 236 and 20 <= int(blue.sum()) <= 236, (int(red.sum()), int(blue.sum()))
@@ -204,27 +204,27 @@ def test_image_boxes_find_each_image_on_its_canvas():
 def test_full_scale_canvas_crop_is_the_whole_image_resized():
     """Crop scale (1, 1) on a 4:3 image (a ratio RandomResizedCrop may draw): the crop is the whole image,
     not the canvas, bilinearly resized as kornia's crop resizes it (align_corners=True)."""
-    from pipeline.data.augment import CanvasResizedCrop
+    from pipeline.data.augment import RandomResizedCrop
 
     image = torch.randint(0, 255, (3, 30, 40), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     canvas = canvas_of(image, 36).float() / 255  # 36 x 48 image on a 54-wide canvas, columns 3-50
-    crop = CanvasResizedCrop((32, 32), scale=(1.0, 1.0))(canvas.expand(4, 3, 36, 54))
+    crop = RandomResizedCrop((32, 32), scale=(1.0, 1.0))(canvas.expand(4, 3, 36, 54))
     whole = torch.nn.functional.interpolate(canvas[None, :, :, 3:51], size=(32, 32), mode="bilinear",
                                             align_corners=True)
     torch.testing.assert_close(crop, whole.expand(4, 3, 32, 32), rtol=0, atol=1e-5)
 
 
 def test_canvas_crop_boxes_are_drawn_as_torchvision_draws_them():
-    """Box statistics of CanvasResizedCrop.sample against torchvision's RandomResizedCrop.get_params on the
+    """Box statistics of RandomResizedCrop.sample against torchvision's RandomResizedCrop.get_params on the
     same 60 x 90 image: mean left, top, width and height within 4 standard errors, fallbacks included
     (scale up to 1 on a 3:2 image often draws no fitting crop)."""
     from torchvision.transforms import v2
 
-    from pipeline.data.augment import CanvasResizedCrop
+    from pipeline.data.augment import RandomResizedCrop
 
     n = 4000
     torch.manual_seed(0)
-    ours = CanvasResizedCrop((32, 32), scale=(0.08, 1.0)).sample(torch.tensor([[7, 3, 90, 60]]).expand(n, 4))
+    ours = RandomResizedCrop((32, 32), scale=(0.08, 1.0)).sample(torch.tensor([[7, 3, 90, 60]]).expand(n, 4))
     ours = (ours - torch.tensor([7, 3, 0, 0])).double()
     image = torch.zeros(3, 60, 90)
     reference = torch.tensor([v2.RandomResizedCrop.get_params(image, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
@@ -242,3 +242,94 @@ def test_canvas_crop_runs_on_cuda():
     y, again = seeded(augment, canvas, 7), seeded(augment, canvas, 7)
     assert y.device.type == "cuda" and y.shape == (8, 3, 32, 32) and torch.equal(y, again)
     assert unnormalise(y, 3).max() < 0.99  # no fill in any crop
+
+
+def test_a_crop_draws_area_and_aspect_ratio_as_torchvision_does():
+    """The batched crop's boxes on a 32 x 32 image against torchvision's RandomResizedCrop.get_params, 10,000
+    draws each: means of the area fraction and of the log aspect ratio within 4 standard errors, and the 10th,
+    25th, 50th, 75th and 90th percentiles within 0.02 (area fraction) and 0.03 (log ratio). Both sides round
+    to whole pixels, so the quantiles of the two samples take the same lattice of values."""
+    from torchvision.transforms import v2
+
+    from pipeline.data.augment import RandomResizedCrop
+
+    n, side = 10_000, 32
+    torch.manual_seed(0)
+    ours = RandomResizedCrop((16, 16), scale=(0.08, 1.0)).sample(torch.tensor([[0, 0, side, side]]).expand(n, 4))
+    image = torch.zeros(3, side, side)
+    reference = torch.tensor([v2.RandomResizedCrop.get_params(image, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+                              for _ in range(n)], dtype=torch.float64)  # (top, left, h, w)
+    assert (ours[:, 0] + ours[:, 2] <= side).all() and (ours[:, 1] + ours[:, 3] <= side).all() and (ours >= 0).all()
+
+    def statistics(width: torch.Tensor, height: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (width * height / side ** 2).double(), (width / height).double().log()
+
+    mine = statistics(ours[:, 2], ours[:, 3])
+    theirs = statistics(reference[:, 3], reference[:, 2])
+    levels = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+    for name, a, b, tolerance in (("area", mine[0], theirs[0], 0.02), ("log ratio", mine[1], theirs[1], 0.03)):
+        error = (a.var() / n + b.var() / n).sqrt()
+        assert abs(a.mean() - b.mean()) <= 4 * error, (name, a.mean(), b.mean())
+        gap = (a.quantile(levels) - b.quantile(levels)).abs()
+        assert (gap <= tolerance).all(), (name, a.quantile(levels), b.quantile(levels))
+
+
+def test_colour_jitter_with_given_factors_is_torchvisions_per_image():
+    """Each adjustment of the batched ColorJitter, with factors fixed per image, against torchvision's
+    functional ops applied image by image in the same order."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from pipeline.data.augment import ColorJitter
+
+    torch.manual_seed(0)
+    x = noise_batch(6, 3, 12).float() / 255
+    jitter = ColorJitter(0.8, 0.8, 0.8, 0.2, p=1.0)
+    params = jitter.sample(len(x), x.device)
+    params["applied"][1] = False  # an image the op leaves as it is
+    ours = jitter.apply(x, params)
+    reference = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
+                 "saturation": TF.adjust_saturation, "hue": TF.adjust_hue}
+    for i, image in enumerate(x):
+        expected = image
+        if params["applied"][i]:
+            for name in params["order"]:
+                expected = reference[name](expected, float(params[name][i]))
+        torch.testing.assert_close(ours[i], expected, rtol=0, atol=2e-3 if "hue" in params["order"] else 1e-5)
+
+
+RESAMPLING_KERNELS = {"aten::upsample_bilinear2d", "aten::_upsample_bilinear2d_aa", "aten::upsample_nearest2d",
+                      "aten::upsample_bicubic2d", "aten::grid_sampler_2d"}
+
+
+@pytest.mark.parametrize("kind, channels, size", [("simclr", 3, 32), ("mocov2", 3, 64), ("metric", 3, 32),
+                                                  ("simclr", 1, 28), ("cifar", 3, 32)])
+def test_an_augmentation_call_is_a_few_kernels_with_no_host_sync(kind, channels, size):
+    """At batch 256: at most 2 resize / resampling kernels per call (kornia's crop ran 256, one per image)
+    and no `item` / `_local_scalar_dense` (a host sync; kornia's colour jitter and blur ran 4-5)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    augment = make(kind, size, channels)
+    x = noise_batch(256, channels, size)
+    augment(x)
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        augment(x)
+    names = [event.name for event in trace.events()]
+    resizes = [n for n in names if n in RESAMPLING_KERNELS]
+    assert len(resizes) <= 2, resizes
+    syncs = [n for n in names if n in ("aten::item", "aten::_local_scalar_dense", "aten::is_nonzero")]
+    assert not syncs, syncs
+
+
+def test_the_blur_is_kornias_gaussian_blur_with_the_sigma_it_draws():
+    """GaussianBlur at p = 1 against kornia's gaussian_blur2d with the same per-image sigma (its first draw)."""
+    from kornia.filters import gaussian_blur2d
+
+    from pipeline.data.augment import GaussianBlur
+
+    x = noise_batch(5, 3, 20).float() / 255
+    torch.manual_seed(4)
+    sigma = 0.1 + 1.9 * torch.rand(5, 1)
+    torch.manual_seed(4)
+    ours = GaussianBlur(5, (0.1, 2.0), p=1.0)(x)
+    expected = gaussian_blur2d(x, (5, 5), sigma.expand(5, 2), border_type="reflect")
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)

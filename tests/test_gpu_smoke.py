@@ -1,5 +1,5 @@
 """GPU smoke check (`pytest -m gpu`, or scripts/gpu_smoke.sh): every recipe of tests/assets/every_recipe_params.yaml
-(SimCLR, MoCo and Proxy-Anchor teachers; a student with each transfer loss in both settings and each
+(tests/recipe_support.py: SimCLR, MoCo and Proxy-Anchor teachers; a student with each transfer loss in both settings and each
 setting's own-objective control; the classifier teacher and a student with each distillation method) trains
 a few steps on CUDA through the stage code path (pipeline.train.recipes / classifier_recipes, then
 pipeline.train.loop.fit), with AMP, channels_last and the kornia augmentation on the device, each checked,
@@ -12,129 +12,25 @@ from __future__ import annotations
 import copy
 import math
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-PARAMS = REPO / "tests" / "assets" / "every_recipe_params.yaml"
-STEPS = 3
+from recipe_support import STEPS, every_recipe_params, probed_fit, recipe_ids, trained_teachers
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-
-
-def every_recipe_params(amp: str = "bf16"):
-    from pipeline.config import validate_params
-
-    raw = yaml.safe_load(PARAMS.read_text())
-    sections = [*(t["train"] for t in raw["teachers"].values()), raw["transfer"]["self_supervised"]["train"],
-                raw["transfer"]["metric_learning"]["train"], raw["classification"]["train"],
-                *(t["train"] for t in raw["classification"]["teachers"].values())]
-    for section in sections:
-        section.update(max_steps=STEPS, amp=amp, channels_last=True, log_every_steps=1)
-    return validate_params(raw)
-
-
-def recipe_ids() -> list[str]:
-    raw = yaml.safe_load(PARAMS.read_text())
-    ids = [f"teacher-{name}" for name in raw["teachers"]]
-    for setting in ("self_supervised", "metric_learning"):
-        grid = raw["transfer"][setting]["grid"]
-        ids += [f"student-{teacher}-{loss}" for teacher in grid["teacher"] for loss in grid["loss"]]
-    classification = raw["classification"]
-    ids += [f"classifier-teacher-{name}" for name in classification["teachers"]]
-    ids += [f"classifier-student-{method}" for method in classification["grid"]["method"]]
-    return ids
 
 
 @pytest.fixture(scope="module")
 def setup():
     """Params, the digits train split and teachers trained STEPS steps on CUDA (bf16)."""
-    from pipeline.data.loading import load_images
-    from pipeline.train import classifier_recipes, recipes
-    from pipeline.train.loop import fit
-
-    params = every_recipe_params()
-    images = load_images(params.data, "train")
-    teachers = {}
-    for name in params.teachers:
-        objective, _ = recipes.teacher_objective(params, name, images)
-        fit(objective, images, params.teachers[name].train, device="cuda",
-            samples_per_class=recipes.teacher_sampler(params, name))
-        teachers[name] = copy.deepcopy(objective.model).eval()
-    classifiers = {}
-    for name in params.classification.teachers:
-        objective, _ = classifier_recipes.classifier_teacher_objective(params, name, images)
-        fit(objective, images, params.classification.teachers[name].train, device="cuda")
-        classifiers[name] = copy.deepcopy(objective.model).eval()
-    return params, images, teachers, classifiers
-
-
-def build(recipe: str, params, images, teachers, classifiers):
-    """(objective, train section, samples_per_class) of one recipe id, as the training stages build them."""
-    from pipeline.train import classifier_recipes, recipes
-
-    kind, _, rest = recipe.partition("-")
-    if kind == "teacher":
-        objective, _ = recipes.teacher_objective(params, rest, images)
-        return objective, params.teachers[rest].train, recipes.teacher_sampler(params, rest)
-    if kind == "student":
-        teacher, _, loss = rest.partition("-")
-        section = params.transfer.of(params.teachers[teacher].setting)
-        objective, _ = recipes.transfer_objective(params, teacher, "small", loss, teachers[teacher], images)
-        sampler = getattr(section, "sampler", None)
-        return objective, section.train, sampler.samples_per_class if sampler else None
-    role, _, name = rest.partition("-")
-    if role == "teacher":
-        objective, _ = classifier_recipes.classifier_teacher_objective(params, name, images)
-        return objective, params.classification.teachers[name].train, None
-    teacher = copy.deepcopy(next(iter(classifiers.values())))
-    objective, _ = classifier_recipes.classifier_student_objective(params, "small", name, teacher, images)
-    return objective, params.classification.train, None
-
-
-class Probe:
-    """Forward hooks that record where the augmentation ran and the dtype convolutions computed in."""
-
-    def __init__(self, objective: nn.Module) -> None:
-        self.augment_devices: set[str] = set()
-        self.conv_dtypes: set[torch.dtype] = set()
-        self.handles = [objective.augment.register_forward_hook(self._augment)]
-        conv = next(m for m in objective.model.modules() if isinstance(m, nn.Conv2d))
-        self.handles.append(conv.register_forward_hook(self._conv))
-        self.conv = conv
-
-    def _augment(self, module, inputs, output) -> None:
-        self.augment_devices |= {inputs[0].device.type, output.device.type}
-
-    def _conv(self, module, inputs, output) -> None:
-        self.conv_dtypes.add(output.dtype)
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def probed_fit(recipe: str, params, setup):
-    """Train one recipe on CUDA with Probe's hooks on; (objective, fit result, probe)."""
-    from pipeline.train.loop import fit
-
-    _, images, teachers, classifiers = setup
-    objective, train, samples_per_class = build(recipe, params, images, teachers, classifiers)
-    probe = Probe(objective)
-    try:
-        result = fit(objective, images, train, device="cuda", samples_per_class=samples_per_class)
-    finally:
-        probe.remove()
-    return objective, result, probe
+    return trained_teachers(every_recipe_params(), "cuda")
 
 
 @pytest.mark.parametrize("recipe", recipe_ids())
 def test_recipe_trains_on_cuda_with_amp_channels_last_and_augmentation_on_the_device(recipe, setup):
-    objective, result, probe = probed_fit(recipe, setup[0], setup)
+    objective, result, probe = probed_fit(recipe, setup[0], setup, "cuda")
     assert result.steps == STEPS and len(result.losses) == STEPS
     assert all(math.isfinite(loss) for _, loss in result.losses), result.losses
     assert all(p.device.type == "cuda" for p in objective.parameters())
@@ -145,7 +41,7 @@ def test_recipe_trains_on_cuda_with_amp_channels_last_and_augmentation_on_the_de
 
 @pytest.mark.parametrize("recipe", ["teacher-simclr", "student-proxy_anchor-relaxed", "classifier-student-kd"])
 def test_fp16_amp_with_its_grad_scaler_trains_finite(recipe, setup):
-    _, result, probe = probed_fit(recipe, every_recipe_params(amp="fp16"), setup)
+    _, result, probe = probed_fit(recipe, every_recipe_params(amp="fp16"), setup, "cuda")
     assert len(result.losses) == STEPS and all(math.isfinite(loss) for _, loss in result.losses), result.losses
     assert probe.conv_dtypes == {torch.float16}
 
@@ -187,7 +83,7 @@ DDP_SCRIPT = textwrap.dedent('''
     from pipeline.train import recipes
     from pipeline.train.loop import fit
     from pipeline.train.objectives import ProxyAnchorObjective, TransferObjective
-    from test_gpu_smoke import every_recipe_params
+    from recipe_support import every_recipe_params
     from train_support import train_config
 
     out = sys.argv[1]

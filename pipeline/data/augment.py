@@ -1,9 +1,12 @@
-"""Batched augmentations (kornia) that run on whatever device the batch lives on.
+"""Batched augmentations that run on whatever device the batch lives on.
 
 Augmenting the whole batch in the training process beat per-image torchvision transforms in
 DataLoader workers on the 2-core CPU profile (workers compete with the trainer for cores) and keeps
-the GPU path free of CPU decoding; see DESIGN.md. Each call draws fresh randomness from torch's
-global generator, so two calls give two views and `torch.manual_seed` makes a run repeatable.
+the GPU path free of CPU decoding; see DESIGN.md. Each op acts on the whole batch in a constant number of
+kernels and draws its parameters on the batch's device, with no host synchronisation: kornia's flip,
+grayscale and colour functions where they do that, our own ops where kornia's did not (each says why).
+Each call draws fresh randomness from torch's generators, so two calls give two views and
+`torch.manual_seed` makes a run repeatable.
 """
 from __future__ import annotations
 
@@ -13,24 +16,18 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from pipeline.data import AUGMENTATIONS as KINDS
 from pipeline.data import TUNABLE_AUGMENTATIONS
 
 
 class BatchAugmentation(nn.Module):
-    """uint8 (or float in [0, 1]) batch -> float batch, augmented, resized to `image_size`, normalised.
+    """uint8 (or float in [0, 1]) batch -> float batch, augmented, resized to `image_size`, normalised."""
 
-    `canvas_crop` takes the place of the first op (a random resized crop of the whole batch shape) on a batch
-    wider than high: the canvases of a file-based set (pipeline.data.files), which every in-memory set's
-    square images are not.
-    """
-
-    def __init__(self, ops: Sequence[nn.Module], channels: int, mean: Sequence[float], std: Sequence[float],
-                 canvas_crop: nn.Module | None = None):
+    def __init__(self, ops: Sequence[nn.Module], channels: int, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.ops = nn.Sequential(*ops)
-        self.canvas_crop = canvas_crop
         self.channels = channels
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -39,11 +36,7 @@ class BatchAugmentation(nn.Module):
         if images.ndim != 4 or images.shape[1] != self.channels:
             raise ValueError(f"expected a batch (B, {self.channels}, H, W), got {tuple(images.shape)}")
         x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
-        if self.canvas_crop is not None and x.shape[-1] > x.shape[-2]:
-            x = self.ops[1:](self.canvas_crop(x))
-        else:
-            x = self.ops(x)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return (self.ops(x) - self.mean.to(x.device)) / self.std.to(x.device)
 
 
 class CenterCrop(nn.Module):
@@ -81,16 +74,18 @@ def image_boxes(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([left, top, width, height], dim=1)
 
 
-class CanvasResizedCrop(nn.Module):
-    """RandomResizedCrop of each whole image, as torchvision's transform and the official metric-learning code
-    apply it (``dataset/utils.py`` of Proxy-Anchor and LabelRelaxation), for a batch of canvases that hold
-    images of different aspect ratios (pipeline.data.files).
+class RandomResizedCrop(nn.Module):
+    """torchvision's RandomResizedCrop for a whole batch: a box per image drawn as ``get_params`` draws it,
+    then every box cut and resized by one bilinear resampling (``affine_grid`` + ``grid_sample``).
 
-    Each image's box is found from the canvas fill, and a crop is drawn in it as kornia's
-    ``RandomResizedCrop`` draws one in a whole image (area fraction in `scale`, log-uniform aspect ratio in
-    `ratio`, the first of ten tries that fits, else the centre crop of the ratio in range nearest the
-    image's, as torchvision's ``get_params``), then cut and resized by kornia's ``crop_by_indices``, the op
-    that ``RandomResizedCrop`` crops with.
+    Written here, not kornia's ``RandomResizedCrop``: in its default slice mode that resizes each image on its
+    own (256 ``upsample_bilinear2d`` calls at batch 256; 1,022 per SimCLR step at batch 512 on the H200,
+    shared/gpu/PROFILE.md) and its parameter draw syncs the host. Corners map to corners (``align_corners``),
+    as kornia's ``crop_by_indices`` maps them, so every sample lies inside its box.
+
+    On a batch wider than high, the canvases of a file-based set (pipeline.data.files) that hold images of
+    different aspect ratios, each box is drawn inside the image found from the canvas fill, as the official
+    metric-learning code crops each whole image (``dataset/utils.py`` of Proxy-Anchor and LabelRelaxation).
     """
 
     def __init__(self, size: tuple[int, int], scale: tuple[float, float],
@@ -99,16 +94,23 @@ class CanvasResizedCrop(nn.Module):
         self.size, self.scale, self.ratio = size, scale, ratio
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from kornia.geometry.transform import crop_by_indices
-
-        left, top, width, height = self.sample(image_boxes(x)).unbind(1)
-        right, bottom = left + width - 1, top + height - 1
-        corners = torch.stack([torch.stack([left, top], 1), torch.stack([right, top], 1),
-                               torch.stack([right, bottom], 1), torch.stack([left, bottom], 1)], dim=1)
-        return crop_by_indices(x, corners.to(x.dtype), self.size, interpolation="bilinear", align_corners=True)
+        n, _, height, width = x.shape
+        if width > height:
+            boxes = image_boxes(x)
+        else:
+            boxes = torch.tensor([0, 0, width, height], device=x.device).expand(n, 4)
+        left, top, w, h = self.sample(boxes).to(x.dtype).unbind(1)
+        # Output pixel j samples left + j (w - 1) / (size - 1), in grid_sample's [-1, 1] coordinates.
+        theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+        theta[:, 0, 0] = (w - 1) / max(width - 1, 1)
+        theta[:, 0, 2] = (2 * left + w - 1) / max(width - 1, 1) - 1
+        theta[:, 1, 1] = (h - 1) / max(height - 1, 1)
+        theta[:, 1, 2] = (2 * top + h - 1) / max(height - 1, 1) - 1
+        grid = F.affine_grid(theta, [n, x.shape[1], *self.size], align_corners=True)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
     def sample(self, boxes: torch.Tensor) -> torch.Tensor:
-        """(B, 4) crops (left, top, width, height) inside `boxes`, from torch's global generator."""
+        """(B, 4) crops (left, top, width, height) inside `boxes`, from the generator of their device."""
         left, top, width, height = boxes.double().unbind(1)
         n, device = len(boxes), boxes.device
         area = width * height
@@ -131,6 +133,77 @@ class CanvasResizedCrop(nn.Module):
         x0 = torch.where(found, (offset[:, 0] * (width - w + 1)).floor(), ((width - w) / 2).floor())
         y0 = torch.where(found, (offset[:, 1] * (height - h + 1)).floor(), ((height - h) / 2).floor())
         return torch.stack([left + x0, top + y0, w, h], dim=1).long()
+
+
+def _applied(p: float, n: int, device: torch.device) -> torch.Tensor:
+    """(n, 1, 1, 1) bool: which images an op with probability `p` changes, drawn on `device`."""
+    return (torch.rand(n, device=device) < p).view(n, 1, 1, 1)
+
+
+class ColorJitter(nn.Module):
+    """torchvision's ColorJitter at probability `p`: brightness, contrast and saturation factors uniform in
+    [max(0, 1 - s), 1 + s], a hue shift uniform in [-hue, hue] turns, by kornia's colour functions (those of
+    its ColorJitter), the four applied in one random order per batch, as kornia's ColorJitter orders them.
+
+    Written here, not kornia's ``ColorJitter``: that checks each factor with ``.any()`` and reads its random
+    order with ``.tolist()``, 4 host syncs per call (profiled at batch 256). Here the factors are drawn on the
+    batch's device, the order on the host's generator, every adjustment runs on every image, and the images
+    left unjittered are put back with ``torch.where``.
+    """
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float) -> None:
+        super().__init__()
+        self.strengths = (brightness, contrast, saturation, hue)
+        self.ranges = {"brightness": (max(0.0, 1 - brightness), 1 + brightness),
+                       "contrast": (max(0.0, 1 - contrast), 1 + contrast),
+                       "saturation": (max(0.0, 1 - saturation), 1 + saturation), "hue": (-hue, hue)}
+        self.adjusting = [name for name, spread in (("brightness", brightness), ("contrast", contrast),
+                                                    ("saturation", saturation), ("hue", hue)) if spread > 0]
+        self.p = p
+
+    def sample(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The factors of `n` images (on `device`), which images change, and the order (host)."""
+        factors = {name: low + (high - low) * torch.rand(n, device=device)
+                   for name, (low, high) in self.ranges.items() if name in self.adjusting}
+        order = torch.randperm(len(self.adjusting))
+        return {**factors, "applied": _applied(self.p, n, device),
+                "order": [self.adjusting[i] for i in order.tolist()]}
+
+    def apply(self, x: torch.Tensor, params: dict) -> torch.Tensor:
+        from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction,
+                                    adjust_hue, adjust_saturation_with_gray_subtraction)
+
+        adjust = {"brightness": adjust_brightness_accumulative, "contrast": adjust_contrast_with_mean_subtraction,
+                  "saturation": adjust_saturation_with_gray_subtraction,
+                  "hue": lambda image, turns: adjust_hue(image, turns * 2 * math.pi)}
+        jittered = x.clamp(0, 1)
+        for name in params["order"]:
+            jittered = adjust[name](jittered, params[name]).clamp(0, 1)
+        return torch.where(params["applied"], jittered, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, self.sample(len(x), x.device))
+
+
+class GaussianBlur(nn.Module):
+    """Gaussian blur at probability `p` with sigma uniform in `sigma` per image (both axes), reflected
+    borders, as kornia's ``RandomGaussianBlur``: kornia's kernels and separable filter (one grouped
+    convolution per axis for the whole batch). Written here because kornia's op, through ``gaussian_blur2d``,
+    reads sigma back to check that it is positive: one host sync per call (profiled); here it is by
+    construction."""
+
+    def __init__(self, kernel: int, sigma: tuple[float, float], p: float) -> None:
+        super().__init__()
+        self.kernel, self.sigma, self.p = kernel, sigma, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from kornia.filters import filter2d_separable, get_gaussian_kernel1d
+
+        n = len(x)
+        sigma = self.sigma[0] + (self.sigma[1] - self.sigma[0]) * torch.rand(n, 1, device=x.device)
+        kernel = get_gaussian_kernel1d(self.kernel, sigma)
+        blurred = filter2d_separable(x, kernel, kernel, border_type="reflect")
+        return torch.where(_applied(self.p, n, x.device), blurred, x)
 
 
 @dataclass(frozen=True)
@@ -196,8 +269,8 @@ def _colour_ops(channels: int, recipe: ViewRecipe) -> list[nn.Module]:
 
     brightness, contrast, saturation, hue = recipe.jitter()
     if channels == 1:  # saturation, hue and grayscale mean nothing on one channel
-        return [K.ColorJitter(brightness, contrast, 0.0, 0.0, p=recipe.jitter_probability)]
-    return [K.ColorJitter(brightness, contrast, saturation, hue, p=recipe.jitter_probability),
+        return [ColorJitter(brightness, contrast, 0.0, 0.0, p=recipe.jitter_probability)]
+    return [ColorJitter(brightness, contrast, saturation, hue, p=recipe.jitter_probability),
             K.RandomGrayscale(p=recipe.grayscale_probability)]
 
 
@@ -205,10 +278,8 @@ def _blur(image_size: int, p: float) -> list[nn.Module]:
     """Gaussian blur with a kernel of ~10% of the image side (odd, at least 3), sigma 0.1-2, at probability p."""
     if p == 0:
         return []
-    import kornia.augmentation as K
-
     kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
-    return [K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=p)]
+    return [GaussianBlur(kernel, (0.1, 2.0), p=p)]
 
 
 def build_augmentation(
@@ -246,6 +317,6 @@ def build_augmentation(
     if kind == "cifar":
         crop = K.RandomCrop(size, padding=max(1, image_size // 8))
         return BatchAugmentation([crop, K.RandomHorizontalFlip()], channels, mean, std)
-    ops = [K.RandomResizedCrop(size, scale=recipe.crop_scale), K.RandomHorizontalFlip(),
+    ops = [RandomResizedCrop(size, scale=recipe.crop_scale), K.RandomHorizontalFlip(),
            *_colour_ops(channels, recipe), *_blur(image_size, recipe.blur_at(image_size))]
-    return BatchAugmentation(ops, channels, mean, std, canvas_crop=CanvasResizedCrop(size, recipe.crop_scale))
+    return BatchAugmentation(ops, channels, mean, std)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from pipeline.distributed import gather_batch, mean_over_ranks
 from pipeline.losses.contract import Loss, LossParams
-from pipeline.losses.validation import PositiveFloat, PositiveInt, check_pair, check_positive
+from pipeline.losses.validation import PositiveFloat, PositiveInt, check_in_range, check_pair, check_positive
 
 
 class L2Head(nn.Module):
@@ -140,8 +140,7 @@ class CRDLoss(Loss):
         n = student.shape[0]
         if index.shape != (n,) or index.is_floating_point():
             raise ValueError(f"index must be an integer tensor of shape ({n},), got {tuple(index.shape)}")
-        if index.min() < 0 or index.max() >= self.n_data:
-            raise ValueError(f"index must lie in [0, n_data={self.n_data})")
+        check_in_range("index", index, 0, self.n_data)
         if contrast_index is None:
             contrast_index = self.negatives(index)
         elif contrast_index.shape != (n, self.num_negatives):
@@ -174,8 +173,9 @@ class CRDLoss(Loss):
             bank = memory[candidates].detach().to(anchors.dtype)  # (n, K+1, feat)
             logits = torch.einsum("nkf,nf->nk", bank, anchors)
         scores = torch.exp(logits / self.temperature)
-        if self.normalizers[slot] < 0:
-            self.normalizers[slot] = mean_over_ranks(scores.detach().mean()) * self.n_data
+        # Z from the first batch (the buffer starts negative), chosen on the device: no host sync per step.
+        first = mean_over_ranks(scores.detach().mean()) * self.n_data
+        self.normalizers[slot] = torch.where(self.normalizers[slot] < 0, first, self.normalizers[slot])
         return scores / self.normalizers[slot].clone().to(scores.dtype)  # clone: the buffer changes in place
 
     @torch.no_grad()

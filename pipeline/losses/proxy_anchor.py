@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.losses.contract import Loss, LossParams
-from pipeline.losses.validation import NonNegativeFloat, PositiveFloat, check_embeddings, check_labels, check_positive
+from pipeline.losses.validation import (NonNegativeFloat, PositiveFloat, check_embeddings, check_in_range, check_labels,
+                                        check_positive)
 
 
 def _log1p_sum_exp(logits: Tensor, keep: Tensor) -> Tensor:
@@ -53,10 +54,10 @@ class ProxyAnchorLoss(Loss):
         check_labels("labels", labels, embeddings.shape[0])
         if embeddings.shape[1] != self.proxies.shape[1]:
             raise ValueError(f"embeddings have {embeddings.shape[1]} dims, proxies {self.proxies.shape[1]}")
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got {labels.min()}..{labels.max()}")
+        check_in_range("labels", labels, 0, self.num_classes)
         cos = F.normalize(embeddings, dim=1) @ F.normalize(self.proxies, dim=1).T  # (n, classes)
-        positive = F.one_hot(labels, self.num_classes).bool()
+        # One-hot by comparison: F.one_hot reads the labels back to check their range (a host sync per step).
+        positive = labels[:, None] == torch.arange(self.num_classes, device=labels.device)
         present = positive.any(dim=0)
         pos_term = _log1p_sum_exp(-self.alpha * (cos - self.margin), positive)[present].sum() / present.sum()
         neg_term = _log1p_sum_exp(self.alpha * (cos + self.margin), ~positive).sum() / self.num_classes

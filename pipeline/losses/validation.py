@@ -1,7 +1,8 @@
-"""Argument checks shared by the losses: bad input fails with a ValueError naming it, before compute."""
+"""Argument checks shared by the losses: bad input fails with an error naming it, before compute."""
 
 from typing import Annotated
 
+import torch
 from pydantic import Field
 from torch import Tensor
 
@@ -38,6 +39,12 @@ def check_labels(name: str, labels: Tensor, rows: int) -> None:
         raise ValueError(f"{name} must have shape ({rows},), got {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"{name} must be an integer tensor, got {labels.dtype}")
+
+
+def check_in_range(name: str, values: Tensor, low: int, high: int) -> None:
+    """Every entry in [low, high), asserted on the values' device without the host waiting for it
+    (``torch._assert_async``), so that a training step never syncs for a check; a RuntimeError naming `name`."""
+    torch._assert_async(((values >= low) & (values < high)).all(), f"{name} must lie in [{low}, {high})")
 
 
 def check_pair(student: Tensor, teacher: Tensor, min_rows: int = 2) -> None:

@@ -77,12 +77,13 @@ class DistillationObjective(FrozenTeacherObjective):
         view = self.view(images)
         student_features = self.student.features(view)
         student_logits = self.student.logits(student_features)
-        with torch.no_grad():
+        with torch.no_grad():  # the teacher's logits under the same autocast as the student's
             teacher_features = self.teacher.features(view)
+            teacher_logits = self.teacher.logits(teacher_features) if self.criterion.features == "logits" else None
         with full_precision(images.device):
             ce = F.cross_entropy(student_logits.float(), labels)
-            if self.criterion.features == "logits":
-                inputs = {"student": student_logits.float(), "teacher": self.teacher.logits(teacher_features).float()}
+            if teacher_logits is not None:
+                inputs = {"student": student_logits.float(), "teacher": teacher_logits.float()}
             else:
                 inputs = {"student": student_features.float(), "teacher": teacher_features.float()}
             term = self.criterion(*({**inputs, "indices": indices}[name] for name in self.criterion.active_inputs))

@@ -61,6 +61,9 @@ def build_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(param_groups, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # `train.amp` -> the autocast dtype
+
+
 def fit(
     objective: Objective,
     data: ImageSet,
@@ -115,8 +118,8 @@ def fit(
         WarmupMultiStep(warmup_steps, milestones, config.optimizer.gamma) if milestones
         else WarmupCosine(warmup_steps, total_steps, config.optimizer.min_lr_ratio),
     )
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp) if cuda else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    amp_dtype = AMP_DTYPES.get(config.amp) if cuda or config.amp_on_cpu else None
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=amp_dtype == torch.float16)
 
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     start_step = 0
