@@ -2,7 +2,7 @@
 
 Both run in this one process on the same data, backbone (small ResNet, widths 32/64/128, stride-2
 stem), projection head, batch size and image size:
-- ours: ``pipeline.train.loop.fit`` with ``SimCLRObjective`` (uint8 data sliced in memory, kornia
+- ours: ``pipeline.train.loop.fit`` with ``SimCLRObjective`` (uint8 data sliced in memory, batched
   augmentation on the whole batch in the training process, both views in one forward pass);
 - reference: lightly's documented loop (torchvision dataset + ``SimCLRTransform`` in a DataLoader with
   ``num_workers=2``, one forward pass per view, ``NTXentLoss``).
@@ -199,7 +199,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for name, label in (("reference", "lightly docs loop (DataLoader, 2 workers, SimCLRTransform)"),
-                        ("ours", "pipeline fit + SimCLRObjective (batch kornia augmentation), contiguous layout"),
+                        ("ours", "pipeline fit + SimCLRObjective (batched augmentation), contiguous layout"),
                         ("ours_channels_last", "pipeline, channels_last (the loop's default)")):
         values = ", ".join(f"{v:.0f}" for v in rates[name])
         lines.append(f"| {label} | {best[name]:.0f} | {median[name]:.0f} | {values} | "

@@ -135,3 +135,30 @@ def test_two_nccl_processes_match_one_process_on_the_global_batch(tmp_path):
     # float32 without TF32: NCCL's reduction order differs from one process's sums; 10x the CPU bound.
     assert_same_step(single, distributed, ("transfer", "proxy_anchor"), loss_rtol=1e-4, update_rtol=1e-3,
                      update_atol=1e-6)
+
+
+def test_the_evaluation_protocol_keeps_the_features_on_the_device(setup, monkeypatch):
+    """`evaluate` on CUDA: every metric receives CUDA tensors (the neighbour search, MAP@R, k-means NMI, kNN
+    and the probe run there), the numbers agree with a CPU evaluation, and the embeddings come back to the host."""
+    from pipeline.data.loading import load_images
+    from pipeline.eval import protocol
+
+    params, images, teachers, _ = setup
+    test = load_images(params.data, "test")
+    seen: dict[str, set[str]] = {}
+    for name in ("retrieval_metrics", "linear_probe", "knn_classify"):
+        original = getattr(protocol, name)
+
+        def recording(*args, _name=name, _original=original, **kwargs):
+            seen.setdefault(_name, set()).update(a.device.type for a in args if isinstance(a, torch.Tensor))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(protocol, name, recording)
+    model = copy.deepcopy(teachers["proxy_anchor"])
+    on_cuda, embeddings = protocol.evaluate(model.cuda(), images, test, params.evaluation, params.data.image_size, 0)
+    assert seen == {"retrieval_metrics": {"cuda"}, "linear_probe": {"cuda"}, "knn_classify": {"cuda"}}
+    assert embeddings.device.type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    on_cpu, _ = protocol.evaluate(model.cpu(), images, test, params.evaluation, params.data.image_size, 0)
+    for key in ("recall@1", "map@r", "knn_top1", "probe_top1"):
+        assert on_cuda[key] == pytest.approx(on_cpu[key], abs=0.02), key  # bf16 features on CUDA; near-ties flip

@@ -24,8 +24,10 @@ def extract_features(
     transform: Callable[[Tensor], Tensor] | None = None,
     amp: bool = True,
     labels: Tensor | None = None,
+    on_device: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Run ``model`` over all images and return ``(features float32 on CPU, labels)``.
+    """Run ``model`` over all images and return ``(features float32 on CPU, labels)``; with ``on_device``
+    the features stay on ``device``, for metrics computed there (pipeline.eval.protocol).
 
     ``images_or_loader`` is either an image tensor (N, C, H, W), typically uint8, cut into
     ``batch_size`` batches (``labels`` then passes through, or None), or an iterable of
@@ -52,7 +54,7 @@ def extract_features(
                 batches, total=total, desc="features", disable=None, leave=False
             ):
                 output = model(transform(images.to(device, non_blocking=True)))
-                features.append(output.float().cpu())
+                features.append(output.float() if on_device else output.float().cpu())
                 if batch_labels is not None:
                     label_batches.append(batch_labels.cpu())
     finally:

@@ -48,8 +48,11 @@ def evaluate(
     image_size: int,
     seed: int,
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """All metrics of one model as a flat dict, and the test embeddings (for figures). `model=None`: pixels.
-    `train` may be None when neither the probe nor kNN is enabled (`needs_train_split`)."""
+    """All metrics of one model as a flat dict, and the test embeddings on the host (for figures).
+    `model=None`: raw pixels. `train` may be None when neither the probe nor kNN is enabled
+    (`needs_train_split`). A model's features, and with them the neighbour search, MAP@R, k-means NMI, kNN
+    and the probe, stay on its device (a GPU where there is one); only the numbers come back. Raw pixels
+    stay on the host (SOP's would take 36 GB)."""
     preprocess = build_augmentation("none", image_size, test.channels, test.mean, test.std)
     if train is None and needs_train_split(evaluation):
         raise ValueError("evaluation.probe / evaluation.knn need the train split, and train is None")
@@ -59,30 +62,33 @@ def evaluate(
         test_x = pixel_features(test, preprocess)
     else:
         test_x, _ = extract_features(model, test.images, batch_size=evaluation.batch_size, device=device,
-                                     transform=preprocess)
+                                     transform=preprocess, on_device=True)
+        if test_x.is_cuda:  # the time of the work, not of its launch
+            torch.cuda.synchronize()
     ms_per_image = 1000 * (time.perf_counter() - started) / len(test)
-    test_x = test_x.float().cpu()
+    test_x = test_x.float()
+    test_labels = test.labels.to(test_x.device)
     if needs_train_split(evaluation):  # only the probe and kNN fit on train (SOP's pixels: 36 GB of features)
         train = subsample(train, evaluation.probe.train_samples, seed)
         if model is None:
             train_x = pixel_features(train, preprocess)
         else:
             train_x, _ = extract_features(model, train.images, batch_size=evaluation.batch_size, device=device,
-                                          transform=preprocess)
-        train_x = train_x.float().cpu()
+                                          transform=preprocess, on_device=True)
+        train_x, train_labels = train_x.float().to(test_x.device), train.labels.to(test_x.device)
 
     metrics: dict[str, float] = {"embedding_dim": int(test_x.shape[1]), "ms_per_image": ms_per_image,
                                  "num_test": len(test), "num_classes": int(test.labels.unique().numel())}
     retrieval = evaluation.retrieval
-    metrics.update(retrieval_metrics(test_x, test.labels, ks=retrieval.ks, distance=retrieval.distance,
+    metrics.update(retrieval_metrics(test_x, test_labels, ks=retrieval.ks, distance=retrieval.distance,
                                      memory_budget_bytes=retrieval.memory_budget_mb * 2**20, nmi=evaluation.nmi,
                                      seed=seed))
     if evaluation.probe.enabled:
-        metrics.update(linear_probe(train_x, train.labels, test_x, test.labels,
+        metrics.update(linear_probe(train_x, train_labels, test_x, test_labels,
                                     val_fraction=evaluation.probe.val_fraction,
                                     weight_decays=evaluation.probe.weight_decays, seed=seed))
     if evaluation.knn.enabled:
-        metrics.update(knn_classify(train_x, train.labels, test_x, test.labels, k=evaluation.knn.k,
+        metrics.update(knn_classify(train_x, train_labels, test_x, test_labels, k=evaluation.knn.k,
                                     temperature=evaluation.knn.temperature))
     if model is not None:
         from pipeline.models.loading import count_parameters
@@ -90,7 +96,7 @@ def evaluate(
         metrics["parameters"] = count_parameters(model)
     else:
         metrics["parameters"] = 0
-    return metrics, test_x
+    return metrics, test_x.cpu()
 
 
 def evaluation_figures(out_dir: Path, test: ImageSet, embeddings: torch.Tensor, params: cfg.Params,
