@@ -168,6 +168,12 @@ class TrainConfig(Strict):
     # Off by default: the 2-core CPUs here have no bf16 matrix units, and CPU autocast only slows them. The
     # default test suite turns it on to run every recipe's AMP path as CUDA runs it (tests/test_amp.py).
     amp_on_cpu: bool = False
+    # cuDNN's autotuner: off, as measured on an H200 (SimCLR fit at batch 512: 5,875 img/s off, 4,733 on;
+    # the network alone 24,427 vs 25,104: shared/gpu/PROFILE.md). CUDA only.
+    cudnn_benchmark: bool = False
+    # torch.compile of the trained network's backbone (nn.Module.compile, in place: checkpoints keep their
+    # keys). Off until measured on a GPU; on this 2-core CPU see BENCHMARKS.md.
+    compile: bool = False
     channels_last: bool = True
     grad_clip_norm: PositiveFloat | None = None
     sync_batchnorm: bool = True  # under CUDA DDP

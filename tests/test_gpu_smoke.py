@@ -162,3 +162,17 @@ def test_the_evaluation_protocol_keeps_the_features_on_the_device(setup, monkeyp
     on_cpu, _ = protocol.evaluate(model.cpu(), images, test, params.evaluation, params.data.image_size, 0)
     for key in ("recall@1", "map@r", "knn_top1", "probe_top1"):
         assert on_cuda[key] == pytest.approx(on_cpu[key], abs=0.02), key  # bf16 features on CUDA; near-ties flip
+
+
+def test_images_that_do_not_fit_the_device_stay_on_the_host_and_train(setup, monkeypatch):
+    """`training_images`: with (pretended) little free memory the uint8 images stay on the host, pinned, a
+    warning says so, and every batch is copied to the device as it is cut."""
+    from pipeline.train import loop
+
+    _, images, _, _ = setup
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (images.images.nbytes, 10 * images.images.nbytes))
+    with pytest.warns(UserWarning, match="stay on the host"):
+        kept = loop.training_images(images.images, torch.device("cuda"))
+    assert kept.device.type == "cpu" and kept.is_pinned()
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * images.images.nbytes, 10 * images.images.nbytes))
+    assert loop.training_images(images.images, torch.device("cuda")).device.type == "cuda"

@@ -260,3 +260,23 @@ def test_cuda_path_with_amp_and_channels_last_trains_and_resumes(amp, digits, tm
     assert state["step"] == 4 and ("scale" in state["scaler"]) == (amp == "fp16")
     again = fit(objective, digits, config.model_copy(update={"epochs": 3}), device="cuda", checkpoint_dir=tmp_path)
     assert again.resumed_from_step == 4
+
+
+@pytest.mark.slow  # torch.compile on 2 CPU cores: about 30 s
+def test_train_compile_trains_the_compiled_backbone_to_finite_losses_with_plain_checkpoint_keys(tmp_path):
+    """`train.compile`: the backbone is compiled in place, so the steps train, and the checkpoint's keys are
+    those of an uncompiled run (a compiled run resumes an uncompiled one's checkpoint and back)."""
+    import math
+
+    from recipe_support import build, every_recipe_params, trained_teachers
+
+    params = every_recipe_params(amp="off")
+    trained = trained_teachers(params, "cpu")
+    objective, train, spc = build("teacher-simclr", params, *trained[1:])
+    plain_keys = set(objective.state_dict())
+    result = fit(objective, trained[1], train.model_copy(update={"compile": True, "max_steps": 2}), device="cpu",
+                 samples_per_class=spc, checkpoint_dir=tmp_path)
+    assert all(math.isfinite(loss) for _, loss in result.losses) and len(result.losses) == 2
+    from pipeline.train.checkpoint import CHECKPOINT_NAME
+
+    assert set(load_checkpoint(tmp_path / CHECKPOINT_NAME)["objective"]) == plain_keys

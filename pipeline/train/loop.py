@@ -99,6 +99,10 @@ def fit(
     if channels_last:
         objective.to(memory_format=torch.channels_last)
     objective.setup(runtime.device)
+    if cuda:
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    if config.compile:  # the backbone, which every path of every model runs (forward, projection, features)
+        objective.model.backbone.compile()
 
     plan = BatchPlan(data.labels, config.batch_size, seed, samples_per_class is not None,
                      samples_per_class or 1, runtime.world_size, runtime.rank)
@@ -146,7 +150,7 @@ def fit(
             find_unused_parameters=objective.find_unused_parameters,
         )
 
-    images = data.images.to(runtime.device) if cuda else data.images
+    images = training_images(data.images, runtime.device)
     labels = data.labels.to(runtime.device)
     progress = Progress(total_steps, start_step, config.batch_size, runtime.is_main, description)
     result = FitResult(steps=total_steps, epochs=epochs, resumed_from_step=start_step)
@@ -218,7 +222,7 @@ def fit(
                     if step >= total_steps:
                         break
                     indices = indices.to(runtime.device)
-                    batch = images[indices].to(runtime.device, non_blocking=True)
+                    batch = images[indices.to(images.device)].to(runtime.device, non_blocking=True)
                     with torch.autocast(runtime.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         loss = module(batch, labels[indices], indices)
                     optimizer.zero_grad(set_to_none=True)
@@ -245,6 +249,23 @@ def fit(
         progress.close()
     result.seconds = seconds_so_far()
     return result
+
+
+DEVICE_SHARE_FOR_IMAGES = 0.5  # of the device's free memory; the rest for the model, activations and views
+
+
+def training_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The uint8 training images where batches are cut from: moved to the GPU once when they take at most
+    half of its free memory (no DataLoader, no per-step copy), else left on the host, pinned, each batch
+    copied as it is cut (with a warning)."""
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.nbytes <= DEVICE_SHARE_FOR_IMAGES * free:
+        return images.to(device)
+    warnings.warn(f"the training images ({images.nbytes / 2**30:.1f} GiB) exceed half of {device}'s free memory "
+                  f"({free / 2**30:.1f} GiB): they stay on the host and each batch is copied", stacklevel=2)
+    return images.pin_memory()
 
 
 def _onednn_channels_last_bug(objective: nn.Module, device: torch.device) -> bool:
