@@ -47,6 +47,7 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
 def _run_mapped(main: Callable[[list[str]], None]) -> None:
     from pipeline.config import ConfigError
     from pipeline.data import DatasetNotFoundError
+    from pipeline.integrity import WriteError
     from pipeline.train.stops import NonFiniteLossError, TrainingInterrupted
 
     try:
@@ -58,7 +59,8 @@ def _run_mapped(main: Callable[[list[str]], None]) -> None:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError, ValueError, KeyError, ConnectionError) as err:
+    except (ConfigError, DatasetNotFoundError, FileNotFoundError, ValueError, KeyError, ConnectionError,
+            WriteError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

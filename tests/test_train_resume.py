@@ -41,6 +41,8 @@ TRAIN_SCRIPT = textwrap.dedent('''
     def on_checkpoint(step, epochs_completed):
         if mode == "kill" and epochs_completed == 1:
             os.kill(os.getpid(), signal.SIGKILL)  # the process dies; nothing gets to clean up
+        if mode == "kill_later" and epochs_completed == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
         if mode == "sigterm" and step == 4:
             os.kill(os.getpid(), signal.SIGTERM)  # arrives between steps 4 and 5
 
@@ -96,6 +98,33 @@ def test_killed_run_resumes_to_bit_identical_weights(tmp_path):
     for key, value in expected_tensors.items():
         assert torch.equal(actual_tensors[key], value), key  # bit-identical on CPU, MoCo queue included
     assert not list((tmp_path / "interrupted").glob("*.tmp*"))  # no temporary file left behind
+
+
+def test_a_damaged_last_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous_one(tmp_path):
+    """Killed after epoch 2 (last.pt at step 8, previous.pt at step 4); then plausible floats over last.pt's
+    tensor data, which torch still loads: the digest refuses it in one line naming it, it is set aside (not
+    deleted), and the run resumes from step 4 to the uninterrupted run's weights, bit for bit."""
+    from faults_support import overwrite_tensor_data
+
+    reference, reference_out = run_training(tmp_path, tmp_path / "uninterrupted", "plain")
+    assert reference.returncode == 0, reference.stderr
+    checkpoints = tmp_path / "interrupted"
+    killed, _ = run_training(tmp_path, checkpoints, "kill_later")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [load_checkpoint(checkpoints / name)["step"] for name in ("last.pt", "previous.pt")] == [8, 4]
+    assert overwrite_tensor_data(checkpoints / "last.pt") > 0
+    torch.load(checkpoints / "last.pt", weights_only=True)  # the damage parses
+
+    resumed, resumed_out = run_training(tmp_path, checkpoints, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    named = [line for line in resumed.stderr.splitlines() if str(checkpoints / "last.pt") in line]
+    assert len(named) == 1 and "is damaged" in named[0] and "resuming from" in named[0], resumed.stderr
+    assert len(list(checkpoints.glob("last.pt.damaged-*"))) == 1
+    expected = torch.load(reference_out, weights_only=True)
+    actual = torch.load(resumed_out, weights_only=True)
+    assert actual["resumed_from"] == 4
+    for key, value in flatten(expected["state"]).items():
+        assert torch.equal(flatten(actual["state"])[key], value), key
 
 
 def test_sigterm_saves_a_checkpoint_exits_143_and_marks_the_run_killed(tmp_path):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.integrity import load_sealed
 from pipeline.models.registry import build_backbone
 from pipeline.models.embedding_model import save_model
 
@@ -63,9 +64,9 @@ def save_classifier(model: Classifier, spec: ClassifierSpec, path: str | Path) -
 
 
 def load_classifier(
-    path: str | Path, map_location: str | torch.device = "cpu"
+    path: str | Path, map_location: str | torch.device = "cpu", what: str = "classifier"
 ) -> tuple[Classifier, ClassifierSpec]:
-    payload = torch.load(Path(path), map_location=map_location, weights_only=True)
+    payload = load_sealed(path, what, map_location)
     spec_dict = dict(payload["spec"])
     expected = {f.name for f in fields(ClassifierSpec)}
     if not {"backbone", "num_classes"} <= set(spec_dict) <= expected:

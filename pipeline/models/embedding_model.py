@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.integrity import load_sealed, save_sealed
 from pipeline.models.registry import build_backbone
 from pipeline.models.heads import EmbeddingHead, build_projection_head, global_pool
 
@@ -132,17 +133,15 @@ def build_model(spec: ModelSpec) -> EmbeddingModel:
 
 
 def save_model(model: EmbeddingModel, spec: ModelSpec, path: str | Path) -> None:
-    """Atomic write (temporary file, then rename) of spec + weights: a half-written file never exists."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    """Atomic write of spec + weights with the digest of their content (`pipeline.integrity`): a
+    half-written file never exists, and a damaged one is refused when read."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"spec": _jsonable(asdict(spec)), "state_dict": state}, tmp)
-    tmp.replace(path)
+    save_sealed(path, {"spec": _jsonable(asdict(spec)), "state_dict": state}, "model")
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[EmbeddingModel, ModelSpec]:
-    payload = torch.load(Path(path), map_location=map_location, weights_only=True)
+def load_model(path: str | Path, map_location: str | torch.device = "cpu",
+               what: str = "model") -> tuple[EmbeddingModel, ModelSpec]:
+    payload = load_sealed(path, what, map_location)
     spec_dict = dict(payload["spec"])
     spec = ModelSpec(**spec_dict)
     model = build_model(spec)

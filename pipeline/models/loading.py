@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pipeline.integrity import DamagedFileError
 from pipeline.models.embedding_model import EmbeddingModel, ModelSpec, load_model
 
 if TYPE_CHECKING:
@@ -42,12 +43,15 @@ def count_parameters(model: torch.nn.Module, exclude_projection: bool = True) ->
 
 
 def load_saved_model(path: Path, what: str = "model") -> tuple[EmbeddingModel, ModelSpec]:
-    """A model a stage saved; a corrupt or foreign file is a one-line ValueError naming it, not a traceback."""
+    """A model a stage saved, its content digest checked; a corrupt, damaged or foreign file is a one-line
+    error naming it (`pipeline.integrity.DamagedFileError`), not a traceback."""
     try:
-        return load_model(path)
-    except Exception as err:  # a corrupt or foreign file: torch/pickle raise many types, with long messages
+        return load_model(path, what=what)
+    except DamagedFileError:
+        raise
+    except Exception as err:  # a sealed payload that does not build a model (a foreign spec)
         reason = (str(err).strip().splitlines() or [""])[0]
-        raise ValueError(f"{what} {path} cannot be loaded ({type(err).__name__}: {reason})") from None
+        raise DamagedFileError(f"{what} {path} cannot be loaded ({type(err).__name__}: {reason})") from None
 
 
 def load_teacher(path: Path, teacher: TeacherConfig) -> tuple[EmbeddingModel, ModelSpec]:

@@ -1,12 +1,15 @@
 """Atomic checkpoints that load with ``torch.load(weights_only=True)``, and the RNG states they carry.
 
-Only tensors and primitive containers are stored, so loading never unpickles code. Writes go to a
-temporary file that is renamed over the old one: an interruption leaves the previous checkpoint whole,
-and a leftover temporary file is never read (the next successful save deletes it).
+Only tensors and primitive containers are stored, so loading never unpickles code. Each carries the
+digest of its content (`pipeline.integrity`). Writes go to a temporary file that is renamed over the old
+one: an interruption leaves the previous checkpoint whole, and a leftover temporary file is never read
+(the next successful save deletes it). The checkpoint before the last is kept as `previous.pt` (a rename,
+no copy).
 
-A checkpoint that exists but cannot be read is refused, not silently replaced by a fresh start: atomic
-writes mean no interruption produces one, so it is disk damage or a foreign file, and hours of training
-may hang on it; the user decides (delete it to start over).
+A checkpoint that cannot be read, or whose content does not match its digest, is damaged: atomic writes
+mean no interruption produces one. It is refused in one line naming it, set aside beside it
+(`last.pt.damaged-<time>`, never deleted), and training resumes from `previous.pt` when that one is
+sound, else starts over from step 0.
 
 Test hook: ``PIPELINE_TEST_PAUSE_AT_CHECKPOINT=STEP`` (or ``STEP:after``) makes the save of step STEP
 print a line to stderr and sleep ``TEST_PAUSE_S`` seconds before (after) the rename, so fault-injection
@@ -25,13 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.integrity import DamagedFileError, load_sealed, save_sealed
+
 CHECKPOINT_NAME = "last.pt"
+PREVIOUS_NAME = "previous.pt"
 TEST_PAUSE_ENV = "PIPELINE_TEST_PAUSE_AT_CHECKPOINT"
 TEST_PAUSE_S = 3.0
-
-
-class CorruptCheckpointError(ValueError):
-    """A checkpoint file exists but does not load; the message names the file and the way out."""
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -71,33 +73,41 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically with its digest; the checkpoint it replaces becomes `previous.pt`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    _test_pause(state.get("step"), "before")
-    os.replace(tmp, path)
+
+    def rotate() -> None:
+        _test_pause(state.get("step"), "before")
+        if path.exists():
+            os.replace(path, path.with_name(PREVIOUS_NAME))
+
+    save_sealed(path, state, "checkpoint", before_rename=rotate)
     for stale in path.parent.glob(f"{path.name}.tmp*"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
     _test_pause(state.get("step"), "after")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """The checkpoint at ``path``, or None when there is none yet; CorruptCheckpointError if it does not load."""
+    """The newest sound checkpoint: `path`, else the `previous.pt` beside it, else None (train from step 0).
+
+    A damaged one is set aside (renamed, never deleted) with a warning naming it and what happens next."""
     path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, random bytes, a pickle with code: torch raises many types
-        reason = (str(err).strip().splitlines() or [""])[0]
-        raise CorruptCheckpointError(f"checkpoint {path} cannot be loaded ({type(err).__name__}: {reason}); "
-                                     f"refusing to start over silently: delete it to retrain this stage from step 0"
-                                     ) from None
-    if not isinstance(state, dict) or "step" not in state:
-        raise CorruptCheckpointError(f"checkpoint {path} is not a training checkpoint (no 'step' entry); "
-                                     f"delete it to retrain this stage from step 0")
-    return state
+    candidates = [path, path.with_name(PREVIOUS_NAME)]
+    for index, candidate in enumerate(candidates):
+        if not candidate.exists():
+            continue
+        try:
+            state = load_sealed(candidate, "checkpoint", map_location)
+            if "step" not in state:
+                raise DamagedFileError(f"checkpoint {candidate} is not a training checkpoint (no 'step' entry)")
+            return state
+        except DamagedFileError as err:
+            aside = candidate.with_name(f"{candidate.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(candidate, aside)
+            sound = [c for c in candidates[index + 1:] if c.exists()]
+            then = f"resuming from {sound[0]}" if sound else "training from step 0"
+            print(f"warning: {err}; set aside as {aside.name}; {then}", file=sys.stderr, flush=True)
+    return None
 
 
 def _test_pause(step: Any, phase: str) -> None:

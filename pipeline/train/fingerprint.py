@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +36,23 @@ def claim_checkpoint_dir(folder: str | Path, settings: dict[str, Any]) -> bool:
     """Make `folder` hold checkpoints of `settings` only; returns True when an existing run can resume.
 
     A folder written under other settings is emptied (its checkpoints are of a different experiment).
+    A folder whose marker is unreadable cannot be tied to any settings: it is set aside whole
+    (`checkpoints.damaged-<time>`, never deleted), with a warning naming the marker.
     """
     folder = Path(folder)
     expected = fingerprint(settings)
     marker = folder / FINGERPRINT_FILE
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == expected:
-        return any(p.suffix == ".pt" for p in folder.iterdir())
+    if marker.is_file():
+        try:
+            written = json.loads(marker.read_text()).get("fingerprint")
+        except (ValueError, AttributeError, OSError) as err:
+            aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(folder, aside)
+            print(f"warning: {marker} is damaged ({type(err).__name__}); its checkpoints are set aside in {aside}; "
+                  "training from step 0", file=sys.stderr, flush=True)
+        else:
+            if written == expected:
+                return any(p.suffix == ".pt" for p in folder.iterdir())
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
