@@ -10,6 +10,7 @@ from typing import Any
 OUTPUTS = Path("outputs")
 REPORTS = Path("reports")
 DATA_SUMMARY = OUTPUTS / "data" / "summary.json"
+RUNNING_MARKERS = OUTPUTS / ".running"  # one file per stage while it runs under DVC (stages/common.py)
 LOSS_CURVE = "loss.json"  # per-step training loss (DVC plot data), beside each trained model.pt
 
 

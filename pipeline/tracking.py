@@ -59,6 +59,7 @@ RUN_GROUP_ENV = "PIPELINE_RUN_GROUP"
 RUN_GROUP_TAG = "pipeline.run_group"
 PARENT_TAG = "pipeline.parent"
 OWNER_TAG = "pipeline.owner"
+KILLED_REASON_TAG = "pipeline.killed_reason"
 DEFAULT_EXPERIMENT = "embedding-transfer"
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy stores besides SQLite
 SERVER_CHECK_ENDPOINT = "/api/2.0/mlflow/experiments/search"
@@ -849,12 +850,17 @@ def owner_is_gone(owner: str) -> bool:
 
 
 def close_orphaned_runs(client: MlflowClient, experiment_id: str, stage: str, own_parent: str) -> None:
-    """Mark KILLED the runs of ``stage`` left RUNNING by a process that no longer exists, and their
-    parent run unless it is this invocation's: the UI must not show a dead run as in progress."""
-    query = f"tags.`dvc.stage` = '{stage}' and attributes.status = 'RUNNING'"
+    """Mark KILLED every stage run of the experiment left RUNNING by a process that no longer exists (a
+    kill -9, a lost machine), with the reason as a tag, and its parent run unless it is this invocation's:
+    the UI must not show a dead run as in progress. Every stage start does it, whichever stage died:
+    DVC may restore the dead stage's outputs from its run cache and never start it again."""
+    query = "attributes.status = 'RUNNING'"
     running = with_retries(lambda: client.search_runs([experiment_id], query, max_results=1000))
-    orphans = [run for run in running if owner_is_gone(run.data.tags.get(OWNER_TAG, ""))]
+    orphans = [run for run in running if OWNER_TAG in run.data.tags and owner_is_gone(run.data.tags[OWNER_TAG])]
     for run in orphans:
+        reason = (f"process {run.data.tags[OWNER_TAG]} ended without closing its run; closed by {stage} "
+                  f"at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        with_retries(lambda: client.set_tag(run.info.run_id, KILLED_REASON_TAG, reason))
         with_retries(lambda: client.set_terminated(run.info.run_id, "KILLED"))
         parent = run.data.tags.get("mlflow.parentRunId")
         if parent and parent != own_parent and with_retries(lambda: client.get_run(parent)).info.status == "RUNNING":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -34,14 +35,45 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
     from pipeline import tracking
 
     tracking.prestart_agent()
+    marker = _mark_running()
     try:
         _run_mapped(main)
         code = _check_code_manifest()
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _mark_running() -> Path | None:
+    """Under DVC, `outputs/.running/<stage>.json` names this process while the stage runs; every ending but
+    a kill removes it. The report depends on all of outputs/, so a stage killed -9, even one that DVC later
+    restores from its run cache without starting it, makes the report run, and the report's start (every
+    stage's) closes the dead stage's MLflow run (`pipeline.tracking.close_orphaned_runs`). Markers whose
+    process is gone are removed here, so the report's input settles."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage:
+        return None
+    import json
+
+    from pipeline.outputs import RUNNING_MARKERS
+    from pipeline.tracking import owner_is_gone, process_owner
+
+    RUNNING_MARKERS.mkdir(parents=True, exist_ok=True)
+    for found in RUNNING_MARKERS.glob("*.json"):
+        try:
+            owner = json.loads(found.read_text())["owner"]
+        except (ValueError, KeyError, TypeError, OSError):
+            owner = ""
+        if not owner or owner_is_gone(owner):
+            found.unlink(missing_ok=True)
+    marker = RUNNING_MARKERS / f"{stage.replace(os.sep, '_')}.json"
+    marker.write_text(json.dumps({"stage": stage, "owner": process_owner()}))
+    return marker
 
 
 def _run_mapped(main: Callable[[list[str]], None]) -> None:

@@ -25,7 +25,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY_PARAMS = ROOT / "tests" / "assets" / "tiny_params.yaml"
-PAUSE_ENV = "PIPELINE_TEST_PAUSE_AT_CHECKPOINT"
+from pipeline.fault_hooks import CHECKPOINT_ENV as PAUSE_ENV  # noqa: E402
+from pipeline.fault_hooks import PHASE_ENV  # noqa: E402
 # digits train split: 1,257 images; batch 64 -> 19 steps per epoch. 24 steps cross one epoch boundary.
 STEPS_PER_EPOCH = 19
 FAULT_STEPS = 24

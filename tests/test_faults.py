@@ -8,6 +8,7 @@ temporary git + DVC repository, so each interrupted-then-resumed run is compared
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import time
@@ -20,6 +21,7 @@ import yaml
 
 from faults_support import (
     BIN,
+    PHASE_ENV,
     FAULT_STEPS,
     PAUSE_ENV,
     STEPS_PER_EPOCH,
@@ -282,3 +284,47 @@ def test_two_queued_experiments_run_concurrently_and_both_are_recorded(tmp_path)
         assert steps == list(range(1, FAULT_STEPS + 1))
     shown = json.dumps(json.loads(run_checked([dvc, "exp", "show", "--json"], tmp_path, env).stdout))
     assert "seed1" in shown and "seed2" in shown
+
+
+# Where a stage is killed: the phase hooks of pipeline/fault_hooks.py, and a checkpoint save for training.
+KILL_PHASES = {"loading": {PHASE_ENV: "loading"}, "training": {PAUSE_ENV: "4"},
+               "scoring": {PHASE_ENV: "scoring"}, "logging": {PHASE_ENV: "logging"}}
+KILL_MARKERS = {"loading": "paused on entering loading", "training": pause_marker(4),
+                "scoring": "paused on entering scoring", "logging": "paused on entering logging"}
+
+
+@pytest.fixture(scope="module")
+def finished_pipeline(tmp_path_factory):
+    """The tiny pipeline of one SSL teacher and its student, reproduced to the end: DVC's run cache then
+    holds every stage, so a killed stage can be restored without being started again."""
+    root = tmp_path_factory.mktemp("killed")
+    params = fault_params("ref", metric_grid=False)
+    params["classification"].update(teachers={}, grid={"teacher": [], "student": [], "method": []})
+    env = make_repo(root, params)
+    run_checked([str(BIN / "dvc"), "repro"], root, env, timeout=900)
+    return root, env
+
+
+@pytest.mark.slow  # about 40 s a phase on 2 cores
+@pytest.mark.parametrize("phase", list(KILL_PHASES))
+def test_a_stage_killed_in_any_phase_leaves_no_run_running_after_the_next_repro(finished_pipeline, phase):
+    """kill -9 of `dvc repro -f -s teacher@ref` (DVC, the stage and its MLflow agent) while the stage loads,
+    trains, scores or logs; then `dvc repro`. DVC restores the teacher from its run cache without starting
+    it, but the marker the dead stage left in outputs/ makes the report run, and the report's start closes
+    the dead run: KILLED, with the reason, and nothing RUNNING."""
+    root, env = finished_pipeline
+    if phase == "training":  # so that it trains; otherwise it resumes its finished run and changes no file
+        shutil.rmtree(root / "outputs/teachers/ref/checkpoints", ignore_errors=True)
+    forced = Background([str(BIN / "dvc"), "repro", "-f", "-s", "teacher@ref"], root, {**env, **KILL_PHASES[phase]},
+                        f"kill-{phase}")
+    forced.wait_for(KILL_MARKERS[phase], timeout=300)
+    killed = [r.info.run_id for r in stage_runs(root, "teacher@ref") if r.info.status == "RUNNING"]
+    forced.kill()
+    assert len(killed) == 1, f"the {phase} phase had no open run to leave behind"
+    reran = run_checked([str(BIN / "dvc"), "repro"], root, env, timeout=900).stdout
+    if phase != "training":  # restored from the run cache, not started: the report's start closed the run
+        assert "Running stage 'teacher@ref'" not in reran and "Running stage 'report'" in reran, reran
+    client, runs = mlflow_runs(root)
+    assert not [(r.data.tags.get("dvc.stage"), r.info.status) for r in runs if r.info.status == "RUNNING"]
+    dead = client.get_run(killed[0])
+    assert dead.info.status == "KILLED" and "ended without closing its run" in dead.data.tags["pipeline.killed_reason"]

@@ -33,8 +33,10 @@ def evaluate_and_save(checkpoint: Path | None, model_id: str, teacher: str, para
     """
     from pipeline.data.loading import evaluation_classes, load_images
     from pipeline.eval.protocol import needs_train_split
+    from pipeline.fault_hooks import pause_at
     from pipeline.models.loading import load_saved_model
 
+    pause_at("scoring")
     model = None
     if checkpoint is not None:
         if not checkpoint.is_file():
@@ -51,6 +53,7 @@ def evaluate_and_save(checkpoint: Path | None, model_id: str, teacher: str, para
     train = load_images(params.data, "train", classes) if needs_train_split(params.evaluation) else None
     test = load_images(params.data, "test", classes)
     metrics, figures = _score(model, model_id, train, test, classes, params)
+    pause_at("logging")
     logger.log_metrics(metrics, step=0)
     for figure in figures:
         logger.log_artifact(figure)

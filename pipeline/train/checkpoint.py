@@ -11,9 +11,7 @@ mean no interruption produces one. It is refused in one line naming it, set asid
 (`last.pt.damaged-<time>`, never deleted), and training resumes from `previous.pt` when that one is
 sound, else starts over from step 0.
 
-Test hook: ``PIPELINE_TEST_PAUSE_AT_CHECKPOINT=STEP`` (or ``STEP:after``) makes the save of step STEP
-print a line to stderr and sleep ``TEST_PAUSE_S`` seconds before (after) the rename, so fault-injection
-tests can SIGKILL / SIGTERM a stage subprocess at exactly that point. Unset, it costs one dict lookup.
+The fault-injection tests pause a save between writing and renaming (`pipeline.fault_hooks`).
 """
 
 from __future__ import annotations
@@ -28,12 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.fault_hooks import pause_at_checkpoint
 from pipeline.integrity import DamagedFileError, load_sealed, save_sealed
 
 CHECKPOINT_NAME = "last.pt"
 PREVIOUS_NAME = "previous.pt"
-TEST_PAUSE_ENV = "PIPELINE_TEST_PAUSE_AT_CHECKPOINT"
-TEST_PAUSE_S = 3.0
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -77,14 +74,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     path = Path(path)
 
     def rotate() -> None:
-        _test_pause(state.get("step"), "before")
+        pause_at_checkpoint(state.get("step"), "before")
         if path.exists():
             os.replace(path, path.with_name(PREVIOUS_NAME))
 
     save_sealed(path, state, "checkpoint", before_rename=rotate)
     for stale in path.parent.glob(f"{path.name}.tmp*"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
-    _test_pause(state.get("step"), "after")
+    pause_at_checkpoint(state.get("step"), "after")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
@@ -108,14 +105,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             then = f"resuming from {sound[0]}" if sound else "training from step 0"
             print(f"warning: {err}; set aside as {aside.name}; {then}", file=sys.stderr, flush=True)
     return None
-
-
-def _test_pause(step: Any, phase: str) -> None:
-    """The fault-injection hook described in the module docstring."""
-    wanted = os.environ.get(TEST_PAUSE_ENV)
-    if not wanted:
-        return
-    target, _, when = wanted.partition(":")
-    if str(step) == target and (when or "before") == phase:
-        print(f"{TEST_PAUSE_ENV}: paused {phase} renaming the checkpoint of step {step}", file=sys.stderr, flush=True)
-        time.sleep(TEST_PAUSE_S)

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from pipeline.config import TrainConfig
 from pipeline.outputs import LOSS_CURVE, write_json
 from pipeline.data import ImageSet
+from pipeline.fault_hooks import pause_at
 from pipeline.train.fingerprint import claim_checkpoint_dir, code_fingerprint
 from pipeline.train.loop import FitResult, MetricLogger, fit
 from pipeline.train.objectives import Objective
@@ -29,6 +30,7 @@ def train_and_save(objective: Objective, images: ImageSet, train: TrainConfig, o
     The checkpoint folder is tied to `settings` and to the code this process has run (`code_fingerprint`):
     after a change to either, training starts over instead of resuming someone else's run.
     """
+    pause_at("loading")
     runtime = resolve_runtime("auto")  # joins torchrun's process group, if any
     if runtime.is_main:
         claim_checkpoint_dir(out / "checkpoints", {**settings, "code": code_fingerprint()})
