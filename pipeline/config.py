@@ -26,6 +26,19 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 # the error line then shows the full dotted key (`_describe`).
 FIELD_MARK = "@"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*\Z")  # \Z, not $: "$" also matches before a final newline
+# Names become file names, three joined in one (`outputs/eval/TEACHER-STUDENT-LOSS-seedN`): 64 characters
+# each keeps every one under the 255 bytes a file name may have on Linux filesystems.
+NAME_MAX_LENGTH = 64
+PATH_MAX_LENGTH = 4096  # Linux's PATH_MAX; a file name within it is at most 255 bytes
+
+
+def check_name(key: str, name: str) -> None:
+    """A grid name (teacher, student, loss, method), refused before DVC or the filesystem would refuse it."""
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f"{key}: names must match {NAME_PATTERN.pattern} (they become paths)")
+    if len(name) > NAME_MAX_LENGTH:
+        raise ValueError(f"{key}: {len(name)} characters, over {NAME_MAX_LENGTH} (names become file names, three "
+                         "joined in one)")
 # The control student: trained with its teacher's own objective (NT-Xent / MoCo / Proxy-Anchor), no teacher signal.
 TEACHER_OBJECTIVE = "teacher_objective"
 
@@ -109,6 +122,20 @@ class DataConfig(Strict):
     @classmethod
     def _known_dataset(cls, value: str) -> str:
         return _choice(value, DATASETS, "dataset")
+
+    @field_validator("root")
+    @classmethod
+    def _a_path_the_filesystem_takes(cls, value: str) -> str:
+        longest = max((len(part.encode()) for part in Path(value).parts), default=0)
+        if longest > 255 or len(value.encode()) > PATH_MAX_LENGTH:
+            raise ValueError(f"a path of {len(value):,} characters with a {longest:,}-byte name; the filesystem "
+                             f"takes names of at most 255 bytes and paths of at most {PATH_MAX_LENGTH}")
+        return value
+
+    def given_root(self) -> Path | None:
+        """`root` when the user pointed it somewhere (not the default folder): it must then exist, never to be
+        replaced by another copy of the data set (Debian's Fashion-MNIST, FASHION_MNIST_DIR)."""
+        return None if self.root == type(self).model_fields["root"].default else Path(self.root)
 
     @model_validator(mode="after")
     def _crop_fits(self) -> "DataConfig":
@@ -459,8 +486,7 @@ class ClassificationConfig(Strict):
     def _grid_declared(self) -> "ClassificationConfig":
         for section in ("teachers", "students", "methods"):
             for name in getattr(self, section):
-                if not NAME_PATTERN.match(name):
-                    raise ValueError(f"{section}.{name}: names must match {NAME_PATTERN.pattern} (they become paths)")
+                check_name(f"{section}.{name}", name)
         for field, section in (("teacher", "teachers"), ("student", "students"), ("method", "methods")):
             for name in getattr(self.grid, field):
                 if name not in getattr(self, section):
@@ -519,8 +545,7 @@ class Params(Strict):
     def _cross_references(self) -> "Params":
         for section in ("teachers", "students", "losses"):
             for name in getattr(self, section):
-                if not NAME_PATTERN.match(name):
-                    raise ValueError(f"{section}.{name}: names must match {NAME_PATTERN.pattern} (they become paths)")
+                check_name(f"{section}.{name}", name)
         for setting in SETTINGS:
             grid = self.transfer.of(setting).grid
             for field, section in (("teacher", "teachers"), ("student", "students"), ("loss", "losses")):
@@ -622,6 +647,32 @@ def validate_params(raw: dict, source: str = "params.yaml") -> Params:
     return params
 
 
+# How far YAML anchors and aliases may expand a parameters file: nodes after expansion per byte of the file.
+# A params.yaml has a few nodes per line; a "billion laughs" file of 7.4 KB expands to 10^7 leaves, which
+# cost DVC (it expands every alias while parsing) 93 s and 5.8 GB before any stage runs (issue 32).
+MAX_NODES_PER_BYTE = 4
+
+
+def check_expansion(text: str, source: str) -> None:
+    """Refuse YAML whose aliases expand far beyond the file: counted on the composed node graph, where an
+    alias is a reference to its anchor's node, so the count costs one visit per distinct node."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, int] = {}
+
+    def expanded(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 1  # a cycle counts once (safe_load refuses nothing here; validation will)
+            children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                        else node.value if isinstance(node, yaml.SequenceNode) else [])
+            sizes[id(node)] = 1 + sum(expanded(child) for child in children)
+        return sizes[id(node)]
+
+    limit = MAX_NODES_PER_BYTE * max(len(text), 1024)
+    if root is not None and (total := expanded(root)) > limit:
+        raise ConfigError(f"{source}: its YAML anchors and aliases expand to {total:,} nodes, over {limit:,} for a "
+                          f"file of {len(text):,} bytes; write the values out instead of aliasing them")
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; every error is a ConfigError naming the file and key."""
     path = Path(path)
@@ -630,12 +681,31 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read parameters file ({err.strerror})") from None
     try:
+        check_expansion(text, str(path))
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}: {getattr(err, 'problem', err)}") from None
     return validate_params(raw, str(path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipeline.config [PATH]`: the pre-flight check to run before `dvc repro` (README): DVC
+    parses params.yaml, aliases expanded, before any stage of this project can refuse it."""
+    import sys
+
+    path = Path((argv if argv is not None else sys.argv[1:] or ["params.yaml"])[0])
+    try:
+        params = load_params(path)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{path}: valid ({len(params.teachers)} teachers, seeds {list(params.seeds)})")
+
+
+if __name__ == "__main__":
+    main()
 
 
 def flatten(params: Params | dict, prefix: str = "") -> dict[str, Any]:

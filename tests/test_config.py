@@ -273,3 +273,30 @@ def test_augmentation_strengths_dump_as_written():
     assert flat["teachers.simclr.augmentation.jitter_strength"] == 0.5
     assert flat["teachers.simclr.augmentation.name"] == "simclr"
     assert flat["teachers.proxy_anchor.augmentation"] == "metric"
+
+
+def test_yaml_aliases_that_expand_far_beyond_the_file_are_refused_before_anything_parses_them(tmp_path):
+    """A "billion laughs" params.yaml: 327 bytes, each level aliasing the one before ten times, 12 million
+    nodes once expanded (what DVC builds before any stage runs). The pre-flight command of the README's quick
+    start refuses it in one line; a file that aliases a little (a shared train section) passes."""
+    import subprocess
+    import sys
+    import time
+
+    letters = "abcdefg"
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{letters[i + 1]}: &{letters[i + 1]} [" + ", ".join([f"*{letters[i]}"] * 10) + "]\n" for i in range(6))
+    path = tmp_path / "params.yaml"
+    path.write_text(bomb + "junk: 1\n")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "pipeline.config", str(path)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.returncode == 2 and time.perf_counter() - started < 30
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "aliases expand to 12,345,687 nodes" in lines[0], lines
+    shared = yaml.safe_load((ROOT / "tests/assets/tiny_params.yaml").read_text())
+    shared["transfer"]["self_supervised"]["train"] = shared["teachers"]["simclr"]["train"]  # one object: an alias
+    text = yaml.safe_dump(shared, sort_keys=False)
+    assert "&id001" in text and "*id001" in text
+    (tmp_path / "shared.yaml").write_text(text)
+    load_params(tmp_path / "shared.yaml")  # a little aliasing is fine

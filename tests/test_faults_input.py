@@ -169,6 +169,14 @@ PARAM_CASES = [
      ["classification.methods.kd.params.temperature", "valid number", "'hot'"]),
     ("teacher objective named as a transfer loss", PREPARE, setting("losses.relaxed.name", "ntxent"),
      ["losses.relaxed.name", "'ntxent'", "not a transfer loss"]),
+    # What the filesystem, the data or the evaluation would refuse only later (issue 32).
+    ("a student name of 300 characters", PREPARE, setting(f"students.{'s' * 300}", {"model": {
+        "backbone": "small_resnet", "widths": [4, 8], "embedding_dim": 8}}), ["students.sss", "300 characters"]),
+    ("a data.root of 5,000 characters", PREPARE, setting("data.root", "d" * 5000), ["data.root", "255 bytes"]),
+    ("a data.root that does not exist", PREPARE, setting("data.root", "/nowhere/digits"),
+     ["data.root", "/nowhere/digits", "does not exist"]),
+    ("Recall@K deeper than the gallery", PREPARE, setting("evaluation.retrieval.ks", [1, 5000]),
+     ["evaluation.retrieval.ks", "Recall@5000", "gallery"]),
 ]
 
 
@@ -250,8 +258,23 @@ def dataset_results(tmp_path_factory):
         (files / "train-labels-idx1-ubyte.gz").write_bytes(whole[: len(whole) // 2])  # a download cut short
         write_idx(files / "train-images-idx3-ubyte", (60000, 28, 28), 60000 * 784)
 
+    def labels_missing_one(files: Path) -> None:
+        truncated_plain(files)
+        write_idx(files / "train-images-idx3-ubyte", (60000, 28, 28), 60000 * 784)
+        write_idx(files / "train-labels-idx1-ubyte", (59999,), 59999)
+
+    def label_out_of_range(files: Path) -> None:
+        labels_missing_one(files)
+        write_idx(files / "train-labels-idx1-ubyte", (60000,), 60000)
+        path = files / "train-labels-idx1-ubyte"
+        data = bytearray(path.read_bytes())
+        data[-1] = 200  # the last image's class: 200 of 10
+        path.write_bytes(bytes(data))
+
     fashion_case("truncated_idx", truncated_plain)
     fashion_case("cut_gzip", cut_gzip)
+    fashion_case("labels_missing_one", labels_missing_one)
+    fashion_case("label_out_of_range", label_out_of_range)
 
     folder = tmp_path_factory.mktemp("missing_cifar")
     params = tiny_params()
@@ -265,7 +288,9 @@ def dataset_results(tmp_path_factory):
 @pytest.mark.parametrize("case, expected", [
     ("truncated_idx", ["train-images-idx3-ubyte", "truncated"]),
     ("cut_gzip", ["train-labels-idx1-ubyte.gz", "truncated"]),
-    ("missing_dataset", ["CIFAR10", "nowhere"]),
+    ("missing_dataset", ["data.root", "nowhere", "does not exist"]),
+    ("labels_missing_one", ["train-labels-idx1-ubyte", "59999 labels", "expected 60000"]),
+    ("label_out_of_range", ["train-labels-idx1-ubyte", "label 200", "10 classes"]),
 ])
 def test_missing_or_truncated_dataset_is_refused_naming_the_file(dataset_results, case, expected):
     result, folder = dataset_results[case]

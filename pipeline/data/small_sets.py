@@ -85,8 +85,15 @@ def load_fashion_mnist(split: str, root: str | Path | None = None, download: boo
     images = read_idx(pick(image_name))
     labels = read_idx(pick(label_name))
     expected = 60000 if split == "train" else 10000
-    if images.shape != (expected, 28, 28) or labels.shape != (expected,):
-        raise ValueError(f"fashion_mnist {split} in {folder}: expected {expected} 28x28 images, got {images.shape}")
+    if images.shape != (expected, 28, 28):
+        raise ValueError(f"fashion_mnist {split}: {pick(image_name)} holds images of shape {images.shape}, "
+                         f"expected ({expected}, 28, 28)")
+    if labels.shape != (expected,):
+        raise ValueError(f"fashion_mnist {split}: {pick(label_name)} holds {labels.shape[0] if labels.ndim else 0} "
+                         f"labels, expected {expected}")
+    if labels.size and labels.max() >= 10:
+        raise ValueError(f"fashion_mnist {split}: {pick(label_name)} holds label {int(labels.max())}, "
+                         "outside the 10 classes (0..9)")
     return ImageSet(
         name="fashion_mnist",
         images=torch.from_numpy(images.copy())[:, None],
