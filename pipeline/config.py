@@ -422,7 +422,7 @@ class KnnConfig(Strict):
 
 
 class RetrievalConfig(Strict):
-    ks: tuple[PositiveInt, ...] = (1, 2, 4, 8)
+    ks: Annotated[tuple[PositiveInt, ...], Field(min_length=1)] = (1, 2, 4, 8)
     distance: Literal["euclidean", "cosine"] = "euclidean"
     memory_budget_mb: PositiveInt = 512
 
@@ -498,7 +498,8 @@ class ClassificationConfig(Strict):
 
 
 class MlflowConfig(Strict):
-    experiment: str = "embedding-transfer"
+    # MLflow refuses an empty or blank name only when the first run opens, after a teacher's start-up.
+    experiment: Annotated[str, Field(min_length=1, pattern=r"\S")] = "embedding-transfer"
 
 
 class Params(Strict):

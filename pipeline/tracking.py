@@ -36,6 +36,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -712,8 +713,10 @@ def _failure_line(err: Exception, uri: str, action: str) -> str:
 
 
 def _first_line(err: BaseException, uri: str) -> str:
-    """The first line of ``err``'s message, without the password of ``uri``."""
-    detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    """The first line of ``err``'s message, without the password of ``uri`` and without SQLAlchemy's
+    advice on autoflush, which stands before the database's own error on a damaged store."""
+    message = re.sub(r"\(raised as a result of Query-invoked autoflush;[^)]*\)\s*", "", str(err))
+    detail = (message.strip().splitlines() or [type(err).__name__])[0]
     password = urlparse(uri).password
     return (detail.replace(password, "***") if password else detail)[:300]
 

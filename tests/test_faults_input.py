@@ -177,6 +177,8 @@ PARAM_CASES = [
      ["data.root", "/nowhere/digits", "does not exist"]),
     ("Recall@K deeper than the gallery", PREPARE, setting("evaluation.retrieval.ks", [1, 5000]),
      ["evaluation.retrieval.ks", "Recall@5000", "gallery"]),
+    ("no Recall@K at all", PREPARE, setting("evaluation.retrieval.ks", []), ["evaluation.retrieval.ks", "at least 1"]),
+    ("a blank MLflow experiment", PREPARE, setting("mlflow.experiment", "  "), ["mlflow.experiment"]),
 ]
 
 

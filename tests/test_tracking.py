@@ -337,3 +337,15 @@ def test_a_prestarted_agent_serves_the_run_or_ends_with_a_process_that_opens_non
                          text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     psutil.Process(int(out.stdout)).wait(timeout=30)  # gone once it read the end of its socket
+
+
+def test_a_damaged_store_is_named_by_its_database_error_not_by_sqlalchemys_advice():
+    """SQLAlchemy puts its autoflush advice before the database's error on a damaged mlflow.db."""
+    from pipeline.tracking import _failure_line
+
+    err = RuntimeError("(raised as a result of Query-invoked autoflush; consider using a session.no_autoflush "
+                       "block if this flush is occurring prematurely)\n(sqlite3.DatabaseError) database disk image "
+                       "is malformed\n[SQL: INSERT INTO runs ...]")
+    line = _failure_line(err, "sqlite:////data/mlflow.db", "opening the run")
+    assert line == ("MLflow store sqlite:////data/mlflow.db: opening the run failed (RuntimeError: "
+                    "(sqlite3.DatabaseError) database disk image is malformed)")
