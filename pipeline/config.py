@@ -625,8 +625,15 @@ def _describe(error: dict) -> str:
     elif not loc:  # the cross-section checks of `Params` start their messages with the dotted key
         return f"{message}"
     value = error.get("input")
-    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    shown = "" if isinstance(value, (dict, list)) else f" (got {_short(value)})"
     return f"{key}: {message}{shown}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value as the error line shows it: its repr, cut to `limit` characters (a 5,000-character path
+    still makes one readable line)."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(str(value)):,} characters)"
 
 
 def validate_params(raw: dict, source: str = "params.yaml") -> Params:
