@@ -498,8 +498,15 @@ class ClassificationConfig(Strict):
 
 
 class MlflowConfig(Strict):
-    # MLflow refuses an empty or blank name only when the first run opens, after a teacher's start-up.
-    experiment: Annotated[str, Field(min_length=1, pattern=r"\S")] = "embedding-transfer"
+    experiment: str = "embedding-transfer"
+
+    @field_validator("experiment")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        """MLflow refuses a blank name only when the first run opens, after a teacher's start-up."""
+        if not value.strip():
+            raise ValueError("an experiment needs a name (MLflow refuses a blank one)")
+        return value
 
 
 class Params(Strict):

@@ -2,6 +2,7 @@
 between the sessions that have a GPU. `--quick` runs every row at batch 64 on whatever device there is."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,5 +18,6 @@ def test_the_gpu_throughput_script_prints_every_row_and_ratio():
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("network", "augmentation", "fit", "lightly", "lightly bf16"):
-        assert result.stdout.count(f"\n  {row} ") == 2, row  # one per workload
+        rates = re.findall(rf"^  {row} +[\d,]+  \(median", result.stdout, flags=re.MULTILINE)
+        assert len(rates) == 2, (row, result.stdout)  # one per workload
     assert result.stdout.count("fit / network") == 2 and "SOP-sized evaluation" in result.stdout
