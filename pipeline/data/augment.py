@@ -97,8 +97,9 @@ class RandomResizedCrop(nn.Module):
         n, _, height, width = x.shape
         if width > height:
             boxes = image_boxes(x)
-        else:
-            boxes = torch.tensor([0, 0, width, height], device=x.device).expand(n, 4)
+        else:  # filled on the device: torch.tensor(..., device=cuda) copies from the host and waits for the queue
+            boxes = torch.zeros(n, 4, dtype=torch.long, device=x.device)
+            boxes[:, 2], boxes[:, 3] = width, height
         left, top, w, h = self.sample(boxes).to(x.dtype).unbind(1)
         # Output pixel j samples left + j (w - 1) / (size - 1), in grid_sample's [-1, 1] coordinates.
         theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
