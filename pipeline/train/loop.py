@@ -221,7 +221,8 @@ def fit(
                 for indices in plan.local_batches(epoch, skip):
                     if step >= total_steps:
                         break
-                    indices = indices.to(runtime.device)
+                    # From pinned memory, without blocking: a copy from pageable memory waits for the GPU's queue.
+                    indices = indices.pin_memory().to(runtime.device, non_blocking=True) if cuda else indices
                     batch = images[indices.to(images.device)].to(runtime.device, non_blocking=True)
                     with torch.autocast(runtime.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         loss = module(batch, labels[indices], indices)
