@@ -41,7 +41,8 @@ def content_digest(payload: Any) -> str:
         if isinstance(value, torch.Tensor):
             flat = value.detach().cpu().contiguous().reshape(-1)
             digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
-            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            if flat.numel():
+                digest.update(flat.view(torch.uint8).numpy())  # the buffer itself, not a bytes copy
         elif isinstance(value, dict):
             digest.update(f"D{len(value)}".encode())
             for key in sorted(value, key=repr):
