@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sop_eval import sop_like
-from train_throughput import StepClock, load_data  # noqa: E402
+from train_throughput import PILImages, StepClock, load_data  # noqa: E402
 
 from pipeline.config import OptimizerConfig, TrainConfig
 from pipeline.data import ImageSet
@@ -123,23 +123,6 @@ def fit_rate(data: ImageSet, backbone, batch: int, steps: int, device: torch.dev
     with redirect_stderr(io.StringIO()):
         fit(objective, data, config, device=str(device), logger=clock)
     return steps * batch / (clock.times[WARMUP_STEPS + steps] - clock.times[WARMUP_STEPS])
-
-
-class PILImages(torch.utils.data.Dataset):
-    """What a torchvision dataset hands its transform: (PIL image, label)."""
-
-    def __init__(self, data: ImageSet, transform) -> None:
-        self.images, self.labels, self.transform = data.images.permute(0, 2, 3, 1).numpy(), data.labels.tolist(), transform
-        self.mode = "L" if data.channels == 1 else "RGB"
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        image = self.images[index][..., 0] if self.mode == "L" else self.images[index]
-        return self.transform(Image.fromarray(image, mode=self.mode)), self.labels[index]
 
 
 def lightly_rate(data: ImageSet, backbone, batch: int, steps: int, device: torch.device, amp: bool) -> float:

@@ -96,10 +96,12 @@ def ours(data: ImageSet, batch_size: int, steps: int, channels_last: bool) -> tu
 
 
 class PILImages(Dataset):
-    """What torchvision's FashionMNIST dataset hands a transform: (PIL image, label)."""
+    """What a torchvision dataset (FashionMNIST, CIFAR10) hands a transform: (PIL image, label)."""
 
     def __init__(self, data: ImageSet, transform) -> None:
-        self.images = data.images[:, 0].numpy()
+        gray = data.channels == 1
+        self.images = (data.images[:, 0] if gray else data.images.permute(0, 2, 3, 1)).numpy()
+        self.mode = "L" if gray else "RGB"
         self.labels = data.labels.tolist()
         self.transform = transform
 
@@ -107,7 +109,7 @@ class PILImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        return self.transform(Image.fromarray(self.images[index], mode="L")), self.labels[index]
+        return self.transform(Image.fromarray(self.images[index], mode=self.mode)), self.labels[index]
 
 
 def reference(data: ImageSet, batch_size: int, steps: int) -> tuple[float, float]:

@@ -30,6 +30,8 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*\Z")  # \Z, not $: "$" also match
 # each keeps every one under the 255 bytes a file name may have on Linux filesystems.
 NAME_MAX_LENGTH = 64
 PATH_MAX_LENGTH = 4096  # Linux's PATH_MAX; a file name within it is at most 255 bytes
+# The control student: trained with its teacher's own objective (NT-Xent / MoCo / Proxy-Anchor), no teacher signal.
+TEACHER_OBJECTIVE = "teacher_objective"
 
 
 def check_name(key: str, name: str) -> None:
@@ -39,8 +41,6 @@ def check_name(key: str, name: str) -> None:
     if len(name) > NAME_MAX_LENGTH:
         raise ValueError(f"{key}: {len(name)} characters, over {NAME_MAX_LENGTH} (names become file names, three "
                          "joined in one)")
-# The control student: trained with its teacher's own objective (NT-Xent / MoCo / Proxy-Anchor), no teacher signal.
-TEACHER_OBJECTIVE = "teacher_objective"
 
 
 class ConfigError(ValueError):
@@ -327,9 +327,13 @@ class LossConfig(Strict):
 class Grid(Strict):
     """A grid of stages: DVC's matrix makes one stage per combination of its lists (and seed)."""
 
+    def empty_field(self) -> str | None:
+        """The first list that is empty, which leaves the matrix without a stage; None when it has stages."""
+        return next((field for field, names in self if not names), None)
+
     def declares_models(self) -> bool:
         """Whether the matrix makes any stage: every list non-empty."""
-        return all(names for _, names in self)
+        return self.empty_field() is None
 
     def teachers_with_models(self) -> tuple[str, ...]:
         """The grid's teachers, or none where the matrix makes no stage: those the report covers."""
@@ -668,15 +672,14 @@ def validate_params(raw: dict, source: str = "params.yaml") -> Params:
 MAX_NODES_PER_BYTE = 4
 
 
-def check_expansion(text: str, source: str) -> None:
-    """Refuse YAML whose aliases expand far beyond the file: counted on the composed node graph, where an
-    alias is a reference to its anchor's node, so the count costs one visit per distinct node."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+def check_expansion(root: yaml.Node | None, text: str, source: str) -> None:
+    """Refuse YAML whose aliases expand far beyond the file: counted on the composed node graph `root`, where
+    an alias is a reference to its anchor's node, so the count costs one visit per distinct node."""
     sizes: dict[int, int] = {}
 
     def expanded(node: yaml.Node) -> int:
         if id(node) not in sizes:
-            sizes[id(node)] = 1  # a cycle counts once (safe_load refuses nothing here; validation will)
+            sizes[id(node)] = 1  # a node inside itself (a recursive alias) counts once
             children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
                         else node.value if isinstance(node, yaml.SequenceNode) else [])
             sizes[id(node)] = 1 + sum(expanded(child) for child in children)
@@ -695,13 +698,17 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read parameters file ({err.strerror})") from None
+    loader = yaml.SafeLoader(text)  # composed once: the expansion is counted on the graph it constructs from
     try:
-        check_expansion(text, str(path))
-        raw = yaml.safe_load(text)
+        root = loader.get_single_node()
+        check_expansion(root, text, str(path))
+        raw = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}: {getattr(err, 'problem', err)}") from None
+    finally:
+        loader.dispose()
     return validate_params(raw, str(path))
 
 
@@ -719,10 +726,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{path}: valid ({len(params.teachers)} teachers, seeds {list(params.seeds)})")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def flatten(params: Params | dict, prefix: str = "") -> dict[str, Any]:
     """Dotted keys as `dvc params diff` / `dvc exp show` print them; lists become JSON strings."""
     data = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
@@ -736,3 +739,7 @@ def flatten(params: Params | dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -86,7 +87,7 @@ def load_sealed(path: str | Path, what: str, map_location: Any = "cpu") -> dict[
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, random bytes, a pickle with code: torch raises many types
-        raise DamagedFileError(f"{what} {path} cannot be loaded ({type(err).__name__}: {_first_safe_line(err)})"
+        raise DamagedFileError(f"{what} {path} cannot be loaded ({type(err).__name__}: {first_safe_line(err)})"
                                ) from None
     if not isinstance(payload, dict) or DIGEST_KEY not in payload:
         raise DamagedFileError(f"{what} {path} carries no content digest (a foreign file, or one written before "
@@ -97,7 +98,15 @@ def load_sealed(path: str | Path, what: str, map_location: Any = "cpu") -> dict[
     return payload
 
 
-def _first_safe_line(err: Exception) -> str:
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file or folder to `NAME.damaged-TIME` beside it (never deleted); the new path."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    return aside
+
+
+def first_safe_line(err: Exception) -> str:
+    """The first line of an error's message, without PyTorch's advice to load an untrusted file anyway."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     safe = [line for line in lines if not any(hint in line for hint in _UNSAFE_HINTS)]
     return (safe or ["unreadable"])[0][:200]
@@ -110,4 +119,4 @@ def _write_reason(err: BaseException) -> str:
         return "no space left on the device (ENOSPC)"
     if number in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"permission denied ({errno.errorcode[number]})"
-    return f"{type(err).__name__}: {_first_safe_line(err)}"
+    return f"{type(err).__name__}: {first_safe_line(err)}"

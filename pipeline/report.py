@@ -228,12 +228,8 @@ def absent_settings(params: Params) -> list[str]:
     each with the grid key that says so: the report leaves them out and says so once, at its top."""
     grids = {setting: (f"transfer.{setting}.grid", params.transfer.of(setting).grid) for setting in SETTINGS}
     grids["classification"] = ("classification.grid", params.classification.grid)
-    absent = []
-    for setting, (key, grid) in grids.items():
-        empty = [field for field, names in grid if not names]
-        if empty:
-            absent.append(f"{SETTING_TITLES[setting]} (`{key}.{empty[0]}` is empty)")
-    return absent
+    return [f"{SETTING_TITLES[setting]} (`{key}.{grid.empty_field()}` is empty)"
+            for setting, (key, grid) in grids.items() if not grid.declares_models()]
 
 
 def build_report(params: Params, out_dir: Path) -> tuple[str, dict[str, float | int]]:

@@ -32,14 +32,16 @@ def main(argv: list[str]) -> None:
 def check_dataset(params) -> dict[str, int]:
     """Counts of the train and test splits; refuses a given data.root that does not exist, labels outside the
     set's classes, crops larger than the images, unknown class ids, and Recall@K deeper than a gallery."""
+    import torch
+
     from pipeline.data import ImageSet, load_dataset
+    from pipeline.data.loading import unseen_classes
 
     data = params.data
     if (given := data.given_root()) is not None and not given.exists():
         raise FileNotFoundError(f"data.root: {data.root} does not exist (a given root is never replaced by "
                                 "another copy of the data set)")
     summary = {}
-    splits = {}
     for split in ("train", "test"):
         # File datasets are only listed here (decoding them is the training stages' job).
         images = load_dataset(data.name, split, root=data.root, download=data.download, protocol=data.protocol)
@@ -52,20 +54,22 @@ def check_dataset(params) -> dict[str, int]:
         if isinstance(images, ImageSet) and images.image_size < data.image_size:
             raise ValueError(f"data.image_size: {params.data.image_size} is larger than the {split} images "
                              f"({images.image_size} px); crops cannot upsample")
-        splits[split] = images
-    summary["num_classes"] = images.num_classes
+    test = images  # the last split read
+    summary["num_classes"] = test.num_classes
     deepest = max(params.evaluation.retrieval.ks)
     for name, teacher in params.teachers.items():
-        seen = set(teacher.train_classes or ())
-        gallery = int(sum(int(c) not in seen for c in splits["test"].labels.tolist()))
+        out_of_range = [c for c in teacher.train_classes or () if c >= test.num_classes]
+        if out_of_range:
+            raise ValueError(f"teachers.{name}.train_classes: {out_of_range} out of range for {params.data.name} "
+                             f"({test.num_classes} classes)")
+        if teacher.train_classes is None:
+            gallery = len(test)
+        else:
+            evaluated = torch.tensor(unseen_classes(teacher.train_classes, test.num_classes), dtype=test.labels.dtype)
+            gallery = int(torch.isin(test.labels, evaluated).sum())
         if deepest > gallery - 1:
             raise ValueError(f"evaluation.retrieval.ks: Recall@{deepest} needs more than the {gallery - 1} other "
                              f"images a query of teacher {name}'s evaluation gallery has")
-    for name, teacher in params.teachers.items():
-        out_of_range = [c for c in teacher.train_classes or () if c >= images.num_classes]
-        if out_of_range:
-            raise ValueError(f"teachers.{name}.train_classes: {out_of_range} out of range for {params.data.name} "
-                             f"({images.num_classes} classes)")
     return summary
 
 

@@ -11,9 +11,6 @@ import torch
 
 from recipe_support import STEPS, every_recipe_params, probed_fit, recipe_ids, trained_teachers
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 @pytest.fixture(scope="module")
 def trained():
     """The teachers, trained STEPS steps on the CPU in float32 (what a student's teacher is)."""

@@ -270,6 +270,8 @@ def test_train_compile_trains_the_compiled_backbone_to_finite_losses_with_plain_
 
     from recipe_support import build, every_recipe_params, trained_teachers
 
+    from pipeline.train.checkpoint import CHECKPOINT_NAME
+
     params = every_recipe_params(amp="off")
     trained = trained_teachers(params, "cpu")
     objective, train, spc = build("teacher-simclr", params, *trained[1:])
@@ -277,6 +279,4 @@ def test_train_compile_trains_the_compiled_backbone_to_finite_losses_with_plain_
     result = fit(objective, trained[1], train.model_copy(update={"compile": True, "max_steps": 2}), device="cpu",
                  samples_per_class=spc, checkpoint_dir=tmp_path)
     assert all(math.isfinite(loss) for _, loss in result.losses) and len(result.losses) == 2
-    from pipeline.train.checkpoint import CHECKPOINT_NAME
-
     assert set(load_checkpoint(tmp_path / CHECKPOINT_NAME)["objective"]) == plain_keys

@@ -155,20 +155,17 @@ class ColorJitter(nn.Module):
     def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float) -> None:
         super().__init__()
         self.strengths = (brightness, contrast, saturation, hue)
-        self.ranges = {"brightness": (max(0.0, 1 - brightness), 1 + brightness),
-                       "contrast": (max(0.0, 1 - contrast), 1 + contrast),
-                       "saturation": (max(0.0, 1 - saturation), 1 + saturation), "hue": (-hue, hue)}
-        self.adjusting = [name for name, spread in (("brightness", brightness), ("contrast", contrast),
-                                                    ("saturation", saturation), ("hue", hue)) if spread > 0]
+        # The adjustments with a non-zero strength, each with the range its factor is drawn from.
+        self.ranges = {name: (-s, s) if name == "hue" else (max(0.0, 1 - s), 1 + s)
+                       for name, s in zip(("brightness", "contrast", "saturation", "hue"), self.strengths) if s > 0}
         self.p = p
 
     def sample(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
         """The factors of `n` images (on `device`), which images change, and the order (host)."""
-        factors = {name: low + (high - low) * torch.rand(n, device=device)
-                   for name, (low, high) in self.ranges.items() if name in self.adjusting}
-        order = torch.randperm(len(self.adjusting))
+        factors = {name: low + (high - low) * torch.rand(n, device=device) for name, (low, high) in self.ranges.items()}
+        names = list(self.ranges)
         return {**factors, "applied": _applied(self.p, n, device),
-                "order": [self.adjusting[i] for i in order.tolist()]}
+                "order": [names[i] for i in torch.randperm(len(names)).tolist()]}
 
     def apply(self, x: torch.Tensor, params: dict) -> torch.Tensor:
         from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction,

@@ -25,6 +25,11 @@ def evaluation_classes(params: Params, teacher: str | None) -> tuple[int, ...] |
     """Classes a model is evaluated on: those its teacher never saw in training (metric setting), else all."""
     if teacher is None or params.teachers[teacher].train_classes is None:
         return None
-    seen = set(params.teachers[teacher].train_classes)
     total = load_dataset(params.data.name, "test", root=params.data.root, protocol=params.data.protocol).num_classes
-    return tuple(c for c in range(total) if c not in seen)
+    return unseen_classes(params.teachers[teacher].train_classes, total)
+
+
+def unseen_classes(train_classes: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
+    """The classes of a set of `num_classes` that a teacher trained on `train_classes` never saw."""
+    seen = set(train_classes)
+    return tuple(c for c in range(num_classes) if c not in seen)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.integrity import DamagedFileError
+from pipeline.integrity import DamagedFileError, first_safe_line
 from pipeline.models.embedding_model import EmbeddingModel, ModelSpec, load_model
 
 if TYPE_CHECKING:
@@ -50,8 +50,8 @@ def load_saved_model(path: Path, what: str = "model") -> tuple[EmbeddingModel, M
     except DamagedFileError:
         raise
     except Exception as err:  # a sealed payload that does not build a model (a foreign spec)
-        reason = (str(err).strip().splitlines() or [""])[0]
-        raise DamagedFileError(f"{what} {path} cannot be loaded ({type(err).__name__}: {reason})") from None
+        raise DamagedFileError(f"{what} {path} cannot be loaded ({type(err).__name__}: {first_safe_line(err)})"
+                               ) from None
 
 
 def load_teacher(path: Path, teacher: TeacherConfig) -> tuple[EmbeddingModel, ModelSpec]:

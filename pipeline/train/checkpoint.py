@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.fault_hooks import pause_at_checkpoint
-from pipeline.integrity import DamagedFileError, load_sealed, save_sealed
+from pipeline.integrity import DamagedFileError, load_sealed, save_sealed, set_aside
 
 CHECKPOINT_NAME = "last.pt"
 PREVIOUS_NAME = "previous.pt"
@@ -99,8 +98,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 raise DamagedFileError(f"checkpoint {candidate} is not a training checkpoint (no 'step' entry)")
             return state
         except DamagedFileError as err:
-            aside = candidate.with_name(f"{candidate.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(candidate, aside)
+            aside = set_aside(candidate)
             sound = [c for c in candidates[index + 1:] if c.exists()]
             then = f"resuming from {sound[0]}" if sound else "training from step 0"
             print(f"warning: {err}; set aside as {aside.name}; {then}", file=sys.stderr, flush=True)

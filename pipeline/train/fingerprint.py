@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.code_manifest import code_digest, imported_project_modules
+from pipeline.integrity import set_aside
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -46,8 +45,7 @@ def claim_checkpoint_dir(folder: str | Path, settings: dict[str, Any]) -> bool:
         try:
             written = json.loads(marker.read_text()).get("fingerprint")
         except (ValueError, AttributeError, OSError) as err:
-            aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(folder, aside)
+            aside = set_aside(folder)
             print(f"warning: {marker} is damaged ({type(err).__name__}); its checkpoints are set aside in {aside}; "
                   "training from step 0", file=sys.stderr, flush=True)
         else:

@@ -221,9 +221,9 @@ def fit(
                 for indices in plan.local_batches(epoch, skip):
                     if step >= total_steps:
                         break
-                    # From pinned memory, without blocking: a copy from pageable memory waits for the GPU's queue.
-                    indices = indices.pin_memory().to(runtime.device, non_blocking=True) if cuda else indices
-                    batch = images[indices.to(images.device)].to(runtime.device, non_blocking=True)
+                    host_indices, indices = indices, to_device(indices, runtime.device)
+                    # Images kept on the host are cut there, by the host indices, and the batch travels.
+                    batch = to_device(images[host_indices], runtime.device) if images.is_cpu else images[indices]
                     with torch.autocast(runtime.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         loss = module(batch, labels[indices], indices)
                     optimizer.zero_grad(set_to_none=True)
@@ -252,13 +252,19 @@ def fit(
     return result
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU from pinned memory without blocking, since a copy from pageable
+    memory waits for everything queued on the GPU."""
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
+
+
 DEVICE_SHARE_FOR_IMAGES = 0.5  # of the device's free memory; the rest for the model, activations and views
 
 
 def training_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The uint8 training images where batches are cut from: moved to the GPU once when they take at most
-    half of its free memory (no DataLoader, no per-step copy), else left on the host, pinned, each batch
-    copied as it is cut (with a warning)."""
+    half of its free memory (no DataLoader, no per-step copy), else left on the host, each batch copied as it
+    is cut (with a warning; the batch, not the whole set, is pinned: a batch cut from pinned images is not)."""
     if device.type != "cuda":
         return images
     free, _ = torch.cuda.mem_get_info(device)
@@ -266,7 +272,7 @@ def training_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
         return images.to(device)
     warnings.warn(f"the training images ({images.nbytes / 2**30:.1f} GiB) exceed half of {device}'s free memory "
                   f"({free / 2**30:.1f} GiB): they stay on the host and each batch is copied", stacklevel=2)
-    return images.pin_memory()
+    return images
 
 
 def _onednn_channels_last_bug(objective: nn.Module, device: torch.device) -> bool:
