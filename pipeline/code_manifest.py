@@ -11,7 +11,7 @@ a code change can affect, with one dep per stage in the lock.
 
 The closure is read from the source: every `import` anywhere in a module (stages import lazily), not
 those under `if TYPE_CHECKING:`, plus the loss registry's deferred ``"pipeline.module:Class"`` strings.
-`stages.common.run_stage` checks at the end of every stage that the process imported nothing outside
+`pipeline.wiring.common.run_stage` checks at the end of every stage that the process imported nothing outside
 its manifest, so an import this reading misses fails loudly instead of leaving a stale stage cached.
 The digest is of the syntax tree without docstrings (`normalised_code`): a comment, docstring or
 formatting edit re-runs nothing, any change to what runs does (the checkpoint fingerprint agrees).

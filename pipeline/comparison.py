@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import SETTINGS
-from pipeline.eval.curves import recall_at_k_values
-from pipeline.outputs import (LOSS_CURVE, classifier_student_dir, classifier_teacher_dir, eval_dir, pixels_id,
-                              student_dir, student_id, teacher_id, transferred_id)
-
-HEADLINE_KEYS = ("map@r", "recall@1", "probe_top1", "knn_top1")
-CLASSIFIER_KEYS = ("top1",)
+from pipeline import metrics as registry
+from pipeline.integrity import write_json
+from pipeline.replica import replicas
+from pipeline.setting import TRANSFER_SETTINGS, Setting
+from pipeline.stage_spec import (LOSS_CURVE, METRICS, classifier_teacher_dir, classifier_teacher_id, eval_dir,
+                                 pixels_id, teacher_id, transferred_id)
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class Model:
 def models(params) -> list[Model]:
     """Every model the report covers, in grid order."""
     found: list[Model] = []
-    for setting in SETTINGS:
+    for setting in TRANSFER_SETTINGS:
         grid = params.transfer.of(setting).grid
         for teacher in grid.teachers_with_models():
             found.append(Model(pixels_id(teacher), setting, teacher, "pixels", "pixels", params.seed,
@@ -57,22 +56,15 @@ def models(params) -> list[Model]:
                                params.seed, eval_dir(teacher_id(teacher))))
             found.append(Model(transferred_id(teacher), setting, teacher, params.teachers[teacher].method,
                                "teacher_transferred", params.seed, eval_dir(transferred_id(teacher))))
-            for student in grid.student:
-                for loss in grid.loss:
-                    for seed in params.seeds:
-                        model = student_id(teacher, student, loss, seed)
-                        found.append(Model(model, setting, teacher, loss, "student", seed, eval_dir(model),
-                                           student_dir(teacher, student, loss, seed)))
+            found += [Model(r.name, setting, teacher, r.method, "student", r.seed, eval_dir(r.name), r.folder)
+                      for r in replicas(grid, setting, teacher, params.seeds)]
     grid = params.classification.grid
+    setting = Setting.CLASSIFICATION
     for teacher in grid.teachers_with_models():
-        found.append(Model(f"classification-teacher-{teacher}", "classification", teacher, "cross_entropy",
+        found.append(Model(classifier_teacher_id(teacher), setting, teacher, "cross_entropy",
                            "classifier_teacher", params.seed, classifier_teacher_dir(teacher)))
-        for student in grid.student:
-            for method in grid.method:
-                for seed in params.seeds:
-                    folder = classifier_student_dir(teacher, student, method, seed)
-                    found.append(Model(student_id(teacher, student, method, seed), "classification", teacher,
-                                       method, "classifier_student", seed, folder, folder))
+        found += [Model(r.name, setting, teacher, r.method, "classifier_student", r.seed, r.folder, r.folder)
+                  for r in replicas(grid, setting, teacher, params.seeds)]
     return found
 
 
@@ -83,13 +75,11 @@ def _read(path: Path) -> Any:
 
 
 def headline(params) -> dict[str, dict[str, dict[str, float]]]:
-    """``{"headline": {model id: {metric: value}}}``: the metrics of HEADLINE_KEYS each model has
-    (CLASSIFIER_KEYS for classifiers)."""
+    """``{"headline": {model id: {metric: value}}}``: the headline metrics (`Metric.headline`) each model has."""
     table: dict[str, dict[str, float]] = {}
     for model in models(params):
-        metrics = _read(model.folder / "metrics.json")
-        keys = CLASSIFIER_KEYS if model.kind.startswith("classifier") else HEADLINE_KEYS
-        table[model.model_id] = {key: float(metrics[key]) for key in keys if key in metrics}
+        metrics = _read(model.folder / METRICS)
+        table[model.model_id] = {key: float(metrics[key]) for key in registry.headline(metrics)}
     return {"headline": table}
 
 
@@ -103,7 +93,7 @@ def plot_tables(params) -> dict[str, list[dict[str, Any]]]:
         label = {"model": model.model_id, "setting": model.setting, "teacher": model.teacher, "method": model.method,
                  "seed": model.seed}
         if not model.kind.startswith("classifier"):
-            for k, value in recall_at_k_values(_read(model.folder / "metrics.json")):
+            for k, value in registry.recall_curve(_read(model.folder / METRICS)):
                 recall.append({**label, "k": k, "recall": value})
         if model.train_folder is not None:
             rows = transfer_loss if model.kind == "student" else classifier_loss
@@ -113,8 +103,6 @@ def plot_tables(params) -> dict[str, list[dict[str, Any]]]:
 
 def write_comparison(params, headline_path: Path, plots_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Write the headline file and the plot tables (atomically, like every output); return the headline."""
-    from pipeline.outputs import write_json
-
     table = headline(params)
     for name, rows in plot_tables(params).items():
         write_json(plots_dir / name, rows)

@@ -10,13 +10,17 @@ import json
 import re
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
                       model_validator)
 
 from pipeline.data import AUGMENTATIONS, DATASETS, TUNABLE_AUGMENTATIONS
+from pipeline.setting import TRANSFER_SETTINGS, Role, Setting
+
+if TYPE_CHECKING:
+    from pipeline.replica import Replica
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -280,10 +284,9 @@ class TeacherConfig(Strict):
     train: TrainConfig
 
     @property
-    def setting(self) -> str:
-        """The paper's setting of this teacher and its students: metric learning (a labelled Proxy-Anchor
-        teacher, Table 1) or self-supervised (SimCLR / MoCo). Tagged on their MLflow runs."""
-        return "metric_learning" if self.method == "proxy_anchor" else "self_supervised"
+    def setting(self) -> Setting:
+        """The setting of this teacher and its students (`Setting.of_teacher`)."""
+        return Setting.of_teacher(self.method)
 
     @model_validator(mode="after")
     def _consistent(self) -> "TeacherConfig":
@@ -308,6 +311,9 @@ class TeacherConfig(Strict):
 
 class StudentConfig(Strict):
     model: ModelConfig
+    # Its Table 1 role relative to the teachers it learns from (pipeline/setting.py): declared, so the
+    # report groups Table 1 by it instead of guessing from the trained models.
+    role: Role
 
 
 class LossConfig(Strict):
@@ -397,9 +403,6 @@ class MetricLearningTransferConfig(SettingTransferConfig):
         return self
 
 
-SETTINGS = ("self_supervised", "metric_learning")  # TeacherConfig.setting; one transfer section each
-
-
 class TransferConfig(Strict):
     """One section per setting, so each has its own augmentation, sampler and budget, and DVC re-runs
     only the students of the section that changed."""
@@ -407,9 +410,9 @@ class TransferConfig(Strict):
     self_supervised: SelfSupervisedTransferConfig
     metric_learning: MetricLearningTransferConfig
 
-    def of(self, setting: str) -> SelfSupervisedTransferConfig | MetricLearningTransferConfig:
-        """The section of `setting` (a teacher's `TeacherConfig.setting`)."""
-        return getattr(self, _choice(setting, SETTINGS, "setting"))
+    def of(self, setting: Setting) -> SelfSupervisedTransferConfig | MetricLearningTransferConfig:
+        """The section of a transfer setting (a teacher's `TeacherConfig.setting`)."""
+        return getattr(self, _choice(setting, TRANSFER_SETTINGS, "setting"))
 
 
 class ProbeConfig(Strict):
@@ -546,19 +549,35 @@ class Params(Strict):
             raise ValueError(f"seeds {repeated} are listed twice (each seed is one replica)")
         return seeds
 
-    def replica_seed(self, seed: int) -> int:
-        """A student stage's `--seed`, which must be one of `seeds`: a replica outside them would train a
-        model that no report and no dvc.yaml stage reads."""
-        if seed not in self.seeds:
-            raise ConfigError(f"--seed {seed} is not one of params.yaml's seeds {list(self.seeds)}")
-        return seed
+    def teacher(self, name: str) -> TeacherConfig:
+        """`teachers.NAME`, or one line naming it and the declared ones."""
+        if name not in self.teachers:
+            raise KeyError(f"teachers.{name} is not in params.yaml (declared: {', '.join(self.teachers)})")
+        return self.teachers[name]
+
+    def checked(self, replica: "Replica") -> "Replica":
+        """A student stage's replica, refused in one line where params.yaml does not declare it: a seed outside
+        `seeds` would train a model that no report and no dvc.yaml stage reads."""
+        if replica.seed not in self.seeds:
+            raise ConfigError(f"--seed {replica.seed} is not one of params.yaml's seeds {list(self.seeds)}")
+        if replica.setting is Setting.CLASSIFICATION:
+            sections = (("classification.teachers", self.classification.teachers, replica.teacher),
+                        ("classification.students", self.classification.students, replica.student),
+                        ("classification.methods", self.classification.methods, replica.method))
+        else:
+            sections = (("teachers", self.teachers, replica.teacher), ("students", self.students, replica.student),
+                        ("losses", self.losses, replica.method))
+        for key, declared, name in sections:
+            if name not in declared:
+                raise KeyError(f"{key}.{name} is not in params.yaml (declared: {', '.join(declared) or 'none'})")
+        return replica
 
     @model_validator(mode="after")
     def _cross_references(self) -> "Params":
         for section in ("teachers", "students", "losses"):
             for name in getattr(self, section):
                 check_name(f"{section}.{name}", name)
-        for setting in SETTINGS:
+        for setting in TRANSFER_SETTINGS:
             grid = self.transfer.of(setting).grid
             for field, section in (("teacher", "teachers"), ("student", "students"), ("loss", "losses")):
                 for name in getattr(grid, field):
@@ -570,7 +589,7 @@ class Params(Strict):
             for teacher in grid.teacher:
                 found = self.teachers[teacher]
                 if found.setting != setting:
-                    expected = "proxy_anchor" if setting == "metric_learning" else "simclr or moco"
+                    expected = "proxy_anchor" if setting is Setting.METRIC_LEARNING else "simclr or moco"
                     raise ValueError(f"transfer.{setting}.grid.teacher: {teacher!r} is a {found.method} teacher "
                                      f"({found.setting} setting: its students go in transfer.{found.setting}.grid); "
                                      f"this grid takes {expected}")

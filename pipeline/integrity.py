@@ -6,11 +6,13 @@ trained (issue 32: 16 KiB of plausible floats in a student's `last.pt`). So each
 the SHA-256 of its tensors and structure, in the same atomic write, and checked when it is read back: a
 mismatch is a one-line `DamagedFileError` naming the file. Writes go to a temporary file renamed into
 place; a full disk or an unwritable folder is one line naming the path, and the temporary file is removed.
+JSON outputs (metrics, curves) are written atomically too (`write_json`).
 """
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -120,3 +122,15 @@ def _write_reason(err: BaseException) -> str:
     if number in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"permission denied ({errno.errorcode[number]})"
     return f"{type(err).__name__}: {first_safe_line(err)}"
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomic write, so a metrics file that exists is always complete; under torchrun rank 0 writes."""
+    from pipeline.launch import is_main_process
+
+    if not is_main_process():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

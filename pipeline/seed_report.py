@@ -33,6 +33,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pipeline import metrics as registry
+from pipeline.metrics import Metric
 from pipeline.stats import (  # _seed_order: the order stats itself gives seeds in
     INTERVAL_LEGEND,
     VERDICT_CODE,
@@ -45,11 +47,10 @@ from pipeline.stats import (  # _seed_order: the order stats itself gives seeds 
     verdict,
 )
 
-Column = tuple[str, str, str]  # (metrics key, column title, kind), the shape of report.retrieval_columns
-INTERVAL_KINDS = {"pct": 100.0, "ms": 1.0}  # kinds summarised over seeds, with their display scale
-COMPARED = ("map@r", "recall@1")
-LOWER_IS_BETTER = frozenset({"ms_per_image"})
+SCALE = {"pct": 100.0, "ms": 1.0}  # metric formats summarised over seeds, with their display scale
 NO_SPREAD_NOTE = "a cell without interval had one seed or no spread over its seeds"
+ONE_SEED_NOTE = ("One seed: plain numbers, no intervals, and no difference below is separated (a verdict "
+                 "needs seeds).")
 
 
 class SeedRow(NamedTuple):
@@ -78,16 +79,13 @@ class Comparison:
     only_baseline: tuple[Hashable, ...]
 
 
-def default_columns(rows: Sequence[SeedRow]) -> tuple[Column, ...]:
-    """The retrieval report's columns (Recall@K for every K present), plus NMI, in the report's order."""
-    keys = {k for row in _rows(rows) for m in row.per_seed.values() for k in m}
-    ks = sorted(int(m.group(1)) for k in keys if (m := re.fullmatch(r"recall@(\d+)", k)))
-    columns = (("probe_top1", "Probe top-1", "pct"), ("knn_top1", "kNN top-1", "pct"),
-               *((f"recall@{k}", f"R@{k}", "pct") for k in ks), ("map@r", "MAP@R", "pct"),
-               ("r_precision", "R-Prec", "pct"), ("nmi", "NMI", "pct"), ("top1", "Top-1", "pct"),
-               ("top5", "Top-5", "pct"), ("embedding_dim", "Dim", "int"), ("parameters", "Params", "params"),
-               ("ms_per_image", "ms/img", "ms"))
-    return tuple(c for c in columns if c[0] in keys)
+def default_columns(rows: Sequence[SeedRow]) -> list[Metric]:
+    """The registered metrics the rows report that are shown over seeds, in the registry's order."""
+    return registry.columns({k for row in _rows(rows) for m in row.per_seed.values() for k in m}, over_seeds=True)
+
+
+def _one_seed(rows: Sequence[SeedRow]) -> bool:
+    return all(len(row.per_seed) <= 1 for row in rows)
 
 
 def metric_interval(row: SeedRow, metric: str) -> Interval | None:
@@ -101,23 +99,25 @@ def metric_interval(row: SeedRow, metric: str) -> Interval | None:
     return _spread_or_none(summarize(values, what=f"{row.label} {metric}"))
 
 
-def seed_table(rows: Sequence[SeedRow], columns: Sequence[Column] | None = None, digits: int = 1) -> str:
-    """Markdown table, one line per row: rates as ``mean ± sd [ci_low, ci_high] (n=N)`` in percent.
+def seed_table(rows: Sequence[SeedRow], columns: Sequence[Metric] | None = None, digits: int = 1) -> str:
+    """Markdown table, one line per row: rates as ``mean ± sd [ci_low, ci_high] (n=N)`` in percent, or plain
+    numbers where every row has one seed.
 
     "int" and "params" columns (dimension, parameters) are properties of the model, not measurements:
     their value is shown once when every seed agrees.
     """
     rows = _rows(rows)
     columns = default_columns(rows) if columns is None else columns
-    lines = ["| Model | " + " | ".join(title for _, title, _ in columns) + " |",
+    plain = _one_seed(rows)
+    lines = ["| Model | " + " | ".join(c.title for c in columns) + " |",
              "|---|" + "|".join("---:" for _ in columns) + "|"]
     for row in rows:
-        lines.append(f"| {row.label} | " + " | ".join(_cell(row, c, digits) for c in columns) + " |")
+        lines.append(f"| {row.label} | " + " | ".join(_cell(row, c, digits, plain) for c in columns) + " |")
     return "\n".join(lines)
 
 
 def compare(rows: Sequence[SeedRow], reference: str, baselines: Sequence[str],
-            metrics: Sequence[str] = COMPARED) -> list[Comparison]:
+            metrics: Sequence[str] | None = None) -> list[Comparison]:
     """reference - baseline, paired by seed, in each group of rows, for each baseline then each metric.
 
     Pairing removes the seed effect both methods share (same data order and initialisation), so only the
@@ -125,6 +125,7 @@ def compare(rows: Sequence[SeedRow], reference: str, baselines: Sequence[str],
     naming it: the report never guesses which row was meant.
     """
     rows = _rows(rows)
+    metrics = _compared(rows) if metrics is None else metrics
     out = []
     for group in dict.fromkeys(row.group for row in rows if row.method is not None):
         members = [row for row in rows if row.group == group]
@@ -134,7 +135,7 @@ def compare(rows: Sequence[SeedRow], reference: str, baselines: Sequence[str],
             common = set(a) & set(b)
             difference = None
             if common:
-                higher = metric not in LOWER_IS_BETTER
+                higher = registry.metric(metric).better != "lower"
                 d = paired_difference({s: a[s] for s in common}, {s: b[s] for s in common},
                                       higher_is_better=higher)
                 interval = _spread_or_none(d.interval)
@@ -144,7 +145,7 @@ def compare(rows: Sequence[SeedRow], reference: str, baselines: Sequence[str],
     return out
 
 
-def comparison_table(comparisons: Sequence[Comparison], digits: int = 1) -> str:
+def comparison_table(comparisons: Sequence[Comparison], digits: int = 1, plain: bool = False) -> str:
     """Markdown table of paired differences: a line per (group and) baseline, a cell per metric and verdict.
 
     Cells are percentage points; below the table, the seeds that could not be paired, if any.
@@ -163,7 +164,7 @@ def comparison_table(comparisons: Sequence[Comparison], digits: int = 1) -> str:
         texts = []
         for metric in metrics:
             c = cell.get((group, baseline, metric))
-            texts.append("-" if c is None else _difference_text(c, digits))
+            texts.append("-" if c is None else _difference_text(c, digits, plain))
             unpaired = () if c is None else ((c.only_reference, reference), (c.only_baseline, baseline))
             sides = [f"seeds {list(seeds)} only for {method}" for seeds, method in unpaired if seeds]
             if sides:
@@ -173,7 +174,7 @@ def comparison_table(comparisons: Sequence[Comparison], digits: int = 1) -> str:
     return "\n".join(lines + ([""] + notes_text if notes_text else []))
 
 
-def seed_figure(path: str | Path, rows: Sequence[SeedRow], metrics: Sequence[str] = COMPARED,
+def seed_figure(path: str | Path, rows: Sequence[SeedRow], metrics: Sequence[str] | None = None,
                 reference: str | None = None) -> None:
     """PNG: one panel per metric, each row's mean (percent) with its 95% CI as whiskers.
 
@@ -183,6 +184,7 @@ def seed_figure(path: str | Path, rows: Sequence[SeedRow], metrics: Sequence[str
     from matplotlib.figure import Figure  # deferred: only the figure needs matplotlib
 
     rows = _rows(rows)
+    metrics = _compared(rows) if metrics is None else metrics
     figure = Figure(figsize=(4.2 * len(metrics), 0.45 * len(rows) + 1.4))
     axes = figure.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
     hollow = False
@@ -210,7 +212,7 @@ def seed_figure(path: str | Path, rows: Sequence[SeedRow], metrics: Sequence[str
 
 
 def seed_summary(setting: str, rows: Sequence[SeedRow], comparisons: Sequence[Comparison] = (),
-                 columns: Sequence[Column] | None = None) -> dict[str, float | int]:
+                 columns: Sequence[Metric] | None = None) -> dict[str, float | int]:
     """Flat numeric dict for reports/summary.json, in fractions like the metrics files.
 
     ``<setting>.<row key>.<metric>.{mean,sd,ci_low,ci_high,n}`` for every interval column, and
@@ -222,9 +224,9 @@ def seed_summary(setting: str, rows: Sequence[SeedRow], comparisons: Sequence[Co
     columns = default_columns(rows) if columns is None else columns
     out: dict[str, float | int] = {}
     for row in rows:
-        for metric, _, kind in columns:
-            if kind in INTERVAL_KINDS and (s := metric_interval(row, metric)) is not None:
-                out.update(_flat(f"{setting}.{row.key}.{metric}", s, "mean"))
+        for column in columns:
+            if column.format in SCALE and (s := metric_interval(row, column.key)) is not None:
+                out.update(_flat(f"{setting}.{row.key}.{column.key}", s, "mean"))
     for c in comparisons:
         if c.difference is not None:
             group = "" if c.group is None else f"{c.group}."
@@ -236,22 +238,27 @@ def seed_summary(setting: str, rows: Sequence[SeedRow], comparisons: Sequence[Co
 
 def seed_section(setting: str, title: str, rows: Sequence[SeedRow], *, reference: str,
                  baselines: Sequence[str], figure_path: str | Path, figure_link: str,
-                 columns: Sequence[Column] | None = None,
-                 metrics: Sequence[str] = COMPARED) -> tuple[str, dict[str, float | int]]:
+                 columns: Sequence[Metric] | None = None) -> tuple[str, dict[str, float | int]]:
     """One setting of the report: Markdown (table, comparisons, figure link) and its summary entries.
 
     Comparisons are made only when the reference method is among the rows (and `baselines` is not empty).
+    Where every row has one seed, the heading says "one seed" once and the cells are plain numbers.
     """
     rows = _rows(rows)
+    metrics = _compared(rows)
+    plain = _one_seed(rows)
     has_reference = any(row.method == reference for row in rows)
     comparisons = compare(rows, reference, baselines, metrics) if has_reference and baselines else []
     seed_figure(figure_path, rows, metrics, reference)
-    parts = [f"## {title}", "", f"Cells: {INTERVAL_LEGEND}; {NO_SPREAD_NOTE}.", "",
-             seed_table(rows, columns), ""]
+    if plain:
+        parts = [f"## {title} (one seed)", "", ONE_SEED_NOTE, "", seed_table(rows, columns), ""]
+    else:
+        parts = [f"## {title}", "", f"Cells: {INTERVAL_LEGEND}; {NO_SPREAD_NOTE}.", "", seed_table(rows, columns), ""]
     if comparisons:
-        lead = (f"Paired differences {reference} − baseline over common seeds, percentage points: "
+        lead = (f"Differences {reference} − baseline, percentage points." if plain else
+                f"Paired differences {reference} − baseline over common seeds, percentage points: "
                 "better / worse only where the 95% CI excludes 0.")
-        parts += [lead, "", comparison_table(comparisons), ""]
+        parts += [lead, "", comparison_table(comparisons, plain=plain), ""]
     parts += [f"![{title}: mean and 95% CI over seeds]({figure_link})", ""]
     return "\n".join(parts), seed_summary(setting, rows, comparisons, columns)
 
@@ -296,11 +303,19 @@ def _interval_text(s: Interval, scale: float, digits: int, signed: bool = False)
     return format_interval(s, scale=scale, digits=digits, signed=signed)
 
 
-def _cell(row: SeedRow, column: Column, digits: int) -> str:
-    metric, _, kind = column
-    if kind in INTERVAL_KINDS:
+def _compared(rows: Sequence[SeedRow]) -> list[str]:
+    """The metrics methods are compared on (`Metric.compared`) that the rows report."""
+    return registry.compared({k for row in rows for m in row.per_seed.values() for k in m})
+
+
+def _cell(row: SeedRow, column: Metric, digits: int, plain: bool = False) -> str:
+    metric, kind = column.key, column.format
+    if kind in SCALE:
         s = metric_interval(row, metric)
-        return "-" if s is None else _interval_text(s, INTERVAL_KINDS[kind], digits if kind == "pct" else 3)
+        if s is None:
+            return "-"
+        places = digits if kind == "pct" else 3
+        return f"{s.mean * SCALE[kind]:.{places}f}" if plain else _interval_text(s, SCALE[kind], places)
     values = {m[metric] for m in row.per_seed.values() if m.get(metric) is not None}
     if not values:
         return "-"
@@ -310,9 +325,11 @@ def _cell(row: SeedRow, column: Column, digits: int) -> str:
     return str(value) if kind != "params" else ("-" if value == 0 else _count(value))
 
 
-def _difference_text(c: Comparison, digits: int) -> str:
+def _difference_text(c: Comparison, digits: int, plain: bool = False) -> str:
     if c.difference is None:
         return "no common seeds"
+    if plain:
+        return f"{100 * c.difference.interval.mean:+.{digits}f}"
     return f"{_interval_text(c.difference.interval, 100.0, digits, signed=True)}, {c.difference.verdict}"
 
 
@@ -323,8 +340,9 @@ def _flat(prefix: str, s: Interval, mean_key: str) -> dict[str, float | int]:
     return out
 
 
-def _title(metric: str) -> str:
-    return {"map@r": "MAP@R", "r_precision": "R-Prec"}.get(metric, metric.replace("recall@", "R@"))
+def _title(key: str) -> str:
+    found = registry.metric(key)
+    return key if found is None else found.title
 
 
 def _count(n: int) -> str:

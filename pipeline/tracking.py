@@ -482,7 +482,7 @@ _prestarted: tuple[socket.socket, subprocess.Popen] | None = None
 def prestart_agent() -> None:
     """Start the agent of this process's coming run now, so that MLflow's import (3-4 s of CPU) runs
     beside the stage's own start-up (arguments, params, its imports); ``start_run`` adopts it. For stage
-    entry points (``stages.common.run_stage``). Nothing happens where MLflow is imported already or this
+    entry points (``pipeline.wiring.common.run_stage``). Nothing happens where MLflow is imported already or this
     process will open no run (torchrun ranks but 0); a process that ends without a run ends its agent."""
     global _prestarted
     from pipeline.launch import is_main_process
@@ -638,7 +638,7 @@ class _Agent:
 
 def _agent_main(fd: int) -> None:
     """The agent process (``python -c``): serve the stage on socket ``fd``, then leave without the
-    interpreter's teardown of MLflow (a second or more), as stages do (``stages.common.run_stage``)."""
+    interpreter's teardown of MLflow (a second or more), as stages do (``pipeline.wiring.common.run_stage``)."""
     code = 0
     preload = threading.Thread(target=_preload, name="mlflow-preload", daemon=True)
     preload.start()

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> str:
     from pipeline.losses import registry
     from pipeline.models.embedding_model import teacher_embedding
     from pipeline.models.loading import load_teacher
-    from pipeline.outputs import teacher_dir
+    from pipeline.stage_spec import teacher_dir
     from pipeline.report import RELAXED
 
     params = load_params("params.yaml")

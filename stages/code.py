@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.code_manifest import write_manifest
 
-NOT_STAGES = {"common", "code"}  # helpers of the stage modules, and this stage (which depends on the folders)
+NOT_STAGES = {"code"}  # this stage, which depends on the folders themselves
 
 
 def stage_modules(root: Path = Path(".")) -> list[str]:

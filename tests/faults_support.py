@@ -212,7 +212,7 @@ def warm_up() -> None:
 
     import mlflow  # noqa: F401  (the stages import it lazily, through pipeline.tracking)
 
-    # A stage sets MLFLOW_LOGGING_LEVEL=WARNING before its first MLflow import (stages.common.quiet_libraries);
+    # A stage sets MLFLOW_LOGGING_LEVEL=WARNING before its first MLflow import (pipeline.wiring.common.quiet_libraries);
     # here MLflow is imported first, so set the level that variable would have set.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     import sklearn.datasets  # noqa: F401

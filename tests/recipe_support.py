@@ -28,6 +28,14 @@ def every_recipe_params(amp: str = "bf16", amp_on_cpu: bool = False):
     return validate_params(raw)
 
 
+def replica(params, teacher: str, student: str, method: str, setting=None):
+    """The replica under params.yaml's `seed` of (teacher, student, method); a transfer student's setting is
+    its teacher's, a classifier student's is given."""
+    from pipeline.replica import Replica
+
+    return Replica(setting or params.teachers[teacher].setting, teacher, student, method, params.seed)
+
+
 def recipe_ids() -> list[str]:
     """`teacher-NAME`, `student-TEACHER-LOSS` (each grid loss), `classifier-teacher-NAME`,
     `classifier-student-METHOD`: every recipe of the params file."""
@@ -74,7 +82,7 @@ def build(recipe: str, params, images, teachers, classifiers):
     if kind == "student":
         teacher, _, loss = rest.partition("-")
         section = params.transfer.of(params.teachers[teacher].setting)
-        objective, _ = recipes.transfer_objective(params, teacher, "small", loss, teachers[teacher], images)
+        objective, _ = recipes.transfer_objective(params, replica(params, teacher, "small", loss), teachers[teacher], images)
         sampler = getattr(section, "sampler", None)
         return objective, section.train, sampler.samples_per_class if sampler else None
     role, _, name = rest.partition("-")
@@ -82,7 +90,10 @@ def build(recipe: str, params, images, teachers, classifiers):
         objective, _ = classifier_recipes.classifier_teacher_objective(params, name, images)
         return objective, params.classification.teachers[name].train, None
     teacher = copy.deepcopy(next(iter(classifiers.values())))
-    objective, _ = classifier_recipes.classifier_student_objective(params, "small", name, teacher, images)
+    from pipeline.setting import Setting
+
+    chosen = replica(params, "wide", "small", name, Setting.CLASSIFICATION)
+    objective, _ = classifier_recipes.classifier_student_objective(params, chosen, teacher, images)
     return objective, params.classification.train, None
 
 

@@ -19,6 +19,7 @@ from pipeline.data.loading import load_images
 from pipeline.models.heads import global_pool
 from pipeline.train import recipes
 from pipeline.train.loop import build_optimizer
+from recipe_support import replica
 
 ROOT = Path(__file__).resolve().parents[1]
 # code/train_target.py: {'params': ProxyAnchor_criterion.parameters(), 'lr': float(args.lr) * 100}
@@ -52,7 +53,7 @@ def setting():
 
 def transfer(setting, loss: str, teacher: str = "proxy_anchor"):
     params, images, teachers = setting
-    return recipes.transfer_objective(params, teacher, "small", loss, teachers[teacher], images)[0]
+    return recipes.transfer_objective(params, replica(params, teacher, "small", loss), teachers[teacher], images)[0]
 
 
 def one_batch(setting, objective) -> torch.Tensor:
@@ -112,7 +113,7 @@ def test_the_metric_learning_section_sets_the_views_of_every_image_and_their_lab
     params, images, teachers = setting
     section = params.transfer.metric_learning.model_copy(update={"views": views})
     params = params.model_copy(update={"transfer": params.transfer.model_copy(update={"metric_learning": section})})
-    objective = recipes.transfer_objective(params, "proxy_anchor", "small", "darkrank", teachers["proxy_anchor"],
+    objective = recipes.transfer_objective(params, replica(params, "proxy_anchor", "small", "darkrank"), teachers["proxy_anchor"],
                                            images)[0]
     captured = {}
     objective.criterion.register_forward_pre_hook(lambda module, args: captured.update(zip(("student", "teacher", "labels"), args)))

@@ -17,7 +17,7 @@ from pipeline.comparison import headline, models, plot_tables, write_comparison
 from pipeline.config import load_params
 from pipeline.data import class_names
 from pipeline.eval.plots import class_label, embedding_map_png, retrieval_grid_png
-from pipeline.outputs import LOSS_CURVE
+from pipeline.stage_spec import LOSS_CURVE
 from pipeline.train.session import loss_curve
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,11 +70,17 @@ def test_bad_seeds_are_refused_on_one_line_naming_seeds(seeds, key, reason):
     assert message.startswith(f"params.yaml: {key}:") and reason in message, message
 
 
-def test_a_stage_seed_must_be_one_of_seeds():
+def test_a_replica_must_be_declared_in_params():
+    from pipeline.replica import Replica
+    from pipeline.setting import Setting
+
     params = validate_params(broken(lambda raw: raw.update(seeds=[3, 5])))
-    assert params.replica_seed(5) == 5
+    replica = Replica(Setting.SELF_SUPERVISED, "simclr", "small", "relaxed", 5)
+    assert params.checked(replica) is replica
     with pytest.raises(ConfigError, match=r"^--seed 0 is not one of params.yaml's seeds \[3, 5\]$"):
-        params.replica_seed(0)
+        params.checked(Replica(Setting.SELF_SUPERVISED, "simclr", "small", "relaxed", 0))
+    with pytest.raises(KeyError, match=r"^'losses.rkdd is not in params.yaml \(declared: "):
+        params.checked(Replica(Setting.SELF_SUPERVISED, "simclr", "small", "rkdd", 5))
 
 
 def test_misspelt_key_names_dotted_path_and_suggests():

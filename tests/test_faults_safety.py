@@ -42,7 +42,7 @@ def keyword_is(call: ast.Call, name: str, value) -> bool:
 
 def test_the_source_scan_sees_the_project():
     names = {p.relative_to(ROOT).as_posix() for p in SOURCES}
-    assert {"pipeline/train/checkpoint.py", "pipeline/models/embedding_model.py", "stages/common.py"} <= names
+    assert {"pipeline/train/checkpoint.py", "pipeline/models/embedding_model.py", "pipeline/wiring/common.py"} <= names
 
 
 def test_every_torch_load_passes_weights_only_true():

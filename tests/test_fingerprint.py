@@ -53,6 +53,8 @@ SCRIPT = textwrap.dedent('''
     import copy, sys, yaml
     from pipeline.config import validate_params
     from pipeline.data.loading import load_images
+    from pipeline.replica import Replica
+    from pipeline.setting import Setting
     from pipeline.train import classifier_recipes, recipes
     from pipeline.train.fingerprint import code_fingerprint
     from pipeline.train.loop import fit
@@ -72,12 +74,14 @@ SCRIPT = textwrap.dedent('''
         teachers[name] = copy.deepcopy(objective.model).eval()
     for teacher, grid in (("simclr", params.transfer.self_supervised.grid), ("proxy_anchor", params.transfer.metric_learning.grid)):
         for loss in grid.loss:
-            objectives.append(recipes.transfer_objective(params, teacher, "small", loss, teachers[teacher], images)[0])
+            objectives.append(recipes.transfer_objective(
+                params, Replica(params.teachers[teacher].setting, teacher, "small", loss, 0), teachers[teacher], images)[0])
     classifier, _ = classifier_recipes.classifier_teacher_objective(params, "wide", images)
     objectives.append(classifier)
     for method in params.classification.grid.method:
         objectives.append(classifier_recipes.classifier_student_objective(
-            params, "small", method, copy.deepcopy(classifier.model).eval(), images)[0])
+            params, Replica(Setting.CLASSIFICATION, "wide", "small", method, 0), copy.deepcopy(classifier.model).eval(),
+            images)[0])
     fingerprinted = set(code_fingerprint())
     for objective in objectives:
         fit(objective, images, params.transfer.self_supervised.train, device="cpu")

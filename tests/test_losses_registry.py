@@ -122,6 +122,7 @@ def test_a_new_loss_declared_in_a_test_trains_a_student_without_editing_any_modu
     from pipeline.losses import registry
     from pipeline.losses.contract import Loss, LossParams
     from pipeline.train import recipes
+    from recipe_support import replica
     from pipeline.train.loop import fit
 
     class CosineMatch(Loss):
@@ -152,7 +153,7 @@ def test_a_new_loss_declared_in_a_test_trains_a_student_without_editing_any_modu
     images = load_images(params.data, "train")
     teacher_objective, _ = recipes.teacher_objective(params, "simclr", images)
     fit(teacher_objective, images, params.teachers["simclr"].train, device="cpu")
-    student_objective, _ = recipes.transfer_objective(params, "simclr", "small", "cosine",
+    student_objective, _ = recipes.transfer_objective(params, replica(params, "simclr", "small", "cosine"),
                                                       teacher_objective.model.eval(), images)
     assert isinstance(student_objective.criterion, CosineMatch) and student_objective.criterion.params.scale == 2.0
     before = {k: v.clone() for k, v in student_objective.student.state_dict().items()}

@@ -20,6 +20,8 @@ from pipeline.data.loading import load_images
 from pipeline.eval.protocol import evaluate
 from pipeline.train import classifier_recipes, recipes
 from pipeline.train.loop import fit
+from pipeline.setting import Setting
+from recipe_support import replica
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
@@ -135,7 +137,7 @@ def one_step_of_every_recipe(params, tmp_path: Path, every_loss: bool = False) -
         sampler = getattr(section, "sampler", None)
         for student in grid.student:
             for loss in grid.loss if every_loss and student == grid.student[0] else grid.loss[:1]:
-                student_objective, _ = recipes.transfer_objective(params, teacher_name, student, loss, teacher, images)
+                student_objective, _ = recipes.transfer_objective(params, replica(params, teacher_name, student, loss), teacher, images)
                 result = fit(student_objective, images, section.train, seed=params.seed, device="cpu",
                              samples_per_class=sampler.samples_per_class if sampler else None,
                              checkpoint_dir=tmp_path / f"{teacher_name}-{student}-{loss}")
@@ -187,7 +189,7 @@ def test_released_teacher_variant_runs_one_step_from_an_official_checkpoint(tmp_
                                params.teachers["bn_inception"])
     images = load_images(params.data, "train")
     section = params.transfer.metric_learning
-    objective, _ = recipes.transfer_objective(params, "bn_inception", "same", "relaxed", teacher, images)
+    objective, _ = recipes.transfer_objective(params, replica(params, "bn_inception", "same", "relaxed"), teacher, images)
     result = fit(objective, images, section.train, seed=params.seed, device="cpu",
                  samples_per_class=section.sampler.samples_per_class, checkpoint_dir=tmp_path / "student")
     assert len(result.losses) == 1 and torch.isfinite(torch.tensor(result.losses[0][1]))
@@ -230,8 +232,8 @@ def test_cifar100_profile_runs_one_step_of_each_classifier_method(tmp_path, monk
     fit(objective, images, teacher_train, device="cpu")
     teacher = objective.model.eval()
     for method in params.classification.grid.method:
-        student, _ = classifier_recipes.classifier_student_objective(params, params.classification.grid.student[0], method,
-                                                          teacher, images)
+        chosen = replica(params, teacher_name, params.classification.grid.student[0], method, Setting.CLASSIFICATION)
+        student, _ = classifier_recipes.classifier_student_objective(params, chosen, teacher, images)
         result = fit(student, images, params.classification.train, device="cpu")
         assert torch.isfinite(torch.tensor(result.losses[0][1])), method
     top = classification_metrics(student.model, images.images[:32], images.labels[:32])

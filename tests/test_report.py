@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipeline.report import ResultRow, read_metrics, results_table, retrieval_columns
+from pipeline.report import ResultRow, read_metrics, results_table
 
 
 def test_table_shows_each_metric_of_each_row():
@@ -11,7 +11,7 @@ def test_table_shows_each_metric_of_each_row():
         ResultRow("simclr", "teacher", {"recall@1": 0.81234, "map@r": 0.5, "embedding_dim": 128, "parameters": 307_000}),
         ResultRow("simclr", "small, relaxed", {"recall@1": 0.8, "map@r": 0.41, "embedding_dim": 64, "parameters": 77_500}),
     ]
-    table = results_table(rows, retrieval_columns([1, 2, 4, 8])).splitlines()
+    table = results_table(rows).splitlines()
     assert table[0].startswith("| Model | R@1 | MAP@R | Dim | Params |")
     assert table[2] == "| teacher | 81.23 | 50.00 | 128 | 0.31M |"  # one section: its heading says it all
     assert table[3] == "| small, relaxed | 80.00 | 41.00 | 64 | 77.5k |"
@@ -19,7 +19,7 @@ def test_table_shows_each_metric_of_each_row():
 
 def test_sections_are_marked_when_a_table_holds_several():
     rows = [ResultRow("a", "x", {"recall@1": 0.5, "parameters": 0}), ResultRow("b", "y", {"recall@1": 0.25, "parameters": 10})]
-    table = results_table(rows, retrieval_columns([1, 2, 4, 8])).splitlines()
+    table = results_table(rows).splitlines()
     assert table[2].startswith("| **a** |") and table[3] == "| x | 50.00 | - |"
     assert table[4].startswith("| **b** |") and table[5] == "| y | 25.00 | 0.0k |"
 
@@ -40,8 +40,10 @@ def _table1_params(ks=(1, 2, 4, 8)):
     from pipeline.config import validate_params
 
     raw = yaml.safe_load((Path(__file__).parent / "assets/tiny_params.yaml").read_text())
-    raw["students"].update(same={"model": {"backbone": "small_resnet", "widths": [8, 16], "embedding_dim": 16}},
-                           dim8={"model": {"backbone": "small_resnet", "widths": [8, 16], "embedding_dim": 8}})
+    raw["students"].update(same={"model": {"backbone": "small_resnet", "widths": [8, 16], "embedding_dim": 16},
+                                 "role": "self_transfer"},
+                           dim8={"model": {"backbone": "small_resnet", "widths": [8, 16], "embedding_dim": 8},
+                                 "role": "dim_reduction"})
     raw["losses"]["pkt"] = {"name": "pkt"}
     raw["transfer"]["metric_learning"]["grid"] = {"teacher": ["proxy_anchor"], "student": ["small", "dim8", "same"],
                                                   "loss": ["relaxed", "pkt", "own_objective"]}
@@ -51,7 +53,7 @@ def _table1_params(ks=(1, 2, 4, 8)):
 
 
 def _write_metrics(model_id: str, metrics: dict) -> None:
-    from pipeline.outputs import eval_dir
+    from pipeline.stage_spec import eval_dir
 
     eval_dir(model_id).mkdir(parents=True, exist_ok=True)
     (eval_dir(model_id) / "metrics.json").write_text(json.dumps(metrics))
@@ -111,21 +113,22 @@ def test_table1_groups_the_metric_students_into_the_papers_three_settings(tmp_pa
     assert "| small student, own_objective (teacher_objective), seed 0 | **62.00** |" in compression
 
 
-def test_table1_setting_of_a_student():
-    from pipeline.config import ModelConfig
-    from pipeline.report import table1_setting
+def test_table1_groups_students_by_their_declared_role_not_by_their_numbers(tmp_path, monkeypatch):
+    """`students.NAME.role` decides the block: dim8 declared a compression student lands there, though its
+    network is the teacher's; with no self-transfer student declared, that block is left out."""
+    from pipeline.config import validate_params
+    from pipeline.report import build_report
 
-    teacher = ModelConfig(backbone="small_resnet", widths=(8, 16), embedding_dim=16)
-    t = {"embedding_dim": 16, "parameters": 2000}
-    assert table1_setting(teacher, ModelConfig(backbone="small_resnet", widths=(8, 16), embedding_dim=16), t,
-                          {"embedding_dim": 16, "parameters": 2000}) == "self_transfer"
-    assert table1_setting(teacher, ModelConfig(backbone="small_resnet", widths=(8, 16), embedding_dim=4), t,
-                          {"embedding_dim": 4, "parameters": 1900}) == "dim_reduction"
-    assert table1_setting(teacher, ModelConfig(backbone="small_resnet", widths=(4, 8), embedding_dim=16), t,
-                          {"embedding_dim": 16, "parameters": 500}) == "compression"
-    # A wider student is none of the paper's three settings.
-    assert table1_setting(teacher, ModelConfig(backbone="small_resnet", widths=(16, 32), embedding_dim=16), t,
-                          {"embedding_dim": 16, "parameters": 8000}) == "other"
+    monkeypatch.chdir(tmp_path)
+    raw = _table1_params().model_dump(mode="json")
+    raw["students"]["dim8"]["role"] = "compression"
+    raw["transfer"]["metric_learning"]["grid"]["student"] = ["small", "dim8"]
+    params = validate_params(raw)
+    _seeded_outputs(params)
+    table1 = build_report(params, tmp_path / "reports" / "figures")[0].split("## Table 1:")[1]
+    assert [line for line in table1.splitlines() if line.startswith("### ")] == [
+        "### Compression: a smaller network, fewer dimensions"]
+    assert "dim8 student, relaxed" in table1 and "small student, relaxed" in table1
 
 
 def _seeded_params(seeds):
@@ -143,7 +146,9 @@ def _seeded_outputs(params) -> dict[str, dict[int, dict]]:
     """Every metrics file of `params`' grids, each replica its own numbers; relaxed 2.0-2.3 points above pkt
     on every seed under a seed effect both share, so the paired difference separates them. Returns
     model -> seed -> metrics for the students."""
-    from pipeline.outputs import classifier_student_dir, classifier_teacher_dir
+    from pipeline.replica import Replica
+    from pipeline.setting import Setting
+    from pipeline.stage_spec import classifier_teacher_dir
 
     written: dict[str, dict[int, dict]] = {}
     for name, value in (("pixels-simclr", 0.5), ("teacher-simclr", 0.6), ("teacher-simclr-transferred", 0.61),
@@ -164,7 +169,7 @@ def _seeded_outputs(params) -> dict[str, dict[int, dict]]:
     for model, per_seed in written.items():
         for seed, metrics in per_seed.items():
             if model.startswith("wide-"):
-                folder = classifier_student_dir("wide", "small", model.split("-")[-1], seed)
+                folder = Replica(Setting.CLASSIFICATION, "wide", "small", model.split("-")[-1], seed).folder
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "metrics.json").write_text(json.dumps(metrics))
             else:
@@ -209,7 +214,7 @@ def test_the_report_aggregates_every_student_over_its_seeds(tmp_path, monkeypatc
     for title in ("## Self-supervised over seeds: simclr", "## Table 1 over seeds: proxy_anchor",
                   "## Classification over seeds: wide", "# Every model", "## Table 1: proxy_anchor"):
         assert title in markdown, title
-    assert "| raw pixels | " in markdown and "(1 seed, no interval)" in markdown
+    assert "| raw pixels | " in markdown and "(1 seed, no interval)" in markdown  # a single run among replicas
     assert "same student (self-transfer), relaxed (relaxed_contrastive) | " in markdown
     assert "| same student, relaxed (relaxed_contrastive), seed 3 |" in markdown  # every replica on its own line
     figures = {p.name for p in (tmp_path / "reports" / "figures").iterdir()}
@@ -226,7 +231,9 @@ def test_one_seed_is_reported_without_an_interval(tmp_path, monkeypatch):
     markdown, summary = build_report(params, tmp_path / "reports" / "figures")
     assert "| same student (self-transfer), relaxed (relaxed_contrastive) | " in markdown
     line = next(l for l in markdown.splitlines() if l.startswith("| same student (self-transfer), relaxed"))
-    assert "(1 seed, no interval)" in line and "±" not in line
+    assert "| same student (self-transfer), relaxed (relaxed_contrastive) | 90.0 | 32.0 | 32.0 | 37.0 | 16 | 2.0k |" == line
+    assert "(1 seed, no interval)" not in markdown and "±" not in markdown
+    assert markdown.count("(one seed)") == 3  # once per section over seeds, in its heading
     assert not [k for k in summary if k.endswith((".sd", ".ci_low", ".ci_high"))]
     assert summary["metric_learning.proxy_anchor-same.relaxed_vs_pkt.map@r.n"] == 1
     assert summary["metric_learning.proxy_anchor-same.relaxed_vs_pkt.map@r.verdict"] == 0  # one seed never separates
@@ -252,7 +259,7 @@ def test_a_setting_with_an_empty_grid_is_left_out_and_named_once(tmp_path, monke
     import shutil
 
     from pipeline.config import validate_params
-    from pipeline.outputs import OUTPUTS
+    from pipeline.stage_spec import OUTPUTS
     from pipeline.report import build_report
 
     monkeypatch.chdir(tmp_path)

@@ -312,7 +312,7 @@ def test_a_stage_whose_agent_fails_writes_no_outputs_after_its_block(tmp_path):
 PRESTARTED = textwrap.dedent('''
     import sys
     from pipeline import tracking
-    tracking.prestart_agent()  # as stages.common.run_stage does, before the stage's own start-up
+    tracking.prestart_agent()  # as pipeline.wiring.common.run_stage does, before the stage's own start-up
     agent = tracking._prestarted[1]
     print(agent.pid, flush=True)
     if sys.argv[1] == "run":

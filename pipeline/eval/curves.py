@@ -2,12 +2,11 @@
 and no torch (the report stage never loads a model)."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-_RECALL_KEY = re.compile(r"recall@(\d+)$")
+from pipeline.metrics import recall_curve
 
 
 def recall_at_k_plot(path: str | Path, results: dict[str, dict[str, float]]) -> None:
@@ -29,10 +28,8 @@ def recall_at_k_plot(path: str | Path, results: dict[str, dict[str, float]]) -> 
 
 
 def recall_at_k_values(metrics: dict[str, float]) -> list[tuple[int, float]]:
-    """``(K, Recall@K)`` pairs of a metrics dict, by increasing K."""
-    pairs = sorted(
-        (int(m.group(1)), value) for key, value in metrics.items() if (m := _RECALL_KEY.match(key))
-    )
+    """``(K, Recall@K)`` pairs of a metrics dict, by increasing K; an error where there are none."""
+    pairs = recall_curve(metrics)
     if not pairs:
         raise ValueError(f"metrics hold no recall@K entries (keys: {sorted(metrics)})")
     return pairs

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from pipeline import config as cfg
+from pipeline import metrics as registered_metrics
 from pipeline.data import ImageSet
 from pipeline.data.augment import build_augmentation
 from pipeline.eval.features import extract_features
@@ -90,6 +91,8 @@ def evaluate(
     if evaluation.knn.enabled:
         metrics.update(knn_classify(train_x, train_labels, test_x, test_labels, k=evaluation.knn.k,
                                     temperature=evaluation.knn.temperature))
+    for extra in registered_metrics.computed():  # metrics registered with their own computation
+        metrics[extra.key] = float(extra.compute(test_x, test_labels))
     if model is not None:
         from pipeline.models.loading import count_parameters
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import config as cfg
-from pipeline.outputs import eval_dir, write_json
+from pipeline.integrity import write_json
+from pipeline.metrics import recall_curve
+from pipeline.stage_spec import FIGURES, METRICS, RECALL_CURVE, eval_dir
 
 if TYPE_CHECKING:
     from pipeline.tracking import RunLogger
@@ -76,9 +78,8 @@ def _score(model, model_id: str, train, test, classes, params: cfg.Params) -> tu
 
     metrics, test_embeddings = evaluate(model, train, test, params.evaluation, params.data.image_size, params.seed)
     out = eval_dir(model_id)
-    figures = evaluation_figures(out / "figures", test, test_embeddings, params,
+    figures = evaluation_figures(out / FIGURES, test, test_embeddings, params,
                                  class_names=class_names(params.data.name, classes))
-    write_json(out / "recall.json", [{"k": int(k.split("@")[1]), "recall": v}
-                                     for k, v in metrics.items() if k.startswith("recall@")])
-    write_json(out / "metrics.json", metrics)
+    write_json(out / RECALL_CURVE, [{"k": k, "recall": v} for k, v in recall_curve(metrics)])
+    write_json(out / METRICS, metrics)
     return metrics, figures

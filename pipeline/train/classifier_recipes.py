@@ -8,7 +8,8 @@ from pipeline.data.imageset import ImageSet
 from pipeline.models.classifier import Classifier, ClassifierSpec, build_classifier
 from pipeline.train.classification import CrossEntropyObjective, DistillationObjective
 from pipeline.train.objectives import Objective
-from pipeline.train.recipes import augment_for, initialised_from_seed
+from pipeline.replica import Replica
+from pipeline.train.recipes import augment_for, initial_weights
 
 
 def classifier_spec(backbone: cfg.BackboneConfig, channels: int, num_classes: int) -> ClassifierSpec:
@@ -17,23 +18,29 @@ def classifier_spec(backbone: cfg.BackboneConfig, channels: int, num_classes: in
                           backbone_kwargs=kwargs)
 
 
-@initialised_from_seed
 def classifier_teacher_objective(params: cfg.Params, name: str, images: ImageSet) -> tuple[Objective, ClassifierSpec]:
-    """The cross-entropy teacher `name` of the classification experiment, and its spec."""
+    """The cross-entropy teacher `name` of the classification experiment (initialised from `seed`), and its spec."""
     section = params.classification
-    spec = classifier_spec(section.teachers[name].model, images.channels, images.num_classes)
-    return CrossEntropyObjective(build_classifier(spec), augment_for(section.augmentation, params.data, images)), spec
+    with initial_weights(params.seed):
+        spec = classifier_spec(section.teachers[name].model, images.channels, images.num_classes)
+        return CrossEntropyObjective(build_classifier(spec), augment_for(section.augmentation, params.data, images)), spec
 
 
-@initialised_from_seed
-def classifier_student_objective(params: cfg.Params, student: str, method: str, teacher: Classifier,
+def classifier_student_objective(params: cfg.Params, replica: Replica, teacher: Classifier,
                                  images: ImageSet) -> tuple[Objective, ClassifierSpec]:
-    """A student classifier: cross-entropy alone, or plus the method's transfer term from `teacher`."""
+    """A student classifier initialised from its replica's seed: cross-entropy alone, or plus the method's
+    transfer term from `teacher`."""
+    with initial_weights(replica.seed):
+        return _student_objective(params, replica, teacher, images)
+
+
+def _student_objective(params: cfg.Params, replica: Replica, teacher: Classifier,
+                       images: ImageSet) -> tuple[Objective, ClassifierSpec]:
     section = params.classification
-    spec = classifier_spec(section.students[student], images.channels, images.num_classes)
+    spec = classifier_spec(section.students[replica.student], images.channels, images.num_classes)
     model = build_classifier(spec)
     augment = augment_for(section.augmentation, params.data, images)
-    chosen = section.methods[method]
+    chosen = section.methods[replica.method]
     if chosen.loss is None:
         return CrossEntropyObjective(model, augment), spec
     # A classifier's penultimate feature is its pooled feature; RepDistiller's CIFAR CRD also draws

@@ -7,7 +7,8 @@ arguments (model widths, dataset size) that only this layer knows.
 """
 from __future__ import annotations
 
-import functools
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -18,13 +19,11 @@ from pipeline.data import ImageSet
 from pipeline.data.augment import build_augmentation
 from pipeline.models.embedding_model import EmbeddingModel, ModelSpec, build_model
 from pipeline.models.loading import model_spec, teacher_embedding_dim
+from pipeline.replica import Replica
+from pipeline.setting import Setting
 from pipeline.train.objectives import Objective, ProxyAnchorObjective, SimCLRObjective, TransferObjective
 
-PROJECTION_KIND = {"simclr": "simclr", "moco": "mocov2"}
-# Global pooling of the backbone's last map, by setting: SSL models pool by average, as SimCLR, MoCo and the
-# libraries whose probe / kNN numbers ours are compared with (lightly, solo-learn) do; the metric-learning
-# models sum average and max pooling, as the Proxy-Anchor and LabelRelaxation code do (net/resnet.py).
-POOLING = {"self_supervised": "avg", "metric_learning": "avg+max"}
+PROJECTION_KIND = {"simclr": "simclr", "moco": "mocov2"}  # the projection head of each SSL teacher method
 
 
 def augment_for(augmentation: str | cfg.AugmentationConfig, data: cfg.DataConfig, images: ImageSet) -> torch.nn.Module:
@@ -53,29 +52,25 @@ def _own_objective(method: str, teacher: cfg.TeacherConfig, model: EmbeddingMode
                                 warmup_epochs=pa.warmup_epochs, freeze_batchnorm=pa.frozen_bn)
 
 
-def initialised_from_seed(build):
-    """Initial weights (backbones, heads, proxies, regressors, queues) come from params.yaml's `seed` alone,
-    so two runs of a stage start alike and a resumed run can equal an uninterrupted one; the caller's
-    global RNG is left as it was."""
-
-    @functools.wraps(build)
-    def seeded_build(params: cfg.Params, *args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(params.seed)
-            return build(params, *args, **kwargs)
-
-    return seeded_build
+@contextlib.contextmanager
+def initial_weights(seed: int) -> Iterator[None]:
+    """Initial weights (backbones, heads, proxies, regressors, queues) built inside come from `seed` alone
+    (a teacher's: params.yaml's `seed`; a student's: its replica's), so two runs of a stage start alike and
+    a resumed run can equal an uninterrupted one; the caller's global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
-@initialised_from_seed
 def teacher_objective(params: cfg.Params, name: str, images: ImageSet) -> tuple[Objective, ModelSpec]:
     """The objective that trains teacher `name` on `images`, and the spec its model is saved with."""
     teacher = params.teachers[name]
-    spec = model_spec(teacher.model, images.channels, PROJECTION_KIND.get(teacher.method), teacher.projection_dim)
-    spec.pooling = POOLING[teacher.setting]
-    model = build_model(spec)
-    objective = _own_objective(teacher.method, teacher, model, augment_for(teacher.augmentation, params.data, images),
-                               images.num_classes)
+    with initial_weights(params.seed):
+        spec = model_spec(teacher.model, images.channels, PROJECTION_KIND.get(teacher.method), teacher.projection_dim)
+        spec.pooling = teacher.setting.pooling
+        model = build_model(spec)
+        objective = _own_objective(teacher.method, teacher, model,
+                                   augment_for(teacher.augmentation, params.data, images), images.num_classes)
     return objective, spec
 
 
@@ -85,34 +80,38 @@ def teacher_sampler(params: cfg.Params, name: str) -> int | None:
     return teacher.proxy_anchor.samples_per_class if teacher.method == "proxy_anchor" else None
 
 
-@initialised_from_seed
-def transfer_objective(
-    params: cfg.Params, teacher_name: str, student_name: str, loss_name: str,
-    teacher: EmbeddingModel, images: ImageSet,
-) -> tuple[Objective, ModelSpec]:
-    """A student trained from the frozen `teacher` with loss `loss_name` under the transfer section of the
-    teacher's setting, or by the teacher's own objective: that control trains with its teacher's
-    augmentation (MoCo v2's for a MoCo teacher, crop + flip for Proxy-Anchor) and views, and with the
-    section's budget and sampler (the stage passes those), so it differs from its teacher only in the
-    student network and the budget."""
-    teacher_cfg = params.teachers[teacher_name]
-    section = params.transfer.of(teacher_cfg.setting)
-    loss_cfg = params.losses[loss_name]
-    student_model = params.students[student_name].model
+def transfer_objective(params: cfg.Params, replica: Replica, teacher: EmbeddingModel,
+                       images: ImageSet) -> tuple[Objective, ModelSpec]:
+    """Replica `replica` of a student, initialised from its seed: trained from the frozen `teacher` with
+    its loss under the transfer section of its setting, or by the teacher's own objective: that control
+    trains with its teacher's augmentation (MoCo v2's for a MoCo teacher, crop + flip for Proxy-Anchor)
+    and views, and with the section's budget and sampler (the stage passes those), so it differs from its
+    teacher only in the student network and the budget."""
+    with initial_weights(replica.seed):
+        return _transfer_objective(params, replica, teacher, images)
+
+
+def _transfer_objective(params: cfg.Params, replica: Replica, teacher: EmbeddingModel,
+                        images: ImageSet) -> tuple[Objective, ModelSpec]:
+    teacher_cfg = params.teachers[replica.teacher]
+    setting = replica.setting
+    section = params.transfer.of(setting)
+    loss_cfg = params.losses[replica.method]
+    student_model = params.students[replica.student].model
     if loss_cfg.name == cfg.TEACHER_OBJECTIVE:
         augment = augment_for(teacher_cfg.augmentation, params.data, images)
         spec = model_spec(student_model, images.channels, PROJECTION_KIND.get(teacher_cfg.method),
                           teacher_cfg.projection_dim)
-        if teacher_cfg.method in PROJECTION_KIND:
+        if setting is Setting.SELF_SUPERVISED:
             # An SSL objective never trains an embedding head: like the SSL teacher, the control student
             # is evaluated on its pooled backbone features.
             spec.embedding_dim = None
-        spec.pooling = POOLING[teacher_cfg.setting]
+        spec.pooling = setting.pooling
         student = build_model(spec)
         return _own_objective(teacher_cfg.method, teacher_cfg, student, augment, images.num_classes), spec
     augment = augment_for(section.augmentation, params.data, images)
     spec = model_spec(student_model, images.channels)
-    spec.pooling = POOLING[teacher_cfg.setting]
+    spec.pooling = setting.pooling
     student = build_model(spec)
     pooled = losses.loss_class(loss_cfg.name).features == "pooled"  # CRD: widths of the pooled features
     context = {
@@ -123,8 +122,7 @@ def transfer_objective(
                         else teacher_embedding_dim(teacher, teacher_cfg.transfer_embedding)),
         "n_data": len(images),
         "num_classes": images.num_classes,
-        # The metric-learning setting (a Proxy-Anchor teacher) has labels; the self-supervised one has none.
-        "dataset_labels": None if teacher_cfg.method in PROJECTION_KIND else images.labels,
+        "dataset_labels": images.labels if setting.labels else None,
     }
     criterion = losses.build_with(loss_cfg.name, loss_cfg.params, context)
     auxiliary = None

@@ -13,13 +13,14 @@ from typing import Any
 import torch.distributed as dist
 
 from pipeline.config import TrainConfig
-from pipeline.outputs import LOSS_CURVE, write_json
 from pipeline.data import ImageSet
 from pipeline.fault_hooks import pause_at
+from pipeline.integrity import write_json
 from pipeline.train.fingerprint import claim_checkpoint_dir, code_fingerprint
 from pipeline.train.loop import FitResult, MetricLogger, fit
 from pipeline.train.objectives import Objective
 from pipeline.train.runtime import resolve_runtime
+from pipeline.stage_spec import LOSS_CURVE, MODEL
 
 
 def train_and_save(objective: Objective, images: ImageSet, train: TrainConfig, out: Path, settings: dict[str, Any],
@@ -39,7 +40,7 @@ def train_and_save(objective: Objective, images: ImageSet, train: TrainConfig, o
     result = fit(objective, images, train, seed=seed, samples_per_class=samples_per_class,
                  checkpoint_dir=out / "checkpoints", logger=logger, description=description)
     if runtime.is_main:
-        save(out / "model.pt")
+        save(out / MODEL)
         write_json(out / LOSS_CURVE, loss_curve(result.losses))
     if runtime.distributed:
         dist.barrier()  # ranks leave together (torchrun tears all down if rank 0 fails to save)

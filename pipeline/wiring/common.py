@@ -60,7 +60,7 @@ def _mark_running() -> Path | None:
         return None
     import json
 
-    from pipeline.outputs import RUNNING_MARKERS
+    from pipeline.stage_spec import RUNNING_MARKERS
     from pipeline.tracking import owner_is_gone, process_owner
 
     RUNNING_MARKERS.mkdir(parents=True, exist_ok=True)

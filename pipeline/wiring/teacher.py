@@ -1,0 +1,90 @@
+"""Pretrain teacher NAME (SimCLR, MoCo v2 or Proxy-Anchor), or load it from its official source checkpoint
+when `released_teachers.NAME` names one, then score the saved model (`pipeline.eval.session`) onto the same
+MLflow run: stage family `teacher`. `fingerprint` is stage family `released_teacher`."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline.config import Params, TeacherConfig, flatten
+from pipeline.integrity import write_json
+from pipeline.stage_spec import (LOSS_CURVE, METRICS, MODEL, RELEASED_RECORDS, TEACHER, select, teacher_dir,
+                                 teacher_id, transferred_id)
+from pipeline.wiring.common import stage_name
+
+if TYPE_CHECKING:
+    from pipeline.tracking import RunLogger
+
+
+def teacher(params: Params, name: str, argv: list[str]) -> None:
+    config = params.teacher(name)
+    released = params.released_teachers.get(name)
+    if released is None:
+        from pipeline import launch
+
+        launch.relaunch_under_torchrun("stages.teacher", argv, config.train, f"teachers.{name}.train")
+    else:
+        from pipeline.models.released import load_released
+
+        model, spec = load_released(name, released, config)  # refused before the run opens
+
+    from pipeline import tracking
+    from pipeline.launch import is_main_process
+
+    stage = stage_name(f"{TEACHER.name}@{name}")
+    raw = params.model_dump(mode="json")
+    section = select(raw, TEACHER.trained_keys(teacher=name))
+    if released is not None:  # how it would be trained says nothing about the file it is loaded from
+        described = section["teachers"][name]
+        del described["train"], described["model"]["weights_path"]
+        section["released_teachers"] = {name: released}
+    tags = {"setting": config.setting.value, "teacher": name, "student": "", "method": config.method,
+            "seed": params.seed}
+    logged = {**section, **select(raw, list(TEACHER.scored_with))}
+    out = teacher_dir(name)
+    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged), tags=tags) as run:
+        if released is None:
+            metrics = train(params, name, section, run, stage)
+        else:
+            from pipeline.models.embedding_model import save_model
+
+            save_model(model, spec, out / MODEL)
+            write_json(out / LOSS_CURVE, [])  # nothing was trained here
+            metrics = {"steps": 0}
+            run.log_metrics(metrics, step=0)
+        write_json(out / METRICS, metrics)
+        if is_main_process():
+            from pipeline.eval.session import evaluate_and_save
+
+            evaluate_and_save(out / MODEL, teacher_id(name), name, params, run,
+                              transferred=(transferred_id(name), config.transfer_embedding))
+
+
+def train(params: Params, name: str, section: dict, run: RunLogger, stage: str) -> dict[str, float]:
+    """Train teacher `name` into its output folder (resuming its checkpoint); the training summary."""
+    from pipeline.data.loading import load_images
+    from pipeline.models.embedding_model import save_model
+    from pipeline.train.recipes import teacher_objective, teacher_sampler
+    from pipeline.train.session import train_and_save
+
+    config = params.teachers[name]
+    images = load_images(params.data, "train", config.train_classes)
+    objective, spec = teacher_objective(params, name, images)
+    return train_and_save(objective, images, config.train, teacher_dir(name), section, run, stage,
+                          lambda path: save_model(objective.model, spec, path), seed=params.seed,
+                          samples_per_class=teacher_sampler(params, name))
+
+
+def fingerprint(params: Params, name: str) -> None:
+    """Refuse a missing or mismatched released file in one line, else write its hash (before any training:
+    every teacher stage waits for this one)."""
+    from pipeline.models.released import checkpoint_fingerprint, load_released
+
+    config: TeacherConfig = params.teacher(name)
+    path = params.released_teachers.get(name)
+    if path is None:
+        raise KeyError(f"released_teachers.{name} is not in params.yaml: {name} is trained")
+    load_released(name, path, config)
+    write_json(RELEASED_RECORDS / f"{name}.json", {"teacher": name, "checkpoint": path,
+                                                   "backbone": config.model.backbone,
+                                                   "embedding_dim": config.model.embedding_dim,
+                                                   **checkpoint_fingerprint(path)})
