@@ -253,12 +253,13 @@ HEADER = f"""\
 
 def render() -> str:
     """dvc.yaml's text."""
-    document = {
-        "vars": [{"released_teachers": {}}],  # the default when params.yaml has none (DVC merges params.yaml's over it)
-        "stages": dvc_stages(),
-        "plots": PLOTS,
-    }
-    return HEADER + yaml.safe_dump(document, sort_keys=False, width=120, default_flow_style=False)
+    def dump(value: Any) -> str:
+        return yaml.safe_dump(value, sort_keys=False, width=120, default_flow_style=False)
+
+    stages = "\n".join(dump({name: body}) for name, body in dvc_stages().items())
+    return (HEADER + dump({"vars": [{"released_teachers": {}}]})  # the default where params.yaml has none
+            + "stages:\n" + "".join(f"  {line}\n" if line else "\n" for line in stages.splitlines())
+            + "\n" + dump({"plots": PLOTS}))
 
 
 if __name__ == "__main__":

@@ -53,3 +53,17 @@ def test_no_import_cycle_among_project_modules():
 def test_the_search_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# What a stage module may import: it parses a command line and calls the wiring layer. The stage
+# specification (with the values it is built from, a replica and a setting) and the params schema are the
+# only other parts of the library it sees.
+STAGE_IMPORTS = {"pipeline.wiring", "pipeline.stage_spec", "pipeline.replica", "pipeline.setting", "pipeline.config"}
+
+
+def test_stage_modules_import_only_the_wiring_the_spec_and_the_schema():
+    for name, path in project_modules().items():
+        if name.startswith("stages."):
+            outside = {m for m in imported_modules(path, ROOT) - {name}
+                       if not m.startswith("stages.") and not any(m == a or m.startswith(a + ".") for a in STAGE_IMPORTS)}
+            assert not outside, f"{name} imports {sorted(outside)}"

@@ -72,6 +72,11 @@ class Loss(nn.Module):
     def reads_labels(cls, params: LossParams) -> bool:
         return "labels" in cls.inputs_for(params)
 
+    def extra_repr(self) -> str:
+        """The user parameters, from the one place they are kept (`self.params`, where a loss has them)."""
+        params = getattr(self, "params", None)
+        return ", ".join(f"{k}={v!r}" for k, v in params) if isinstance(params, LossParams) else ""
+
     @classmethod
     def checked_params(cls, **values: Any) -> LossParams:
         """The constructor's user parameters validated by `Params`; a bad one is a one-line ValueError."""

@@ -57,17 +57,11 @@ class ContrastiveLoss(Loss):
     def __init__(self, delta: float = 1.0, normalize: str = "row", student_l2: bool = False):
         super().__init__()
         self.params = self.checked_params(delta=delta, normalize=normalize, student_l2=student_l2)
-        self.delta = delta
-        self.normalize = normalize
-        self.student_l2 = student_l2
 
     def forward(self, student: Tensor, labels: Tensor) -> Tensor:
         check_embeddings("student", student)
         check_labels("labels", labels, student.shape[0])
         student, labels = gather_batch(student), gather_batch(labels)
-        distances = normalized_student_distances(student, self.normalize, self.student_l2)
+        distances = normalized_student_distances(student, self.params.normalize, self.params.student_l2)
         weights = (labels[:, None] == labels[None, :]).to(distances.dtype)
-        return weighted_contrastive(distances, weights, self.delta)
-
-    def extra_repr(self) -> str:
-        return f"delta={self.delta}, normalize={self.normalize!r}, student_l2={self.student_l2}"
+        return weighted_contrastive(distances, weights, self.params.delta)

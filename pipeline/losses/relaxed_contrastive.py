@@ -31,27 +31,17 @@ class RelaxedContrastiveLoss(Loss):
     ):
         super().__init__()
         self.params = self.checked_params(sigma=sigma, delta=delta, normalize=normalize, student_l2=student_l2)
-        self.sigma = sigma
-        self.delta = delta
-        self.normalize = normalize
-        self.student_l2 = student_l2
 
     def teacher_weights(self, teacher: Tensor) -> Tensor:
         """Soft pair labels w_ij in (0, 1], 1 on the diagonal; never carries gradient."""
         with torch.no_grad():
             # eps=0: no gradient to protect, and coincident teachers must get w = 1 exactly.
             squared = pairwise_distances(F.normalize(teacher.detach(), dim=1), squared=True, eps=0.0)
-            return torch.exp(-squared / self.sigma)
+            return torch.exp(-squared / self.params.sigma)
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         check_pair(student, teacher)
         student, teacher = gather_batch(student), gather_batch(teacher.detach())
-        distances = normalized_student_distances(student, self.normalize, self.student_l2)
+        distances = normalized_student_distances(student, self.params.normalize, self.params.student_l2)
         weights = self.teacher_weights(teacher).to(distances.dtype)
-        return weighted_contrastive(distances, weights, self.delta)
-
-    def extra_repr(self) -> str:
-        return (
-            f"sigma={self.sigma}, delta={self.delta}, normalize={self.normalize!r}, "
-            f"student_l2={self.student_l2}"
-        )
+        return weighted_contrastive(distances, weights, self.params.delta)
