@@ -12,7 +12,8 @@ Merge semantics (overlay over base, key by key):
 - `KEY: !replace {...}` replaces the base's mapping whole instead of merging into it (a profile whose
   `teachers` must not inherit the default's simclr and proxy_anchor; `teachers: !replace {}` empties it,
   where a plain `{}` would merge nothing and keep them all);
-- `KEY: !delete` removes KEY from the base (a key the base does not have is an error, not a no-op).
+- `KEY: !delete` removes KEY from the base (a key the base does not have is an error, not a no-op); in a
+  flow mapping leave a space before the brace (`{KEY: !delete }`), as a tag runs to the next space.
 
 Why YAML tags and not reserved keys: a tag marks the one node it applies to and cannot be confused with a
 parameter, and an overlay read by a plain `yaml.safe_load` (DVC, or a script that still copies profile
@@ -120,12 +121,17 @@ def profile_path(name: str, root: Path = ROOT) -> Path:
     return root / "profiles" / f"{name}.yaml"
 
 
+def names(root: Path = ROOT) -> list[str]:
+    """Every profile: the stems of profiles/*.yaml."""
+    return sorted(p.stem for p in (root / "profiles").glob("*.yaml"))
+
+
 def read_overlay(name: str, root: Path = ROOT) -> dict:
     """The overlay of profile `name` as written (tags constructed), refused on one line when unreadable."""
     path = profile_path(name, root)
     shown = path.relative_to(root) if path.is_relative_to(root) else path
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (root / "profiles").glob("*.yaml")))
+        known = ", ".join(names(root))
         raise ConfigError(f"{shown}: no such profile (profiles: {known})")
     try:
         overlay = yaml.load(path.read_text(), Loader=OverlayLoader)  # noqa: S506 (a SafeLoader subclass)
@@ -158,6 +164,12 @@ def compose(name: str, default: dict, root: Path = ROOT) -> dict:
     raw = merge(base, overlay, source)
     validate_params(raw, f"{source} (composed over the default params.yaml)")
     return raw
+
+
+def profile_params(name: str, root: Path = ROOT) -> dict:
+    """Profile `name` composed over root's default params.yaml and validated: the data that
+    `python -m pipeline.profiles NAME` writes (for tests and scripts that read a profile)."""
+    return compose(name, read_default(root), root)
 
 
 def composed_profile(params: Path) -> str | None:
