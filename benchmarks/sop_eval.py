@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SOP_TEST_IMAGES, SOP_TEST_CLASSES = 60502, 11316
@@ -199,7 +198,9 @@ def report(args, command: str, full: dict, small: dict, small_k: int, imports: l
 
 
 def main() -> None:
-    sop = yaml.safe_load((REPO / "profiles" / "sop.yaml").read_text())["evaluation"]["retrieval"]
+    from pipeline.profiles import profile_params
+
+    sop = profile_params("sop", REPO)["evaluation"]["retrieval"]  # the overlay composed over the default
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=SOP_TEST_IMAGES)
     parser.add_argument("--classes", type=int, default=SOP_TEST_CLASSES)

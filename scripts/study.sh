@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The multi-seed CPU study (issue 14): `dvc repro` of profiles/cpu_study.yaml, whole or one setting at a
+# The multi-seed CPU study (issue 14): `dvc repro` of the cpu_study profile, whole or one setting at a
 # time, in its own clone of this checkout's HEAD (.study/PART/), so the default run's params.yaml and
 # dvc.lock stay as they are. Its report, summary.json, dvc.lock and wall time land in reports/study/PART/.
 #   bash scripts/study.sh [PART]   PART: all (default), self_supervised, metric_learning, classification
-# A part is one setting with every seed (scripts/study_profile.py): each fits a session on a slow 2-core
+# A part is one setting with every seed (scripts/study_profile.py composes profiles/cpu_study.yaml over the
+# default params.yaml and keeps that setting): each fits a session on a slow 2-core
 # machine where the whole study does not. Interrupted, a part resumes where it stopped (DVC keeps finished
 # stages and each student's checkpoints in .study/PART/). Runs go to this checkout's MLflow store (or
 # MLFLOW_TRACKING_URI), experiment `cpu-study`.

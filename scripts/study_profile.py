@@ -1,5 +1,8 @@
-"""Print the params.yaml of one part of the multi-seed study: `profiles/cpu_study.yaml` with only one
+"""Print the params.yaml of one part of the multi-seed study: the `cpu_study` profile (profiles/cpu_study.yaml
+composed over the default params.yaml, as `python -m pipeline.profiles cpu_study` composes it) with only one
 setting's teachers and grid (`self_supervised`, `metric_learning` or `classification`), or all of it.
+The default is this checkout's params.yaml, or git's HEAD:params.yaml when params.yaml has been composed
+from a profile (the study runs in its own clone of HEAD, so it never stacks on the profile in use here).
 
 Why parts: the whole study is ~200 stages, estimated at about 75 minutes on a fast 2-core machine and
 three hours on one 2.8x slower (from per-stage times measured on each), and a stopped study resumes only
@@ -7,7 +10,7 @@ where its `.study/` clone survives. Each part is a
 whole setting, so its report's intervals and verdicts are complete; the parts share every seed and
 hyper-parameter, so they add up to the whole study.
 
-Usage: python scripts/study_profile.py PART [PROFILE]
+Usage: python scripts/study_profile.py PART [PROFILE]   (PROFILE: a name in profiles/, cpu_study by default)
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, validate_params
+from pipeline.profiles import compose, composed_profile, read_default
 
+REPO = Path(__file__).resolve().parents[1]
 PARTS = ("all", "self_supervised", "metric_learning", "classification")
 USAGE = f"usage: python scripts/study_profile.py PART [PROFILE]  (PART: {', '.join(PARTS)})"
 
@@ -46,12 +51,13 @@ def part_profile(raw: dict, part: str) -> dict:
 def main(argv: list[str]) -> None:
     if not 1 <= len(argv) <= 2:
         raise SystemExit(USAGE)
-    path = Path(argv[1] if len(argv) == 2 else "profiles/cpu_study.yaml")
+    name = argv[1] if len(argv) == 2 else "cpu_study"
     try:
-        profile = part_profile(yaml.safe_load(path.read_text()), argv[0])
+        default = read_default(REPO, from_default=composed_profile(REPO / "params.yaml") is not None)
+        profile = part_profile(compose(name, default, REPO), argv[0])
     except ConfigError as error:
-        raise SystemExit(f"study: {path}: {error}") from None
-    sys.stdout.write(f"# {path}, study part {argv[0]} (scripts/study_profile.py)\n")
+        raise SystemExit(f"study: {error}") from None
+    sys.stdout.write(f"# profile: {name} (study part {argv[0]}, composed by scripts/study_profile.py)\n")
     sys.stdout.write(yaml.safe_dump(profile, sort_keys=False))
 
 

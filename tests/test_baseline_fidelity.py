@@ -17,6 +17,7 @@ from pipeline.config import load_params, validate_params
 from pipeline.data import ImageSet
 from pipeline.data.loading import load_images
 from pipeline.models.heads import global_pool
+from pipeline.profiles import profile_params
 from pipeline.train import recipes
 from pipeline.train.loop import build_optimizer
 from recipe_support import replica
@@ -152,7 +153,8 @@ def test_crd_draws_other_class_negatives_in_the_metric_setting_and_reads_no_labe
 
 @pytest.mark.parametrize("path", ["params.yaml", "profiles/cifar100_kd.yaml"])
 def test_classification_rkd_has_repdistillers_weights(path):
-    method = load_params(ROOT / path).classification.methods["rkd"]
+    params = load_params(ROOT / path) if path == "params.yaml" else validate_params(profile_params(Path(path).stem))
+    method = params.classification.methods["rkd"]
     term = losses.build(method.loss, **method.params)
     assert (term.distance_weight, term.angle_weight, method.transfer_weight) == REPDISTILLER_RKD
 
@@ -230,7 +232,7 @@ def test_the_cifar_profile_sets_simclrs_cifar_jitter_and_the_strengths_reach_the
     """profiles/cifar10_ssl.yaml's SimCLR teacher and students at s = 0.5; MoCo v2's recipe unchanged."""
     from pipeline.train.recipes import augment_for
 
-    params = load_params(ROOT / "profiles/cifar10_ssl.yaml")
+    params = validate_params(profile_params("cifar10_ssl"))
     images = ImageSet("cifar10", torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 10,
                       (0.5,) * 3, (0.5,) * 3)
     for augmentation, recipe in ((params.teachers["simclr"].augmentation, "simclr_cifar"),

@@ -1,7 +1,7 @@
 """The comparison views without a pipeline run (seconds): class names in the figures, the per-step loss
 file a training session writes, the headline file and plot tables the report stage writes, and the
 dvc.yaml declarations `dvc plots show` / `dvc exp show` read. The end-to-end checks (a real tracking
-server, `dvc plots show`, the README's `dvc exp show` command) are in test_pipeline_dvc.py."""
+server, `dvc plots show`, docs/pipeline.md's `dvc exp show` command) are in test_pipeline_dvc.py."""
 from __future__ import annotations
 
 import json

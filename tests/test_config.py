@@ -10,6 +10,7 @@ import yaml
 from pipeline.config import ConfigError, flatten, load_params
 from pipeline.config import validate_params as validate_structure
 from pipeline.contracts import check_contracts
+from pipeline.profiles import names, profile_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -42,15 +43,22 @@ def test_shipped_params_validate():
     assert set(params.transfer.self_supervised.grid.teacher) <= set(params.teachers)
 
 
-@pytest.mark.parametrize("profile", sorted((ROOT / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("profile", names())
 def test_paper_scale_profiles_validate(profile):
-    load_params(profile)
+    validate_structure(profile_params(profile), f"profiles/{profile}.yaml")
+
+
+def params_of(name: str):
+    """The default (`params.yaml`) or a profile composed over it (`profiles/NAME.yaml`), validated."""
+    if name == "params.yaml":
+        return load_params(ROOT / name)
+    return validate_structure(profile_params(Path(name).stem), name)
 
 
 def test_every_profile_replicates_its_students_over_seeds():
     """cpu_study is the multi-seed study (issue 14); the paper-scale profiles and the default run one seed."""
-    for path in sorted((ROOT / "profiles").glob("*.yaml")) + [ROOT / "params.yaml"]:
-        assert load_params(path).seeds == ((0, 1, 2, 3, 4) if path.stem == "cpu_study" else (0,)), path.name
+    for path in [f"profiles/{name}.yaml" for name in names()] + ["params.yaml"]:
+        assert params_of(path).seeds == ((0, 1, 2, 3, 4) if "cpu_study" in path else (0,)), path
 
 
 @pytest.mark.parametrize("seeds, key, reason", [
@@ -252,7 +260,7 @@ TRAIN_IMAGES = {"params.yaml": 30_000, "profiles/cpu_study.yaml": 30_000, "profi
 @pytest.mark.parametrize("path", sorted(TRAIN_IMAGES))
 def test_metric_learning_students_train_at_least_as_long_as_their_teacher(path):
     """Issue 13: "the student beats its teacher" can only show when the student saw no fewer images."""
-    params = load_params(ROOT / path)
+    params = params_of(path)
     section = params.transfer.metric_learning
     assert section.grid.teacher
     for teacher in section.grid.teacher:

@@ -210,9 +210,9 @@ def test_config_fills_per_variant_defaults_and_refuses_inconsistent_combinations
 def test_cifar10_profile_has_the_symmetric_form_and_the_official_demos_moco_v2():
     """moco_cifar10_demo.ipynb's defaults: K 4096, m 0.99, T 0.1, bn_splits 8, asymmetric, SGD lr 0.06 at batch
     512, weight decay 5e-4, cosine without warm-up, 200 epochs, RandomResizedCrop(32) at its default scale."""
-    from pipeline.config import load_params
+    from pipeline.profiles import profile_params
 
-    teachers = load_params(ROOT / "profiles" / "cifar10_ssl.yaml").teachers
+    teachers = validate_params(profile_params("cifar10_ssl")).teachers
     assert teachers["moco"].moco.variant == "symmetric"
     official = teachers["moco_v2"]
     assert official.moco.model_dump() == {"variant": "v2", "queue_size": 4096, "momentum": 0.99, "bn_splits": 8}

@@ -5,7 +5,7 @@ a second repro runs nothing; a parameter change re-runs only its branch; `dvc ex
 `dvc exp show` and in MLflow with the matching param and `dvc.exp_name`. The stages track to a real
 `mlflow server` on 127.0.0.1 (SQLite behind it, artifacts proxied), as a lab's shared server would be,
 and the comparison views are checked through it: runs found by their tags, the report on the parent
-run, `dvc plots show` and the headline `dvc exp show` command of the README.
+run, `dvc plots show` and the headline `dvc exp show` command of docs/pipeline.md.
 """
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ HEADLINE_COMMAND = "dvc exp show --no-pager --md --drop '.*' --keep 'Experiment$
 
 def test_the_documented_exp_show_command_prints_the_headline_only(repro):
     root, env, _ = repro
-    assert HEADLINE_COMMAND in (ROOT / "README.md").read_text()
+    assert HEADLINE_COMMAND in (ROOT / "docs" / "pipeline.md").read_text()  # "Looking at the results"
     printed = subprocess.run(HEADLINE_COMMAND.replace("dvc ", f"{BIN / 'dvc'} ", 1), shell=True, cwd=root, env=env,
                              capture_output=True, text=True, timeout=300)
     assert printed.returncode == 0, printed.stderr

@@ -17,6 +17,7 @@ from fake_archives import build_cars, build_cub, build_sop
 from pipeline.config import validate_params
 from pipeline.data import ImageSet
 from pipeline.data.loading import load_images
+from pipeline.profiles import names, profile_params, render
 from pipeline.eval.protocol import evaluate
 from pipeline.train import classifier_recipes, recipes
 from pipeline.train.loop import fit
@@ -24,19 +25,19 @@ from pipeline.setting import Setting
 from recipe_support import replica
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
 BIN = Path(sys.executable).parent
 
 
 def profile(name: str) -> dict:
-    return yaml.safe_load((ROOT / "profiles" / f"{name}.yaml").read_text())
+    """Profile `name` as `python -m pipeline.profiles NAME` composes it over the default params.yaml."""
+    return profile_params(name)
 
 
-@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
-def test_dvc_builds_the_profile_dag(path, tmp_path):
-    raw = yaml.safe_load(path.read_text())
+@pytest.mark.parametrize("name", names())
+def test_dvc_builds_the_profile_dag(name, tmp_path):
+    raw = profile(name)
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
-    shutil.copy(path, tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text(render(name, raw))  # what the command writes
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, env=env)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=tmp_path, check=True, env=env)

@@ -1,4 +1,4 @@
-"""The study's parts (scripts/study_profile.py): each is one setting of profiles/cpu_study.yaml with every
+"""The study's parts (scripts/study_profile.py): each is one setting of the cpu_study profile with every
 seed and hyper-parameter unchanged, and together they hold every stage of the whole study."""
 import importlib.util
 from pathlib import Path
@@ -7,12 +7,13 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, validate_params
+from pipeline.profiles import profile_params
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("study_profile", ROOT / "scripts/study_profile.py")
 study_profile = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study_profile)
-WHOLE = yaml.safe_load((ROOT / "profiles/cpu_study.yaml").read_text())
+WHOLE = profile_params("cpu_study")
 
 
 def stages(params) -> set[tuple]:

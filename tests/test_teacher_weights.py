@@ -1,5 +1,5 @@
 """scripts/teacher_weights.py: the relaxed loss's soft labels averaged over same-class and other-class
-train pairs, the diagnostic behind the README's reading of Table 1 at CPU scale."""
+train pairs, the diagnostic behind docs/seeds-and-statistics.md's reading of Table 1 at CPU scale."""
 import importlib.util
 import math
 import re
