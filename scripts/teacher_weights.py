@@ -67,7 +67,7 @@ def main(argv: list[str]) -> str:
     w_same, w_other = class_pair_means(loss.teacher_weights(embedded), labels)
     unit = torch.nn.functional.normalize(embedded, dim=1)
     cos_same, cos_other = class_pair_means(unit @ unit.T, labels)
-    return (f"teacher {args.teacher} ({teacher_cfg.transfer_embedding}), losses.{args.loss} sigma {loss.sigma}, "
+    return (f"teacher {args.teacher} ({teacher_cfg.transfer_embedding}), losses.{args.loss} sigma {loss.params.sigma}, "
             f"{len(rows)} train images: mean w same-class {w_same:.3f}, other-class {w_other:.3f} "
             f"(gap {w_same - w_other:.3f}); mean cosine same-class {cos_same:.3f}, other-class {cos_other:.3f}")
 

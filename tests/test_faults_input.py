@@ -171,7 +171,8 @@ PARAM_CASES = [
      ["losses.relaxed.name", "'ntxent'", "not a transfer loss"]),
     # What the filesystem, the data or the evaluation would refuse only later (issue 32).
     ("a student name of 300 characters", PREPARE, setting(f"students.{'s' * 300}", {"model": {
-        "backbone": "small_resnet", "widths": [4, 8], "embedding_dim": 8}}), ["students.sss", "300 characters"]),
+        "backbone": "small_resnet", "widths": [4, 8], "embedding_dim": 8}, "role": "compression"}),
+     ["students.sss", "300 characters"]),
     ("a data.root of 5,000 characters", PREPARE, setting("data.root", "d" * 5000), ["data.root", "255 bytes"]),
     ("a data.root that does not exist", PREPARE, setting("data.root", "/nowhere/digits"),
      ["data.root", "/nowhere/digits", "does not exist"]),

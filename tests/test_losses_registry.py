@@ -77,7 +77,8 @@ def test_every_name_builds_a_module(name):
 
 def test_published_defaults():
     relaxed = build("relaxed_contrastive")
-    assert (relaxed.sigma, relaxed.delta, relaxed.normalize, relaxed.student_l2) == (1.0, 1.0, "row", False)
+    p = relaxed.params
+    assert (p.sigma, p.delta, p.normalize, p.student_l2) == (1.0, 1.0, "row", False)
     rkd = build("rkd")
     assert (rkd.distance_weight, rkd.angle_weight, rkd.angle_max_rows) == (1.0, 2.0, None)
     dark = build("darkrank")

@@ -70,7 +70,7 @@ def test_an_overlay_of_one_key_changes_exactly_that_key(checkout):
     assert changed(DEFAULT, composed) == {"transfer.metric_learning.train.optimizer.lr": (0.002, 0.005)}
 
 
-SMALL = "  small: {model: {backbone: small_resnet, widths: [16, 32, 64], embedding_dim: 64}}\n"
+SMALL = "  small: {model: {backbone: small_resnet, widths: [16, 32, 64], embedding_dim: 64}, role: compression}\n"
 REST = "transfer: {metric_learning: {grid: {student: [small]}}}\nclassification: {grid: {method: [alone]}}\n"
 
 
