@@ -68,7 +68,7 @@ def classifier_student_dir(teacher: str, student: str, method: str, seed: int) -
 
 def write_json(path: Path, payload: Any) -> None:
     """Atomic write, so a metrics file that exists is always complete; under torchrun rank 0 writes."""
-    from pipeline.launch import is_main_process
+    from pipeline.infra import is_main_process
 
     if not is_main_process():
         return

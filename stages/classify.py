@@ -40,15 +40,14 @@ def main(argv: list[str]) -> None:
 
         check_contracts(params, losses=(), methods=(args.method,))
 
-    from pipeline import launch
+    from pipeline.infra import is_main_process, relaunch_under_torchrun, start_run
 
     if args.role == "teacher":
         train_key, train_cfg = f"classification.teachers.{args.teacher}.train", section.teachers[args.teacher].train
     else:
         train_key, train_cfg = "classification.train", section.train
-    launch.relaunch_under_torchrun("stages.classify", argv, train_cfg, train_key)
+    relaunch_under_torchrun("stages.classify", argv, train_cfg, train_key)
 
-    from pipeline import tracking
     from pipeline.config import flatten
     from pipeline.data.augment import build_augmentation
     from pipeline.data.loading import load_images
@@ -79,8 +78,8 @@ def main(argv: list[str]) -> None:
     # the classifier runs beside the embedding ones: tags.setting = 'classification', tags.method = 'kd'.
     tags = {"setting": "classification", "teacher": args.teacher, "student": args.student or "",
             "method": args.method if args.role == "student" else "cross_entropy", "seed": seed}
-    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(settings_section),
-                            tags=tags) as run:
+    with start_run(stage, experiment=params.mlflow.experiment, params=flatten(settings_section),
+                   tags=tags) as run:
         train = load_images(params.data, "train")
         test = load_images(params.data, "test")
         settings = dict(settings_section)
@@ -97,7 +96,7 @@ def main(argv: list[str]) -> None:
             objective, spec = classifier_student_objective(replica, args.student, args.method, teacher, train)
         metrics = train_and_save(objective, train, train_cfg, out, settings, run, stage,
                                  lambda path: save_classifier(objective.model, spec, path), seed=seed)
-        if not launch.is_main_process():
+        if not is_main_process():
             return  # every rank holds the same model: rank 0 alone scores it and writes
         preprocess = build_augmentation("none", params.data.image_size, test.channels, test.mean, test.std)
         scores = classification_metrics(objective.model, test.images, test.labels,

@@ -1,11 +1,11 @@
-"""DVC stage `code`: write each stage command's code manifest (`pipeline.code_manifest`), the one code
+"""DVC stage `code`: write each stage command's code manifest (`pipeline.infra.code_manifest`), the one code
 dep every other stage has. Standard library only: it runs on every code change, in well under a second."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from pipeline.code_manifest import write_manifest
+from pipeline.infra import write_manifest
 
 NOT_STAGES = {"common", "code"}  # helpers of the stage modules, and this stage (which depends on the folders)
 

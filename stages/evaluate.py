@@ -16,17 +16,17 @@ def main(argv: list[str]) -> None:
     if args.teacher not in params.teachers:
         raise KeyError(f"teachers.{args.teacher} is not in params.yaml (declared: {', '.join(params.teachers)})")
 
-    from pipeline import tracking
     from pipeline.config import flatten
     from pipeline.eval.session import evaluate_and_save
+    from pipeline.infra import start_run
     from pipeline.outputs import pixels_id
 
     section = {"seed": params.seed, "data": params.data.model_dump(mode="json"),
                "evaluation": params.evaluation.model_dump(mode="json")}
     tags = {"setting": params.teachers[args.teacher].setting, "teacher": args.teacher, "student": "",
             "method": "pixels", "seed": params.seed}
-    with tracking.start_run(stage_name(f"evaluate_pixels@{args.teacher}"), experiment=params.mlflow.experiment,
-                            params=flatten(section), tags=tags) as run:
+    with start_run(stage_name(f"evaluate_pixels@{args.teacher}"), experiment=params.mlflow.experiment,
+                   params=flatten(section), tags=tags) as run:
         evaluate_and_save(None, pixels_id(args.teacher), args.teacher, params, run)
 
 

@@ -17,14 +17,14 @@ def main(argv: list[str]) -> None:
 
     check_contracts(params)  # every loss entry too, before any stage computes
 
-    from pipeline import tracking
     from pipeline.config import flatten
+    from pipeline.infra import start_run
     from pipeline.outputs import DATA_SUMMARY
 
     summary = check_dataset(params)
     tags = {"setting": "all", "teacher": "", "student": "", "method": "prepare", "seed": params.seed}
-    with tracking.start_run(stage_name("prepare"), experiment=params.mlflow.experiment,
-                            params=flatten({"data": params.data.model_dump(mode="json")}), tags=tags) as run:
+    with start_run(stage_name("prepare"), experiment=params.mlflow.experiment,
+                   params=flatten({"data": params.data.model_dump(mode="json")}), tags=tags) as run:
         run.log_metrics(summary, step=0)
     write_json(DATA_SUMMARY, summary)
 

@@ -16,7 +16,7 @@ from stages.common import load, run_stage, stage_name
 
 if TYPE_CHECKING:
     from pipeline.config import Params, TeacherConfig
-    from pipeline.tracking import RunLogger
+    from pipeline.infra import RunLogger
 
 RELEASED_FINGERPRINTS = OUTPUTS / "data" / "released"  # dvc.yaml: released_teacher's outs
 
@@ -39,17 +39,16 @@ def main(argv: list[str]) -> None:
         return
 
     if released is None:
-        from pipeline import launch
+        from pipeline.infra import relaunch_under_torchrun
 
-        launch.relaunch_under_torchrun("stages.teacher", argv, teacher.train, f"teachers.{args.name}.train")
+        relaunch_under_torchrun("stages.teacher", argv, teacher.train, f"teachers.{args.name}.train")
     else:
         from pipeline.models.released import load_released
 
         model, spec = load_released(args.name, released, teacher)  # refused before the run opens
 
-    from pipeline import tracking
     from pipeline.config import flatten
-    from pipeline.launch import is_main_process
+    from pipeline.infra import is_main_process, start_run
     from pipeline.outputs import LOSS_CURVE, teacher_dir, teacher_id, transferred_id
 
     stage = stage_name(f"teacher@{args.name}")
@@ -63,7 +62,7 @@ def main(argv: list[str]) -> None:
             "seed": params.seed}
     logged = {**section, "evaluation": params.evaluation.model_dump(mode="json")}
     out = teacher_dir(args.name)
-    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged), tags=tags) as run:
+    with start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged), tags=tags) as run:
         if released is None:
             metrics = train(params, args.name, section, run, stage)
         else:

@@ -33,14 +33,13 @@ def main(argv: list[str]) -> None:
     setting = teacher_cfg.setting
     transfer = params.transfer.of(setting)
 
-    from pipeline import launch
+    from pipeline.infra import relaunch_under_torchrun
 
-    launch.relaunch_under_torchrun("stages.transfer", argv, transfer.train, f"transfer.{setting}.train")
+    relaunch_under_torchrun("stages.transfer", argv, transfer.train, f"transfer.{setting}.train")
 
-    from pipeline import tracking
     from pipeline.config import flatten
     from pipeline.data.loading import load_images
-    from pipeline.launch import is_main_process
+    from pipeline.infra import is_main_process, start_run
     from pipeline.models.embedding_model import save_model
     from pipeline.models.loading import load_teacher
     from pipeline.outputs import student_dir, student_id, student_stage, teacher_dir
@@ -62,7 +61,7 @@ def main(argv: list[str]) -> None:
     tags = {"setting": setting, "teacher": args.teacher, "student": args.student,
             "method": args.loss, "seed": seed}
     logged = {**section, "evaluation": params.evaluation.model_dump(mode="json")}
-    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged), tags=tags) as run:
+    with start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged), tags=tags) as run:
         teacher_path = teacher_dir(args.teacher) / "model.pt"
         teacher, _ = load_teacher(teacher_path, teacher_cfg)
         images = load_images(params.data, "train", teacher_cfg.train_classes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.code_manifest import imported_modules
+from pipeline.infra.code_manifest import imported_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from pipeline import config as cfg
 from pipeline.outputs import eval_dir, write_json
 
 if TYPE_CHECKING:
-    from pipeline.tracking import RunLogger
+    from pipeline.infra import RunLogger
 
 
 def evaluate_and_save(checkpoint: Path | None, model_id: str, teacher: str, params: cfg.Params,

@@ -33,7 +33,7 @@ PARENT_TAG = "mlflow.parentRunId"
 def _client():
     from mlflow import MlflowClient
 
-    from pipeline.tracking import tracking_uri
+    from pipeline.infra.store import tracking_uri
 
     return MlflowClient(tracking_uri())
 
@@ -47,7 +47,8 @@ def publish_report(run_id: str, files: Iterable[tuple[Path, str | None]], metric
 
     from mlflow.entities import Metric, RunTag
 
-    from pipeline.tracking import mlflow_metric_name, with_retries
+    from pipeline.infra.runs import mlflow_metric_name
+    from pipeline.infra.store import with_retries
 
     client = _client()
     run = with_retries(lambda: client.get_run(run_id))

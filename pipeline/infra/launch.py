@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import ipaddress
 import os
 import re
 import socket
@@ -32,12 +31,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from pipeline.infra.endpoint import DEFAULT_PORT, parse_endpoint
+
 if TYPE_CHECKING:
     from pipeline.config import TrainConfig
 
 WORKER_ENV = "LOCAL_RANK"  # torchrun sets it in every worker it starts
 RDZV_ID_ENV = "PIPELINE_RDZV_ID"  # overrides the rendezvous id every node derives from the stage command
-DEFAULT_PORT = 29400  # torchrun's c10d default
 SLURM_STEP_ENV = "SLURM_STEP_NUM_TASKS"  # srun sets it for the tasks of a job step; a batch script lacks it
 
 
@@ -91,20 +91,6 @@ def _check_counts(train: TrainConfig, key: str, nodes: int, per_node: int, sourc
         raise ValueError(f"{key}.processes: {train.processes}, but {source} started {per_node} process(es) per "
                          f"node; set {key}.processes to {per_node} (or 'auto') or start {train.processes} per node")
     _check_batch(train, key, nodes * per_node)
-
-
-def parse_endpoint(value: str, key: str = "") -> tuple[str, int]:
-    """``host:port`` (``[v6]:port``; a bare host gets port 29400) as (host, port), refused naming ``key``."""
-    prefix = f"{key}: " if key else ""
-    match = re.fullmatch(r"\[(?P<v6>[0-9A-Fa-f:.]+)\](?::(?P<p6>\d+))?|(?P<host>[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?",
-                         value.strip())
-    if not match:
-        raise ValueError(f"{prefix}{value!r} is not host:port")
-    host = match["v6"] or match["host"]
-    port = int(match["p6"] or match["port"] or DEFAULT_PORT)
-    if not 0 < port < 65536:
-        raise ValueError(f"{prefix}port {port} of {value!r} is out of range 1-65535")
-    return host, port
 
 
 def slurm_first_host(nodelist: str) -> str:
@@ -243,13 +229,13 @@ def _plan_slurm(module: str, argv: list[str], train: TrainConfig, key: str, envi
 
 def _multinode_plan(module: str, argv: list[str], train: TrainConfig, key: str, environ: Mapping[str, str],
                     nodes: int, processes: int, host: str, port: int, hosting: bool | None) -> LaunchPlan:
-    """torchrun with c10d rendezvous, run through ``python -m pipeline.launch`` (see ``main``)."""
+    """torchrun with c10d rendezvous, run through ``python -m pipeline.infra.launch`` (see ``main``)."""
     timeout = train.rendezvous_timeout_s
     endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     conf = f"join_timeout={timeout},read_timeout={max(timeout, 60)}"
     if hosting is not None:
         conf += f",is_host={str(hosting).lower()}"
-    command = [sys.executable, "-m", "pipeline.launch", f"--key={key}", f"--nodes={nodes}",
+    command = [sys.executable, "-m", "pipeline.infra.launch", f"--key={key}", f"--nodes={nodes}",
                f"--endpoint={endpoint}", f"--timeout={timeout}", "--",
                f"--nnodes={nodes}", f"--nproc-per-node={processes}", "--rdzv-backend=c10d",
                f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rendezvous_id(module, argv, environ)}",
@@ -289,10 +275,10 @@ def _exit_code(err: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.launch --key K --nodes N --endpoint E --timeout T -- TORCHRUN-ARGS``: torchrun
+    """``python -m pipeline.infra.launch --key K --nodes N --endpoint E --timeout T -- TORCHRUN-ARGS``: torchrun
     whose setup failures end in one ``error:`` line naming the ``train`` key and exit 2 (torchrun's own
     report is pages long), and whose failed job exits as its first failed worker did."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.launch")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.infra.launch")
     for name in ("--key", "--nodes", "--endpoint", "--timeout"):
         parser.add_argument(name, required=True)
     ours, rest = parser.parse_known_args(argv)
