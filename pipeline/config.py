@@ -15,9 +15,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
                       model_validator)
 
-from pipeline.infra.endpoint import parse_endpoint
-from pipeline.infra.runs import dotted_keys
 from pipeline.data import AUGMENTATIONS, DATASETS, TUNABLE_AUGMENTATIONS
+from pipeline.infra import dotted_keys, parse_endpoint
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]

@@ -6,18 +6,19 @@
 - launching under torchrun (``launch``; ``endpoint`` reads ``host:port``);
 - the code manifests DVC re-runs stages on (``code_manifest``).
 
-Nothing here imports torch or MLflow at import time, and no module of this package imports project code
-outside it (tests/test_import_graph.py).
+Nothing here imports torch or MLflow at import time. No module of this package imports project code
+outside it, and project code outside it imports this facade, not its modules (tests/test_import_graph.py).
 """
 from pipeline.infra.agent import prestart_agent
 from pipeline.infra.code_manifest import (code_digest, imported_project_modules, manifest_path, unlisted_imports,
                                           write_manifest)
+from pipeline.infra.endpoint import parse_endpoint
 from pipeline.infra.launch import is_main_process, relaunch_under_torchrun
 from pipeline.infra.run_logger import RunLogger, start_run
-from pipeline.infra.runs import owner_is_gone, process_owner
+from pipeline.infra.runs import dotted_keys, owner_is_gone, process_owner
 from pipeline.infra.store import TrackingUnavailableError
 from pipeline.infra.views import publish_report
 
-__all__ = ["RunLogger", "TrackingUnavailableError", "code_digest", "imported_project_modules", "is_main_process",
-           "manifest_path", "owner_is_gone", "prestart_agent", "process_owner", "publish_report",
-           "relaunch_under_torchrun", "start_run", "unlisted_imports", "write_manifest"]
+__all__ = ["RunLogger", "TrackingUnavailableError", "code_digest", "dotted_keys", "imported_project_modules",
+           "is_main_process", "manifest_path", "owner_is_gone", "parse_endpoint", "prestart_agent", "process_owner",
+           "publish_report", "relaunch_under_torchrun", "start_run", "unlisted_imports", "write_manifest"]

@@ -29,16 +29,24 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from pipeline.infra.endpoint import DEFAULT_PORT, parse_endpoint
-
-if TYPE_CHECKING:
-    from pipeline.config import TrainConfig
 
 WORKER_ENV = "LOCAL_RANK"  # torchrun sets it in every worker it starts
 RDZV_ID_ENV = "PIPELINE_RDZV_ID"  # overrides the rendezvous id every node derives from the stage command
 SLURM_STEP_ENV = "SLURM_STEP_NUM_TASKS"  # srun sets it for the tasks of a job step; a batch script lacks it
+
+
+class TrainSection(Protocol):
+    """What the launcher reads of a ``train`` section (``pipeline.config.TrainConfig`` is one): named here
+    so that the infrastructure does not import the params schema, which imports it."""
+
+    batch_size: int
+    processes: int | Literal["auto"]
+    nodes: int | Literal["auto"]
+    rendezvous: str | None
+    rendezvous_timeout_s: int
 
 
 def is_main_process() -> bool:
@@ -65,7 +73,7 @@ class LaunchPlan:
     hosting: bool = True
 
 
-def _resolve_processes(train: TrainConfig, key: str, gpus: int) -> int:
+def _resolve_processes(train: TrainSection, key: str, gpus: int) -> int:
     """Processes per node that the ``train`` section at dotted ``key`` asks for. ``"auto"``: one per visible
     GPU (one on a CPU machine). More processes than visible GPUs is refused (they would only compete)."""
     processes = max(1, gpus) if train.processes == "auto" else train.processes
@@ -75,14 +83,14 @@ def _resolve_processes(train: TrainConfig, key: str, gpus: int) -> int:
     return processes
 
 
-def _check_batch(train: TrainConfig, key: str, world_size: int) -> None:
+def _check_batch(train: TrainSection, key: str, world_size: int) -> None:
     """``batch_size`` is the global batch: it must split evenly over every process of the job."""
     if train.batch_size % world_size:
         raise ValueError(f"{key}.batch_size: {train.batch_size} does not split evenly over {world_size} processes "
                          f"({key}.processes = {train.processes!r}, {key}.nodes = {train.nodes!r})")
 
 
-def _check_counts(train: TrainConfig, key: str, nodes: int, per_node: int, source: str) -> None:
+def _check_counts(train: TrainSection, key: str, nodes: int, per_node: int, source: str) -> None:
     """A job that a launcher started must be the one the section describes ("auto" accepts the launcher's)."""
     if train.nodes != "auto" and train.nodes != nodes:
         raise ValueError(f"{key}.nodes: {train.nodes}, but {source} started {nodes} node(s); set {key}.nodes to "
@@ -108,7 +116,7 @@ def slurm_first_host(nodelist: str) -> str:
     return host
 
 
-def _endpoint(train: TrainConfig, key: str, environ: Mapping[str, str], nodes: int) -> tuple[str, int]:
+def _endpoint(train: TrainSection, key: str, environ: Mapping[str, str], nodes: int) -> tuple[str, int]:
     """Where the nodes meet: ``rendezvous`` in params.yaml, else ``MASTER_ADDR[:MASTER_PORT]``, else (under
     SLURM) the job's first node, on ``MASTER_PORT`` or 29400."""
     if train.rendezvous:
@@ -165,7 +173,7 @@ def rendezvous_id(module: str, argv: list[str], environ: Mapping[str, str]) -> s
     return f"{module.rsplit('.', 1)[-1]}-{digest}"
 
 
-def plan_launch(module: str, argv: list[str], train: TrainConfig, key: str, environ: Mapping[str, str],
+def plan_launch(module: str, argv: list[str], train: TrainSection, key: str, environ: Mapping[str, str],
                 gpus: int = 0) -> LaunchPlan:
     """Decide, from the ``train`` section at ``key`` and the environment, how this stage process runs
     (see the module docstring). Pure apart from reading ``environ``, so every case is testable."""
@@ -191,7 +199,7 @@ def plan_launch(module: str, argv: list[str], train: TrainConfig, key: str, envi
     return _multinode_plan(module, argv, train, key, environ, nodes, processes, host, port, None)
 
 
-def _plan_slurm(module: str, argv: list[str], train: TrainConfig, key: str, environ: Mapping[str, str],
+def _plan_slurm(module: str, argv: list[str], train: TrainSection, key: str, environ: Mapping[str, str],
                 gpus: int) -> LaunchPlan:
     """An srun task: one task per node runs torchrun for its node; one task per process is a rank itself."""
     tasks = int(environ[SLURM_STEP_ENV])
@@ -227,7 +235,7 @@ def _plan_slurm(module: str, argv: list[str], train: TrainConfig, key: str, envi
     return LaunchPlan("join", nodes, per_node, env=env, endpoint=(host, port), hosting=rank == 0)
 
 
-def _multinode_plan(module: str, argv: list[str], train: TrainConfig, key: str, environ: Mapping[str, str],
+def _multinode_plan(module: str, argv: list[str], train: TrainSection, key: str, environ: Mapping[str, str],
                     nodes: int, processes: int, host: str, port: int, hosting: bool | None) -> LaunchPlan:
     """torchrun with c10d rendezvous, run through ``python -m pipeline.infra.launch`` (see ``main``)."""
     timeout = train.rendezvous_timeout_s
@@ -244,7 +252,7 @@ def _multinode_plan(module: str, argv: list[str], train: TrainConfig, key: str, 
                       hosting=is_local_host(host) if hosting is None else hosting)
 
 
-def relaunch_under_torchrun(module: str, argv: list[str], train: TrainConfig, key: str) -> None:
+def relaunch_under_torchrun(module: str, argv: list[str], train: TrainSection, key: str) -> None:
     """Run the stage the way its ``train`` section at ``key`` and its launcher ask (``plan_launch``): return
     to train in this process, or replace this process by torchrun.
 
