@@ -353,3 +353,14 @@ def test_a_damaged_store_is_named_by_its_database_error_not_by_sqlalchemys_advic
     line = _failure_line(err, "sqlite:////data/mlflow.db", "opening the run")
     assert line == ("MLflow store sqlite:////data/mlflow.db: opening the run failed (RuntimeError: "
                     "(sqlite3.DatabaseError) database disk image is malformed)")
+
+
+def test_the_agent_is_handed_functions_by_the_name_it_resolves_them_by():
+    """``call_in_agent`` takes the function itself; its name is derived and resolved in one place."""
+    from pipeline.infra.agent import qualified_name, resolve
+    from pipeline.infra.views import publish_report
+
+    assert resolve(qualified_name(publish_report)) is publish_report
+    assert qualified_name(publish_report) == "pipeline.infra.views:publish_report"
+    with pytest.raises(ValueError, match="module-level functions only"):
+        qualified_name(lambda: None)
