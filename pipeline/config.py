@@ -6,7 +6,6 @@ has trained. `ConfigError` carries one readable line; stages print it and exit n
 """
 from __future__ import annotations
 
-import json
 import re
 from difflib import get_close_matches
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from pipeline.data import AUGMENTATIONS, DATASETS, TUNABLE_AUGMENTATIONS
+from pipeline.infra import dotted_keys, parse_endpoint
 from pipeline.setting import TRANSFER_SETTINGS, Role, Setting
 
 if TYPE_CHECKING:
@@ -208,10 +208,10 @@ class TrainConfig(Strict):
     channels_last: bool = True
     grad_clip_norm: PositiveFloat | None = None
     sync_batchnorm: bool = True  # under CUDA DDP
-    # >1 or "auto" (one per visible GPU): the stage relaunches itself under torchrun (pipeline.launch);
+    # >1 or "auto" (one per visible GPU): the stage relaunches itself under torchrun (pipeline.infra.launch);
     # batch_size stays the global batch.
     processes: PositiveInt | Literal["auto"] = 1
-    # >1: machines joined by torchrun's c10d rendezvous (pipeline.launch); "auto": as many as the launcher
+    # >1: machines joined by torchrun's c10d rendezvous (pipeline.infra.launch); "auto": as many as the launcher
     # that started the stage (torchrun --nnodes, srun) has, else 1. `processes` counts per node.
     nodes: PositiveInt | Literal["auto"] = 1
     # host:port every node reaches (else MASTER_ADDR / MASTER_PORT, or the SLURM job's first node), and how
@@ -223,8 +223,6 @@ class TrainConfig(Strict):
     @field_validator("rendezvous")
     @classmethod
     def _endpoint_form(cls, value: str | None) -> str | None:
-        from pipeline.launch import parse_endpoint
-
         if value is not None:
             parse_endpoint(value)
         return value
@@ -747,17 +745,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def flatten(params: Params | dict, prefix: str = "") -> dict[str, Any]:
     """Dotted keys as `dvc params diff` / `dvc exp show` print them; lists become JSON strings."""
-    data = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{dotted}."))
-        elif isinstance(value, (list, dict)):
-            flat[dotted] = json.dumps(value)
-        else:
-            flat[dotted] = value
-    return flat
+    return dotted_keys(params.model_dump(mode="json") if isinstance(params, BaseModel) else params, prefix)
 
 
 if __name__ == "__main__":

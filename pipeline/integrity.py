@@ -126,7 +126,7 @@ def _write_reason(err: BaseException) -> str:
 
 def write_json(path: Path, payload: Any) -> None:
     """Atomic write, so a metrics file that exists is always complete; under torchrun rank 0 writes."""
-    from pipeline.launch import is_main_process
+    from pipeline.infra import is_main_process
 
     if not is_main_process():
         return

@@ -20,12 +20,13 @@ from typing import Any
 
 import yaml
 
+from pipeline.infra import manifest_path
 from pipeline.replica import OUTPUTS, Replica
 from pipeline.setting import TRANSFER_SETTINGS, Setting
 
 DVC_YAML = Path("dvc.yaml")
 REPORTS = Path("reports")
-MANIFESTS = Path("manifests")
+MANIFESTS = manifest_path("stages.code").parent  # where the code manifests live (pipeline/infra/code_manifest.py)
 DATA = OUTPUTS / "data"
 DATA_SUMMARY = DATA / "summary.json"
 RELEASED_RECORDS = DATA / "released"  # one record per released teacher file (released_teacher@NAME)
@@ -67,11 +68,6 @@ def classifier_teacher_id(teacher: str) -> str:
 def pixels_id(teacher: str) -> str:
     """Raw pixels scored on the classes `teacher`'s students are evaluated on."""
     return f"pixels-{teacher}"
-
-
-def manifest_of(module: str) -> Path:
-    """The code manifest of stage command `module`: that stage's one code dep."""
-    return MANIFESTS / f"{module}.json"
 
 
 @dataclass(frozen=True)
@@ -160,7 +156,7 @@ def _stage(family: Family, args: str, deps: list[str], params: list | None, part
            **loop: Any) -> dict[str, Any]:
     words = " ".join(word for word in (family.verb, args) if word)
     body: dict[str, Any] = {"cmd": f"python -m {family.module}{' ' + words if words else ''}",
-                            "deps": [*deps, str(manifest_of(family.module))]}
+                            "deps": [*deps, str(manifest_path(family.module))]}
     if params is not None:
         body["params"] = params
     for index, key in enumerate(("outs", "metrics", "plots")):

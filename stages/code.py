@@ -1,24 +1,15 @@
-"""DVC stage `code`: write each stage command's code manifest (`pipeline.code_manifest`), the one code
-dep every other stage has. Standard library only: it runs on every code change, in well under a second."""
+"""DVC stage `code`: write each stage command's code manifest, the one code dep every other stage has
+(`pipeline.wiring.code`)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from pipeline.code_manifest import write_manifest
-
-NOT_STAGES = {"code"}  # this stage, which depends on the folders themselves
-
-
-def stage_modules(root: Path = Path(".")) -> list[str]:
-    """Every `stages.<name>` module a dvc.yaml command runs."""
-    return sorted(f"stages.{path.stem}" for path in (Path(root) / "stages").glob("*.py") if path.stem not in NOT_STAGES)
+from pipeline.wiring.code import write_manifests
 
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
-    for module in stage_modules():
-        write_manifest(module)
+    write_manifests()
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ def warm_up() -> None:
     """Import what stages import, once, so forked runs (`stage_forked`) skip seconds of imports each."""
     import logging
 
-    import mlflow  # noqa: F401  (the stages import it lazily, through pipeline.tracking)
+    import mlflow  # noqa: F401  (the stages import it lazily, through pipeline.infra)
 
     # A stage sets MLFLOW_LOGGING_LEVEL=WARNING before its first MLflow import (pipeline.wiring.common.quiet_libraries);
     # here MLflow is imported first, so set the level that variable would have set.
@@ -219,8 +219,8 @@ def warm_up() -> None:
 
     import pipeline.config  # noqa: F401
     import pipeline.eval.protocol  # noqa: F401
+    import pipeline.infra  # noqa: F401
     import pipeline.train.recipes  # noqa: F401
-    import pipeline.tracking  # noqa: F401
     import pipeline.train.loop  # noqa: F401
 
 

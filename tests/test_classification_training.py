@@ -12,7 +12,10 @@ from mlflow import MlflowClient
 from test_train import tracking_store  # noqa: F401  (module-scoped SQLite store in MLFLOW_TRACKING_URI)
 from torch import nn
 
-from pipeline import losses, tracking
+from pipeline import losses
+from pipeline.infra import start_run
+from pipeline.infra.runs import DEFAULT_EXPERIMENT
+from pipeline.infra.store import tracking_uri
 from pipeline.data import ImageSet, load_dataset
 from pipeline.data.augment import build_augmentation
 from pipeline.models.registry import build_backbone
@@ -117,7 +120,7 @@ def test_classification_trainer_learns_checkpoints_and_is_tracked(trainer, digit
     teacher_before = (
         {k: v.clone() for k, v in objective.teacher.state_dict().items()} if trainer in TERMS else {}
     )
-    with tracking.start_run(
+    with start_run(
         f"test_cls_{trainer}",
         params={"train": config.model_dump(mode="json"), "trainer": trainer},
         system_metrics=False,
@@ -139,9 +142,9 @@ def test_classification_trainer_learns_checkpoints_and_is_tracked(trainer, digit
         assert not any(key.startswith("teacher") for key in state["objective"])
         assert any(key.startswith("student.") for key in state["objective"])
 
-    client = MlflowClient(tracking.tracking_uri())
+    client = MlflowClient(tracking_uri())
     runs = client.search_runs(
-        [client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id],
+        [client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id],
         f"tags.`dvc.stage` = 'test_cls_{trainer}'",
     )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

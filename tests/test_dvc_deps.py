@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.code_manifest import closure, manifest, manifest_path
-from stages.code import stage_modules
+from pipeline.infra.code_manifest import closure, manifest, manifest_path
+from pipeline.wiring.code import stage_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_ROOTS = ("pipeline", "stages")

@@ -241,16 +241,16 @@ def test_sigkill_during_evaluation_leaves_no_metrics_and_the_rerun_equals_an_uni
 
 def test_tracking_store_of_a_queued_experiment_copy_is_the_repository_database(tmp_path, monkeypatch):
     """A stage whose DVC_ROOT is DVC's temporary experiment copy still writes to <repo>/mlflow.db."""
-    from pipeline import tracking
+    from pipeline.infra.store import repository_root, tracking_uri
 
     copy = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmp1a2b3c"
     copy.mkdir(parents=True)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(copy))
-    assert tracking.repository_root() == (tmp_path / "repo").resolve()
-    assert tracking.tracking_uri().startswith(f"sqlite:///{(tmp_path / 'repo').resolve() / 'mlflow.db'}?")
+    assert repository_root() == (tmp_path / "repo").resolve()
+    assert tracking_uri().startswith(f"sqlite:///{(tmp_path / 'repo').resolve() / 'mlflow.db'}?")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
-    assert tracking.repository_root() == (tmp_path / "repo").resolve()
+    assert repository_root() == (tmp_path / "repo").resolve()
 
 
 @pytest.mark.slow

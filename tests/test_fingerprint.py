@@ -5,7 +5,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from pipeline.code_manifest import normalised_code
+from pipeline.infra.code_manifest import normalised_code
 from pipeline.train.fingerprint import claim_checkpoint_dir, file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ def centroid_top1(embeddings: torch.Tensor, labels: torch.Tensor) -> float:
 def test_a_registered_metric_reaches_metrics_report_summary_and_mlflow(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from pipeline import tracking
+    from pipeline import infra
     from pipeline.config import validate_params
     from pipeline.eval.session import evaluate_and_save
     from pipeline.replica import replicas
@@ -48,7 +48,7 @@ def test_a_registered_metric_reaches_metrics_report_summary_and_mlflow(tmp_path,
     models = [pixels_id("simclr"), teacher_id("simclr"), transferred_id("simclr"),
               *(r.name for r in replicas(params.transfer.self_supervised.grid, Setting.SELF_SUPERVISED, "simclr",
                                          params.seeds))]
-    with tracking.start_run("metric-probe", experiment="metric-test", system_metrics=False) as run:
+    with infra.start_run("metric-probe", experiment="metric-test", system_metrics=False) as run:
         scores = evaluate_and_save(None, models[0], "simclr", params, run)
         run_id = run.run_id
     assert 0.0 < scores["centroid_top1"] <= 1.0

@@ -1,4 +1,4 @@
-"""Multi-node DDP through torchrun's c10d rendezvous (pipeline.launch), simulated on one machine.
+"""Multi-node DDP through torchrun's c10d rendezvous (pipeline.infra.launch), simulated on one machine.
 
 Default run (about 15 s): every launch decision of `plan_launch` (no launcher, torchrun workers, srun
 tasks), and the three refusals a user meets first, each one `error:` line before any training: an outside
@@ -39,7 +39,7 @@ from faults_support import (
     stage_runs,
     warm_up,
 )
-from pipeline import launch
+from pipeline.infra import endpoint, launch
 from pipeline.config import ConfigError, TrainConfig, load_params
 
 KEY = "teachers.x.train"
@@ -68,7 +68,7 @@ def test_no_launcher_one_process_trains_here_and_several_relaunch_standalone():
 def test_several_nodes_from_params_relaunch_under_c10d_rendezvous_with_a_bounded_timeout():
     section = train(nodes=2, processes=2, rendezvous="10.1.2.3:29500", rendezvous_timeout_s=45)
     plan = launch.plan_launch("stages.teacher", ["x"], section, KEY, {})
-    assert plan.action == "exec" and plan.command[1:3] == ["-m", "pipeline.launch"]
+    assert plan.action == "exec" and plan.command[1:3] == ["-m", "pipeline.infra.launch"]
     torchrun = plan.command[plan.command.index("--") + 1:]
     assert {"--nnodes=2", "--nproc-per-node=2", "--rdzv-backend=c10d", "--rdzv-endpoint=10.1.2.3:29500",
             "--max-restarts=0"} <= set(torchrun)
@@ -160,7 +160,7 @@ def test_slurm_first_host(nodelist, first):
     ("[::1]:29400", ("::1", 29400)),
 ])
 def test_parse_endpoint(value, parsed):
-    assert launch.parse_endpoint(value, "k") == parsed
+    assert endpoint.parse_endpoint(value, "k") == parsed
 
 
 @pytest.mark.parametrize("value", ["head:", "a b:12", "head:70000", "http://head:1"])
@@ -300,10 +300,10 @@ def test_two_nodes_match_one_launcher_and_resume_after_sigterm_to_every_node(tmp
             assert time.monotonic() < deadline, node_a.stderr()[-2000:] + node_b.stderr()[-2000:]
             time.sleep(0.05)
         # Node A re-executed itself under torchrun; node B's worker joined its torchrun without relaunching.
-        assert "pipeline.launch" in " ".join(psutil.Process(node_a.process.pid).cmdline())
+        assert "pipeline.infra.launch" in " ".join(psutil.Process(node_a.process.pid).cmdline())
         b_children = children_cmdlines(node_b.process.pid)
         assert len(b_children) == 1 and "stages.teacher" in b_children[0], b_children
-        assert not any("torch.distributed.run" in c or "pipeline.launch" in c for c in b_children), b_children
+        assert not any("torch.distributed.run" in c or "pipeline.infra.launch" in c for c in b_children), b_children
         for node in (node_a, node_b):  # preemption: every node gets SIGTERM
             node.process.send_signal(signal.SIGTERM)
         codes = [node_a.wait(timeout=180), node_b.wait(timeout=180)]

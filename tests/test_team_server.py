@@ -34,7 +34,7 @@ from faults_support import (
     stage,
     start_stage,
 )
-from pipeline import tracking
+from pipeline.infra.store import SERVER_CHECK_ENDPOINT, TrackingUnavailableError, check_tracking_store, redact_uri
 
 USER, PASSWORD = "alice", "s3cret-" + secrets.token_hex(4)
 
@@ -46,7 +46,7 @@ class FakeMlflowAuth(BaseHTTPRequestHandler):
     not_mlflow = False
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.not_mlflow or not self.path.startswith(tracking.SERVER_CHECK_ENDPOINT):
+        if self.not_mlflow or not self.path.startswith(SERVER_CHECK_ENDPOINT):
             return self._answer(404, "text/html", b"<html>not found</html>")
         expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         if self.headers.get("Authorization") != expected:
@@ -88,8 +88,8 @@ def no_credentials(monkeypatch, tmp_path):
 
 
 def refusal(uri: str) -> str:
-    with pytest.raises(tracking.TrackingUnavailableError) as refused:
-        tracking.check_tracking_store(uri, timeout_s=3)
+    with pytest.raises(TrackingUnavailableError) as refused:
+        check_tracking_store(uri, timeout_s=3)
     message = str(refused.value)
     assert "\n" not in message and PASSWORD not in message, message
     return message
@@ -105,7 +105,7 @@ def test_a_server_asking_for_credentials_is_refused_without_them_and_with_a_wron
         message = refusal(uri)
         assert f"refused the credentials of user '{USER}' (HTTP 401)" in message
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
-        tracking.check_tracking_store(uri, timeout_s=3)
+        check_tracking_store(uri, timeout_s=3)
 
 
 def test_credentials_come_from_the_credentials_file_too(no_credentials):
@@ -113,7 +113,7 @@ def test_credentials_come_from_the_credentials_file_too(no_credentials):
     (no_credentials / ".mlflow/credentials").write_text(
         f"[mlflow]\nmlflow_tracking_username = {USER}\nmlflow_tracking_password = {PASSWORD}\n")
     with fake_server() as uri:
-        tracking.check_tracking_store(uri, timeout_s=3)
+        check_tracking_store(uri, timeout_s=3)
 
 
 def test_a_server_that_is_not_mlflow_is_refused(no_credentials):
@@ -135,8 +135,8 @@ def test_a_uri_with_a_scheme_mlflow_has_no_store_for_is_refused():
 
 
 def test_redact_uri_masks_the_password_only():
-    assert tracking.redact_uri(f"http://{USER}:{PASSWORD}@host:5000/x") == f"http://{USER}:***@host:5000/x"
-    assert tracking.redact_uri("http://host:5000") == "http://host:5000"
+    assert redact_uri(f"http://{USER}:{PASSWORD}@host:5000/x") == f"http://{USER}:***@host:5000/x"
+    assert redact_uri("http://host:5000") == "http://host:5000"
 
 
 def closed_port() -> int:

@@ -9,7 +9,9 @@ import torch
 from mlflow import MlflowClient
 from train_support import train_config
 
-from pipeline import losses, tracking
+from pipeline import losses
+from pipeline.infra import start_run
+from pipeline.infra.runs import DEFAULT_EXPERIMENT, PARENT_TAG, RUN_GROUP_ENV, RUN_GROUP_TAG
 from pipeline.data import load_dataset
 from pipeline.data.augment import build_augmentation
 from pipeline.models.embedding_model import EmbeddingModel
@@ -25,10 +27,10 @@ from pipeline.train.stops import NonFiniteLossError
 @pytest.fixture(scope="module")
 def tracking_store(tmp_path_factory):
     """One SQLite store for the module (creating one costs seconds), reached through MLFLOW_TRACKING_URI."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", tracking.RUN_GROUP_ENV)}
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", RUN_GROUP_ENV)}
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    os.environ[tracking.RUN_GROUP_ENV] = "test-train"
+    os.environ[RUN_GROUP_ENV] = "test-train"
     yield uri
     for key, value in saved.items():
         if value is None:
@@ -103,7 +105,7 @@ def test_recipe_learns_checkpoints_and_is_tracked(recipe, digits, tracking_store
                           warmup_epochs=1.0, log_every_steps=5)  # 2 steps per epoch on 128 images
     objective.train()
     before = fixed_batch_loss(objective, digits)
-    with tracking.start_run(f"test_{recipe}", params={"train": config.model_dump(mode="json"), "recipe": recipe},
+    with start_run(f"test_{recipe}", params={"train": config.model_dump(mode="json"), "recipe": recipe},
                             system_metrics=False) as run:
         result = fit(objective, digits, config, checkpoint_dir=tmp_path / "ckpt", logger=run)
     after = fixed_batch_loss(objective, digits)
@@ -116,7 +118,7 @@ def test_recipe_learns_checkpoints_and_is_tracked(recipe, digits, tracking_store
 
     client = MlflowClient(tracking_store)
     runs = client.search_runs(
-        [client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id],
+        [client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id],
         f"tags.`dvc.stage` = 'test_{recipe}'",
     )
     assert len(runs) == 1
@@ -128,9 +130,9 @@ def test_recipe_learns_checkpoints_and_is_tracked(recipe, digits, tracking_store
     assert sorted(m.step for m in history) == list(range(1, result.steps + 1))
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx([v for _, v in result.losses])
     assert tracked.data.tags["device"] == "cpu" and "git.commit" in tracked.data.tags
-    assert tracked.data.tags[tracking.RUN_GROUP_TAG] == "test-train"
+    assert tracked.data.tags[RUN_GROUP_TAG] == "test-train"
     parent = client.get_run(tracked.data.tags["mlflow.parentRunId"])
-    assert parent.data.tags[tracking.PARENT_TAG] == "true"
+    assert parent.data.tags[PARENT_TAG] == "true"
     assert "loss_curve.png" in [a.path for a in client.list_artifacts(tracked.info.run_id)]
 
 

@@ -20,7 +20,7 @@ TRAIN_SCRIPT = textwrap.dedent('''
     import dataclasses, os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from pipeline import tracking
+    from pipeline.infra import start_run
     from pipeline.data import load_dataset
     from pipeline.data.augment import build_augmentation
     from pipeline.models.embedding_model import EmbeddingModel
@@ -50,7 +50,7 @@ TRAIN_SCRIPT = textwrap.dedent('''
         return fit(objective, data, config, checkpoint_dir=checkpoint_dir, logger=logger, on_checkpoint=on_checkpoint)
 
     if mode == "sigterm":
-        with tracking.start_run("resume_sigterm", system_metrics=False) as run:
+        with start_run("resume_sigterm", system_metrics=False) as run:
             train(run)
     else:
         result = train()

@@ -21,7 +21,7 @@ from pipeline.metrics import recall_curve
 from pipeline.stage_spec import FIGURES, METRICS, RECALL_CURVE, eval_dir
 
 if TYPE_CHECKING:
-    from pipeline.tracking import RunLogger
+    from pipeline.infra import RunLogger
 
 
 def evaluate_and_save(checkpoint: Path | None, model_id: str, teacher: str, params: cfg.Params,

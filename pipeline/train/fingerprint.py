@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.code_manifest import code_digest, imported_project_modules
+from pipeline.infra import code_digest, imported_project_modules
 from pipeline.integrity import set_aside
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -24,7 +24,7 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 
 def code_fingerprint() -> dict[str, str]:
-    """Digest of the code (`pipeline.code_manifest.code_digest`: docstrings and formatting left out) of
+    """Digest of the code (`pipeline.infra.code_manifest.code_digest`: docstrings and formatting left out) of
     every project module this process has imported so far (`pipeline.*`, `stages.*`), by module name.
     Taken once the objective is built and before training starts, it covers exactly what the stage runs
     (a stage that does not use PKT never imports `pkt.py`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import infra
 from pipeline.config import Params, TrainConfig, flatten
 from pipeline.replica import Replica
 from pipeline.stage_spec import (CLASSIFIER_STUDENT, CLASSIFIER_TEACHER, METRICS, MODEL, classifier_teacher_dir,
@@ -41,11 +42,8 @@ def train_student(params: Params, replica: Replica, argv: list[str]) -> None:
 
 def _train(params: Params, argv: list[str], train_cfg: TrainConfig, train_key: str, out: Path, stage: str,
            settings: dict, tags: dict, replica: Replica | None, seed: int) -> None:
-    from pipeline import launch
+    infra.relaunch_under_torchrun("stages.classify", argv, train_cfg, train_key)
 
-    launch.relaunch_under_torchrun("stages.classify", argv, train_cfg, train_key)
-
-    from pipeline import tracking
     from pipeline.data.augment import build_augmentation
     from pipeline.data.loading import load_images
     from pipeline.integrity import write_json
@@ -55,7 +53,7 @@ def _train(params: Params, argv: list[str], train_cfg: TrainConfig, train_key: s
     from pipeline.train.fingerprint import file_sha256
     from pipeline.train.session import train_and_save
 
-    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(settings), tags=tags) as run:
+    with infra.start_run(stage, experiment=params.mlflow.experiment, params=flatten(settings), tags=tags) as run:
         train = load_images(params.data, "train")
         test = load_images(params.data, "test")
         if replica is None:
@@ -70,7 +68,7 @@ def _train(params: Params, argv: list[str], train_cfg: TrainConfig, train_key: s
             objective, spec = classifier_student_objective(params, replica, teacher, train)
         metrics = train_and_save(objective, train, train_cfg, out, settings, run, stage,
                                  lambda path: save_classifier(objective.model, spec, path), seed=seed)
-        if not launch.is_main_process():
+        if not infra.is_main_process():
             return  # every rank holds the same model: rank 0 alone scores it and writes
         preprocess = build_augmentation("none", params.data.image_size, test.channels, test.mean, test.std)
         scores = classification_metrics(objective.model, test.images, test.labels,

@@ -29,12 +29,12 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
     stage here (40 stages in the default run). A bug's traceback still takes the normal path.
 
     MLflow's import and the opening of the stage's run start first, in the run's agent process, beside
-    the stage's own start-up (`pipeline.tracking.prestart_agent`).
+    the stage's own start-up (`pipeline.infra.prestart_agent`).
     """
     quiet_libraries()  # before the agent imports MLflow
-    from pipeline import tracking
+    from pipeline.infra import prestart_agent
 
-    tracking.prestart_agent()
+    prestart_agent()
     marker = _mark_running()
     try:
         _run_mapped(main)
@@ -53,15 +53,15 @@ def _mark_running() -> Path | None:
     """Under DVC, `outputs/.running/<stage>.json` names this process while the stage runs; every ending but
     a kill removes it. The report depends on all of outputs/, so a stage killed -9, even one that DVC later
     restores from its run cache without starting it, makes the report run, and the report's start (every
-    stage's) closes the dead stage's MLflow run (`pipeline.tracking.close_orphaned_runs`). Markers whose
+    stage's) closes the dead stage's MLflow run (`pipeline.infra.runs.close_orphaned_runs`). Markers whose
     process is gone are removed here, so the report's input settles."""
     stage = os.environ.get("DVC_STAGE")
     if not stage:
         return None
     import json
 
+    from pipeline.infra import owner_is_gone, process_owner
     from pipeline.stage_spec import RUNNING_MARKERS
-    from pipeline.tracking import owner_is_gone, process_owner
 
     RUNNING_MARKERS.mkdir(parents=True, exist_ok=True)
     for found in RUNNING_MARKERS.glob("*.json"):
@@ -100,17 +100,17 @@ def _run_mapped(main: Callable[[list[str]], None]) -> None:
 
 def _check_code_manifest() -> int:
     """Under DVC, a stage that imported project code its manifest does not list fails (exit 1): DVC would
-    not re-run it when that code changes (`pipeline.code_manifest`)."""
+    not re-run it when that code changes (`pipeline.infra.code_manifest`)."""
     main = sys.modules["__main__"].__spec__
     if not os.environ.get("DVC_STAGE") or main is None:
         return 0
-    from pipeline.code_manifest import manifest_path, unlisted_imports
+    from pipeline.infra import manifest_path, unlisted_imports
 
     unlisted = unlisted_imports(main.name)
     if unlisted:
         print(f"error: {main.name} imported {', '.join(unlisted)}, which {manifest_path(main.name)} does not list, "
               "so DVC would not re-run this stage when that code changes; import it where "
-              "pipeline.code_manifest can read it (a plain import statement)", file=sys.stderr)
+              "pipeline.infra.code_manifest can read it (a plain import statement)", file=sys.stderr)
         return 1
     return 0
 

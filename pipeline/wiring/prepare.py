@@ -2,6 +2,7 @@
 first, so a typo in a student's section or a missing dataset fails in seconds, not after a teacher."""
 from __future__ import annotations
 
+from pipeline import infra
 from pipeline.config import Params, flatten
 from pipeline.integrity import write_json
 from pipeline.stage_spec import DATA_SUMMARY, PREPARE
@@ -12,11 +13,10 @@ def prepare(params: Params) -> None:
     from pipeline.contracts import check_contracts
 
     check_contracts(params)  # every loss entry too, before any stage computes
-    from pipeline import tracking
 
     summary = check_dataset(params)
     tags = {"setting": "all", "teacher": "", "student": "", "method": PREPARE.name, "seed": params.seed}
-    with tracking.start_run(stage_name(PREPARE.name), experiment=params.mlflow.experiment,
+    with infra.start_run(stage_name(PREPARE.name), experiment=params.mlflow.experiment,
                             params=flatten({"data": params.data.model_dump(mode="json")}), tags=tags) as run:
         run.log_metrics(summary, step=0)
     write_json(DATA_SUMMARY, summary)

@@ -1,9 +1,10 @@
 """reports/results.md (every setting over seeds, then the paper's Table 1 shape) and reports/summary.json
 (the numbers over seeds, `dvc metrics show`) from this run's metrics files, the headline metrics file and
 the tables dvc.yaml's top-level plots draw (`pipeline.comparison`), all also logged onto the pipeline
-invocation's parent MLflow run (`pipeline.mlflow_views`): stage `report`."""
+invocation's parent MLflow run (`pipeline.infra.views`): stage `report`."""
 from __future__ import annotations
 
+from pipeline import infra
 from pipeline.config import Params, flatten
 from pipeline.integrity import write_json
 from pipeline.setting import TRANSFER_SETTINGS
@@ -12,7 +13,6 @@ from pipeline.wiring.common import stage_name
 
 
 def report(params: Params) -> None:
-    from pipeline import tracking
     from pipeline.comparison import write_comparison
     from pipeline.report import build_report
 
@@ -20,7 +20,7 @@ def report(params: Params) -> None:
              for setting in TRANSFER_SETTINGS}
     tags = {"setting": "all", "teacher": "", "student": "", "method": REPORT.name, "seed": params.seed}
     results, summary_path, headline_path = (REPORT_FILES[key] for key in ("results", "summary", "headline"))
-    with tracking.start_run(stage_name(REPORT.name), experiment=params.mlflow.experiment,
+    with infra.start_run(stage_name(REPORT.name), experiment=params.mlflow.experiment,
                             params=flatten({"seed": params.seed, "seeds": list(params.seeds), "transfer": grids}),
                             tags=tags) as run:
         markdown, summary = build_report(params, REPORT_FILES["figures"])
@@ -38,6 +38,6 @@ def report(params: Params) -> None:
         # links point), the summary over seeds, the headline file and its numbers as metrics (comparable
         # across dvc exp run parents). The run's agent logs them, so that this process never imports MLflow.
         files = [(results, None), (summary_path, None), (headline_path, None), *((f, "figures") for f in figures)]
-        run.call_in_agent("pipeline.mlflow_views:publish_report", run.run_id,
+        run.call_in_agent(infra.publish_report, run.run_id,
                           [(str(path.resolve()), folder) for path, folder in files], flatten(headline),
                           {**tags, "method": "pipeline"})

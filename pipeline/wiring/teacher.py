@@ -3,32 +3,24 @@ when `released_teachers.NAME` names one, then score the saved model (`pipeline.e
 MLflow run: stage family `teacher`. `fingerprint` is stage family `released_teacher`."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from pipeline import infra
 from pipeline.config import Params, TeacherConfig, flatten
 from pipeline.integrity import write_json
 from pipeline.stage_spec import (LOSS_CURVE, METRICS, MODEL, RELEASED_RECORDS, TEACHER, select, teacher_dir,
                                  teacher_id, transferred_id)
 from pipeline.wiring.common import stage_name
 
-if TYPE_CHECKING:
-    from pipeline.tracking import RunLogger
-
 
 def teacher(params: Params, name: str, argv: list[str]) -> None:
     config = params.teacher(name)
     released = params.released_teachers.get(name)
     if released is None:
-        from pipeline import launch
-
-        launch.relaunch_under_torchrun("stages.teacher", argv, config.train, f"teachers.{name}.train")
+            infra.relaunch_under_torchrun("stages.teacher", argv, config.train, f"teachers.{name}.train")
     else:
         from pipeline.models.released import load_released
 
         model, spec = load_released(name, released, config)  # refused before the run opens
 
-    from pipeline import tracking
-    from pipeline.launch import is_main_process
 
     stage = stage_name(f"{TEACHER.name}@{name}")
     raw = params.model_dump(mode="json")
@@ -41,7 +33,7 @@ def teacher(params: Params, name: str, argv: list[str]) -> None:
             "seed": params.seed}
     logged = {**section, **select(raw, list(TEACHER.scored_with))}
     out = teacher_dir(name)
-    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged), tags=tags) as run:
+    with infra.start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged), tags=tags) as run:
         if released is None:
             metrics = train(params, name, section, run, stage)
         else:
@@ -52,14 +44,14 @@ def teacher(params: Params, name: str, argv: list[str]) -> None:
             metrics = {"steps": 0}
             run.log_metrics(metrics, step=0)
         write_json(out / METRICS, metrics)
-        if is_main_process():
+        if infra.is_main_process():
             from pipeline.eval.session import evaluate_and_save
 
             evaluate_and_save(out / MODEL, teacher_id(name), name, params, run,
                               transferred=(transferred_id(name), config.transfer_embedding))
 
 
-def train(params: Params, name: str, section: dict, run: RunLogger, stage: str) -> dict[str, float]:
+def train(params: Params, name: str, section: dict, run: infra.RunLogger, stage: str) -> dict[str, float]:
     """Train teacher `name` into its output folder (resuming its checkpoint); the training summary."""
     from pipeline.data.loading import load_images
     from pipeline.models.embedding_model import save_model

@@ -2,6 +2,7 @@
 (`pipeline.eval.session`) onto the same MLflow run: stage families `transfer` and `metric_transfer`."""
 from __future__ import annotations
 
+from pipeline import infra
 from pipeline.config import Params, flatten
 from pipeline.replica import Replica
 from pipeline.stage_spec import MODEL, METRICS, STUDENTS, select, teacher_dir
@@ -18,14 +19,10 @@ def train_student(params: Params, replica: Replica, argv: list[str]) -> None:
     teacher_cfg = params.teachers[replica.teacher]
     transfer = params.transfer.of(replica.setting)
 
-    from pipeline import launch
+    infra.relaunch_under_torchrun("stages.transfer", argv, transfer.train, f"transfer.{replica.setting}.train")
 
-    launch.relaunch_under_torchrun("stages.transfer", argv, transfer.train, f"transfer.{replica.setting}.train")
-
-    from pipeline import tracking
     from pipeline.data.loading import load_images
     from pipeline.integrity import write_json
-    from pipeline.launch import is_main_process
     from pipeline.models.embedding_model import save_model
     from pipeline.models.loading import load_teacher
     from pipeline.train.fingerprint import file_sha256
@@ -39,7 +36,7 @@ def train_student(params: Params, replica: Replica, argv: list[str]) -> None:
     # The replica's seed is an MLflow param and part of the checkpoints' fingerprint.
     section = {**select(raw, family.trained_keys(**names)), "student_seed": replica.seed}
     logged = {**section, **select(raw, family.keys(**names))}
-    with tracking.start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged),
+    with infra.start_run(stage, experiment=params.mlflow.experiment, params=flatten(logged),
                             tags=replica.tags) as run:
         teacher_path = teacher_dir(replica.teacher) / MODEL
         teacher, _ = load_teacher(teacher_path, teacher_cfg)
@@ -53,7 +50,7 @@ def train_student(params: Params, replica: Replica, argv: list[str]) -> None:
                                  lambda path: save_model(objective.model, spec, path), seed=replica.seed,
                                  samples_per_class=sampler.samples_per_class if sampler else None)
         write_json(out / METRICS, metrics)
-        if is_main_process():
+        if infra.is_main_process():
             from pipeline.eval.session import evaluate_and_save
 
             del objective, teacher, images

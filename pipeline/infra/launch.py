@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import ipaddress
 import os
 import re
 import socket
@@ -30,15 +29,24 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
-if TYPE_CHECKING:
-    from pipeline.config import TrainConfig
+from pipeline.infra.endpoint import DEFAULT_PORT, parse_endpoint
 
 WORKER_ENV = "LOCAL_RANK"  # torchrun sets it in every worker it starts
 RDZV_ID_ENV = "PIPELINE_RDZV_ID"  # overrides the rendezvous id every node derives from the stage command
-DEFAULT_PORT = 29400  # torchrun's c10d default
 SLURM_STEP_ENV = "SLURM_STEP_NUM_TASKS"  # srun sets it for the tasks of a job step; a batch script lacks it
+
+
+class TrainSection(Protocol):
+    """What the launcher reads of a ``train`` section (``pipeline.config.TrainConfig`` is one): named here
+    so that the infrastructure does not import the params schema, which imports it."""
+
+    batch_size: int
+    processes: int | Literal["auto"]
+    nodes: int | Literal["auto"]
+    rendezvous: str | None
+    rendezvous_timeout_s: int
 
 
 def is_main_process() -> bool:
@@ -65,7 +73,7 @@ class LaunchPlan:
     hosting: bool = True
 
 
-def _resolve_processes(train: TrainConfig, key: str, gpus: int) -> int:
+def _resolve_processes(train: TrainSection, key: str, gpus: int) -> int:
     """Processes per node that the ``train`` section at dotted ``key`` asks for. ``"auto"``: one per visible
     GPU (one on a CPU machine). More processes than visible GPUs is refused (they would only compete)."""
     processes = max(1, gpus) if train.processes == "auto" else train.processes
@@ -75,14 +83,14 @@ def _resolve_processes(train: TrainConfig, key: str, gpus: int) -> int:
     return processes
 
 
-def _check_batch(train: TrainConfig, key: str, world_size: int) -> None:
+def _check_batch(train: TrainSection, key: str, world_size: int) -> None:
     """``batch_size`` is the global batch: it must split evenly over every process of the job."""
     if train.batch_size % world_size:
         raise ValueError(f"{key}.batch_size: {train.batch_size} does not split evenly over {world_size} processes "
                          f"({key}.processes = {train.processes!r}, {key}.nodes = {train.nodes!r})")
 
 
-def _check_counts(train: TrainConfig, key: str, nodes: int, per_node: int, source: str) -> None:
+def _check_counts(train: TrainSection, key: str, nodes: int, per_node: int, source: str) -> None:
     """A job that a launcher started must be the one the section describes ("auto" accepts the launcher's)."""
     if train.nodes != "auto" and train.nodes != nodes:
         raise ValueError(f"{key}.nodes: {train.nodes}, but {source} started {nodes} node(s); set {key}.nodes to "
@@ -91,20 +99,6 @@ def _check_counts(train: TrainConfig, key: str, nodes: int, per_node: int, sourc
         raise ValueError(f"{key}.processes: {train.processes}, but {source} started {per_node} process(es) per "
                          f"node; set {key}.processes to {per_node} (or 'auto') or start {train.processes} per node")
     _check_batch(train, key, nodes * per_node)
-
-
-def parse_endpoint(value: str, key: str = "") -> tuple[str, int]:
-    """``host:port`` (``[v6]:port``; a bare host gets port 29400) as (host, port), refused naming ``key``."""
-    prefix = f"{key}: " if key else ""
-    match = re.fullmatch(r"\[(?P<v6>[0-9A-Fa-f:.]+)\](?::(?P<p6>\d+))?|(?P<host>[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?",
-                         value.strip())
-    if not match:
-        raise ValueError(f"{prefix}{value!r} is not host:port")
-    host = match["v6"] or match["host"]
-    port = int(match["p6"] or match["port"] or DEFAULT_PORT)
-    if not 0 < port < 65536:
-        raise ValueError(f"{prefix}port {port} of {value!r} is out of range 1-65535")
-    return host, port
 
 
 def slurm_first_host(nodelist: str) -> str:
@@ -122,7 +116,7 @@ def slurm_first_host(nodelist: str) -> str:
     return host
 
 
-def _endpoint(train: TrainConfig, key: str, environ: Mapping[str, str], nodes: int) -> tuple[str, int]:
+def _endpoint(train: TrainSection, key: str, environ: Mapping[str, str], nodes: int) -> tuple[str, int]:
     """Where the nodes meet: ``rendezvous`` in params.yaml, else ``MASTER_ADDR[:MASTER_PORT]``, else (under
     SLURM) the job's first node, on ``MASTER_PORT`` or 29400."""
     if train.rendezvous:
@@ -179,7 +173,7 @@ def rendezvous_id(module: str, argv: list[str], environ: Mapping[str, str]) -> s
     return f"{module.rsplit('.', 1)[-1]}-{digest}"
 
 
-def plan_launch(module: str, argv: list[str], train: TrainConfig, key: str, environ: Mapping[str, str],
+def plan_launch(module: str, argv: list[str], train: TrainSection, key: str, environ: Mapping[str, str],
                 gpus: int = 0) -> LaunchPlan:
     """Decide, from the ``train`` section at ``key`` and the environment, how this stage process runs
     (see the module docstring). Pure apart from reading ``environ``, so every case is testable."""
@@ -205,7 +199,7 @@ def plan_launch(module: str, argv: list[str], train: TrainConfig, key: str, envi
     return _multinode_plan(module, argv, train, key, environ, nodes, processes, host, port, None)
 
 
-def _plan_slurm(module: str, argv: list[str], train: TrainConfig, key: str, environ: Mapping[str, str],
+def _plan_slurm(module: str, argv: list[str], train: TrainSection, key: str, environ: Mapping[str, str],
                 gpus: int) -> LaunchPlan:
     """An srun task: one task per node runs torchrun for its node; one task per process is a rank itself."""
     tasks = int(environ[SLURM_STEP_ENV])
@@ -241,15 +235,15 @@ def _plan_slurm(module: str, argv: list[str], train: TrainConfig, key: str, envi
     return LaunchPlan("join", nodes, per_node, env=env, endpoint=(host, port), hosting=rank == 0)
 
 
-def _multinode_plan(module: str, argv: list[str], train: TrainConfig, key: str, environ: Mapping[str, str],
+def _multinode_plan(module: str, argv: list[str], train: TrainSection, key: str, environ: Mapping[str, str],
                     nodes: int, processes: int, host: str, port: int, hosting: bool | None) -> LaunchPlan:
-    """torchrun with c10d rendezvous, run through ``python -m pipeline.launch`` (see ``main``)."""
+    """torchrun with c10d rendezvous, run through ``python -m pipeline.infra.launch`` (see ``main``)."""
     timeout = train.rendezvous_timeout_s
     endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     conf = f"join_timeout={timeout},read_timeout={max(timeout, 60)}"
     if hosting is not None:
         conf += f",is_host={str(hosting).lower()}"
-    command = [sys.executable, "-m", "pipeline.launch", f"--key={key}", f"--nodes={nodes}",
+    command = [sys.executable, "-m", "pipeline.infra.launch", f"--key={key}", f"--nodes={nodes}",
                f"--endpoint={endpoint}", f"--timeout={timeout}", "--",
                f"--nnodes={nodes}", f"--nproc-per-node={processes}", "--rdzv-backend=c10d",
                f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rendezvous_id(module, argv, environ)}",
@@ -258,7 +252,7 @@ def _multinode_plan(module: str, argv: list[str], train: TrainConfig, key: str, 
                       hosting=is_local_host(host) if hosting is None else hosting)
 
 
-def relaunch_under_torchrun(module: str, argv: list[str], train: TrainConfig, key: str) -> None:
+def relaunch_under_torchrun(module: str, argv: list[str], train: TrainSection, key: str) -> None:
     """Run the stage the way its ``train`` section at ``key`` and its launcher ask (``plan_launch``): return
     to train in this process, or replace this process by torchrun.
 
@@ -289,10 +283,10 @@ def _exit_code(err: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.launch --key K --nodes N --endpoint E --timeout T -- TORCHRUN-ARGS``: torchrun
+    """``python -m pipeline.infra.launch --key K --nodes N --endpoint E --timeout T -- TORCHRUN-ARGS``: torchrun
     whose setup failures end in one ``error:`` line naming the ``train`` key and exit 2 (torchrun's own
     report is pages long), and whose failed job exits as its first failed worker did."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.launch")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.infra.launch")
     for name in ("--key", "--nodes", "--endpoint", "--timeout"):
         parser.add_argument(name, required=True)
     ours, rest = parser.parse_known_args(argv)

@@ -33,7 +33,7 @@ PARENT_TAG = "mlflow.parentRunId"
 def _client():
     from mlflow import MlflowClient
 
-    from pipeline.tracking import tracking_uri
+    from pipeline.infra.store import tracking_uri
 
     return MlflowClient(tracking_uri())
 
@@ -47,7 +47,8 @@ def publish_report(run_id: str, files: Iterable[tuple[Path, str | None]], metric
 
     from mlflow.entities import Metric, RunTag
 
-    from pipeline.tracking import mlflow_metric_name, with_retries
+    from pipeline.metrics import mlflow_name
+    from pipeline.infra.store import with_retries
 
     client = _client()
     run = with_retries(lambda: client.get_run(run_id))
@@ -60,7 +61,7 @@ def publish_report(run_id: str, files: Iterable[tuple[Path, str | None]], metric
     for path, folder in files:
         client.log_artifact(parent, str(path), folder)
     now = int(time.time() * 1000)
-    entries = [Metric(mlflow_metric_name(k), float(v), now, 0) for k, v in metrics.items()]
+    entries = [Metric(mlflow_name(k), float(v), now, 0) for k, v in metrics.items()]
     for start in range(0, len(entries), 1000):
         with_retries(lambda: client.log_batch(parent, metrics=entries[start : start + 1000]))
     if tags:
