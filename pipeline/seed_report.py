@@ -38,13 +38,18 @@ from pipeline.metrics import Metric
 from pipeline.stats import (  # _seed_order: the order stats itself gives seeds in
     INTERVAL_LEGEND,
     VERDICT_CODE,
+    NOT_SEPARATED,
     Interval,
     PairedDifference,
+    Verdict,
     _seed_order,
     format_interval,
+    holm,
+    p_value,
     paired_difference,
     summarize,
     verdict,
+    verdict_at,
 )
 
 SCALE = {"pct": 100.0, "ms": 1.0}  # metric formats summarised over seeds, with their display scale
@@ -77,6 +82,11 @@ class Comparison:
     difference: PairedDifference | None
     only_reference: tuple[Hashable, ...]
     only_baseline: tuple[Hashable, ...]
+    # The paired t-test's p and, over every comparison of one `compare` call (the family: one section of
+    # the report, i.e. one teacher's grid in one setting), Holm's adjusted p and the verdict it gives.
+    p: float | None = None
+    p_holm: float | None = None
+    verdict_holm: Verdict = NOT_SEPARATED
 
 
 def default_columns(rows: Sequence[SeedRow]) -> list[Metric]:
@@ -141,8 +151,12 @@ def compare(rows: Sequence[SeedRow], reference: str, baselines: Sequence[str],
                 interval = _spread_or_none(d.interval)
                 difference = replace(d, interval=interval, verdict=verdict(interval, higher))
             out.append(Comparison(reference, baseline, metric, group, difference,
-                                  tuple(_seed_order(set(a) - set(b))), tuple(_seed_order(set(b) - set(a)))))
-    return out
+                                  tuple(_seed_order(set(a) - set(b))), tuple(_seed_order(set(b) - set(a))),
+                                  p=None if difference is None else p_value(difference.interval)))
+    adjusted = holm([c.p for c in out])
+    return [replace(c, p_holm=p, verdict_holm=verdict_at(p, c.difference.interval.mean,
+                                                         c.difference.higher_is_better) if c.difference else NOT_SEPARATED)
+            for c, p in zip(out, adjusted)]
 
 
 def comparison_table(comparisons: Sequence[Comparison], digits: int = 1, plain: bool = False) -> str:
@@ -216,8 +230,9 @@ def seed_summary(setting: str, rows: Sequence[SeedRow], comparisons: Sequence[Co
     """Flat numeric dict for reports/summary.json, in fractions like the metrics files.
 
     ``<setting>.<row key>.<metric>.{mean,sd,ci_low,ci_high,n}`` for every interval column, and
-    ``<setting>[.<group>].<reference>_vs_<baseline>.<metric>.{diff,sd,ci_low,ci_high,n,verdict}`` with verdict
-    1 better, 0 not separated, -1 worse (`stats.VERDICT_CODE`). sd/ci keys are absent where there is no
+    ``<setting>[.<group>].<reference>_vs_<baseline>.<metric>.{diff,sd,ci_low,ci_high,n,verdict,p,p_holm,
+    verdict_holm}`` with verdict 1 better, 0 not separated, -1 worse (`stats.VERDICT_CODE`; `_holm`: after Holm's
+    correction over the section's comparisons). sd/ci and p keys are absent where there is no
     interval (module docstring).
     """
     rows = _rows(rows)
@@ -233,6 +248,9 @@ def seed_summary(setting: str, rows: Sequence[SeedRow], comparisons: Sequence[Co
             prefix = f"{setting}.{group}{c.reference}_vs_{c.baseline}.{c.metric}"
             out.update(_flat(prefix, c.difference.interval, "diff"))
             out[f"{prefix}.verdict"] = VERDICT_CODE[c.difference.verdict]
+            out[f"{prefix}.verdict_holm"] = VERDICT_CODE[c.verdict_holm]
+            out.update({f"{prefix}.{key}": value for key, value in (("p", c.p), ("p_holm", c.p_holm))
+                        if value is not None})
     return out
 
 
@@ -257,7 +275,9 @@ def seed_section(setting: str, title: str, rows: Sequence[SeedRow], *, reference
     if comparisons:
         lead = (f"Differences {reference} − baseline, percentage points." if plain else
                 f"Paired differences {reference} − baseline over common seeds, percentage points: "
-                "better / worse only where the 95% CI excludes 0.")
+                "better / worse only where the 95% CI excludes 0 (paired t-test p < 0.05, each comparison at "
+                f"its own 5%); in parentheses the verdict after Holm's correction over the {len(comparisons)} "
+                "comparisons of this section (family-wise 5%), which is the one to read.")
         parts += [lead, "", comparison_table(comparisons, plain=plain), ""]
     parts += [f"![{title}: mean and 95% CI over seeds]({figure_link})", ""]
     return "\n".join(parts), seed_summary(setting, rows, comparisons, columns)
@@ -330,7 +350,8 @@ def _difference_text(c: Comparison, digits: int, plain: bool = False) -> str:
         return "no common seeds"
     if plain:
         return f"{100 * c.difference.interval.mean:+.{digits}f}"
-    return f"{_interval_text(c.difference.interval, 100.0, digits, signed=True)}, {c.difference.verdict}"
+    return (f"{_interval_text(c.difference.interval, 100.0, digits, signed=True)}, {c.difference.verdict} "
+            f"(Holm: {c.verdict_holm})")
 
 
 def _flat(prefix: str, s: Interval, mean_key: str) -> dict[str, float | int]:

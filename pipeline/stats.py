@@ -179,6 +179,41 @@ def paired_difference(method: Mapping[Hashable, float], baseline: Mapping[Hashab
                             verdict=verdict(interval, higher_is_better), higher_is_better=higher_is_better)
 
 
+def p_value(difference: Interval) -> float | None:
+    """Two-sided paired t-test of "no difference": P(|T| >= |mean| / (sd / sqrt(n))), T ~ t(n - 1). The
+    per-comparison verdict is "separated" exactly where p < 1 - level. None without spread (one seed, or
+    every seed equal), which never separates."""
+    if difference.sd is None or difference.sd == 0 or difference.n < 2:
+        return None
+    from scipy.stats import t
+
+    return float(2 * t.sf(abs(difference.mean) / (difference.sd / math.sqrt(difference.n)), difference.n - 1))
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order: the i-th smallest p times the
+    number of hypotheses not yet rejected (m - i + 1), made monotone and capped at 1. It holds the
+    family-wise error rate at alpha for any dependence between the comparisons. A comparison without a
+    p-value (no spread) still counts in m (it was made) and keeps None. Written by hand (eight lines);
+    tests/test_stats.py checks it against statsmodels' multipletests(method="holm")."""
+    m = len(p_values)
+    order = sorted((i for i, p in enumerate(p_values) if p is not None), key=lambda i: p_values[i])
+    adjusted: list[float | None] = [None] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict_at(p: float | None, mean: float, higher_is_better: bool = True, alpha: float = 0.05) -> Verdict:
+    """The verdict of a test at level `alpha`: "not separated" unless p < alpha, else by the sign of the
+    difference (an adjusted p gives the adjusted verdict)."""
+    if p is None or p >= alpha:
+        return NOT_SEPARATED
+    return BETTER if (mean > 0) == higher_is_better else WORSE
+
+
 def summarize_seeds(per_seed: Mapping[Hashable, Mapping[str, Any]], metrics: Sequence[str] | None = None,
                     level: float = 0.95) -> dict[str, Interval]:
     """Per-metric summaries of one model from seed -> {metric: value} (each seed's metrics.json).

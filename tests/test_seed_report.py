@@ -23,7 +23,7 @@ from pipeline.seed_report import (
 )
 
 NUM = r"([+-]?\d+\.\d+)"
-CELL = re.compile(rf"^{NUM} ± (\d+\.\d+) \[{NUM}, {NUM}\] \(n=(\d+)\)(, (.+))?$")
+CELL = re.compile(rf"^{NUM} ± (\d+\.\d+) \[{NUM}, {NUM}\] \(n=(\d+)\)(, (.+?)(?: \(Holm: (.+)\))?)?$")
 
 
 def table(markdown: str) -> dict[str, dict[str, str]]:
@@ -109,7 +109,7 @@ def test_paired_difference_uses_the_pairing():
     assert s["ssl.relaxed_vs_pkt.map@r.verdict"] == 1
     assert table(comparison_table([c], digits=2))["pkt"]["MAP@R"] == (
         f"+{100 * statistics.fmean(diffs):.2f} ± {100 * statistics.stdev(diffs):.2f} "
-        f"[+{100 * low:.2f}, +{100 * high:.2f}] (n=5), better")
+        f"[+{100 * low:.2f}, +{100 * high:.2f}] (n=5), better (Holm: better)")  # one comparison: m = 1
 
 
 def test_verdict_cells_better_worse_not_separated():
@@ -138,14 +138,15 @@ def test_one_seed_prints_plain_numbers_and_has_no_sd_or_ci_keys():
     rows = [SeedRow("relaxed", "relaxed", seeds(0.31)), SeedRow("pkt", "pkt", seeds(0.30))]
     assert table(seed_table(rows))["relaxed"]["MAP@R"] == "31.0"
     comparisons = compare(rows, "relaxed", ["pkt"], metrics=["map@r"])
-    assert table(comparison_table(comparisons))["pkt"]["MAP@R"] == "+1.0 (1 seed, no interval), not separated"
+    assert table(comparison_table(comparisons))["pkt"]["MAP@R"] == (
+        "+1.0 (1 seed, no interval), not separated (Holm: not separated)")
     assert table(comparison_table(comparisons, plain=True))["pkt"]["MAP@R"] == "+1.0"
     assert comparisons[0].difference.verdict == "not separated"
     s = seed_summary("x", rows, comparisons)
     assert s == pytest.approx({"x.relaxed.map@r.mean": 0.31, "x.relaxed.map@r.n": 1,
                                "x.pkt.map@r.mean": 0.30, "x.pkt.map@r.n": 1,
                                "x.relaxed_vs_pkt.map@r.diff": 0.01, "x.relaxed_vs_pkt.map@r.n": 1,
-                               "x.relaxed_vs_pkt.map@r.verdict": 0})
+                               "x.relaxed_vs_pkt.map@r.verdict": 0, "x.relaxed_vs_pkt.map@r.verdict_holm": 0})  # no p
 
 
 def test_seeds_without_spread_are_no_zero_width_interval():

@@ -4,6 +4,7 @@ import math
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,3 +216,80 @@ def test_importing_the_module_pulls_in_neither_torch_nor_scipy_stats():
     code = "import sys, pipeline.stats; print([m for m in ('torch', 'scipy.stats') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- Holm's correction, against statsmodels' multipletests(method="holm") as the oracle ------------------
+
+@pytest.mark.parametrize("p_values", [
+    [0.01, 0.04, 0.03, 0.005],
+    [0.02, 0.02, 0.02],                          # ties
+    [0.001, 0.2, 0.5, 0.049, 0.011, 0.9, 0.03],
+    [0.6],
+    [1e-6, 0.5, 1.0, 0.0124, 0.013],  # (not 0.0125: 4 x 0.0125 = alpha, where statsmodels rejects on <=)
+])
+def test_holm_matches_statsmodels(p_values):
+    from statsmodels.stats.multitest import multipletests
+
+    from pipeline.stats import holm
+
+    rejected, adjusted, _, _ = multipletests(p_values, alpha=0.05, method="holm")
+    assert holm(p_values) == pytest.approx(list(adjusted), abs=1e-15)
+    assert [p < 0.05 for p in holm(p_values)] == list(rejected)
+
+
+def test_holm_by_hand_and_a_comparison_without_p_still_counts():
+    from pipeline.stats import holm
+
+    # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, 2 x 0.02, max(0.04, 0.04) (Holm 1979)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    # m = 4 with a comparison that has no p (no spread): 4 x 0.01, 3 x 0.02, 2 x 0.3
+    adjusted = holm([0.01, None, 0.02, 0.3])
+    assert adjusted[1] is None and adjusted[0] == pytest.approx(0.04) and adjusted[2] == pytest.approx(0.06)
+    assert adjusted[3] == pytest.approx(0.6)
+
+
+def test_p_value_is_the_paired_t_test_and_agrees_with_the_interval():
+    import scipy.stats
+
+    from pipeline.stats import p_value, paired_difference
+
+    a = {0: 0.51, 1: 0.55, 2: 0.49, 3: 0.53, 4: 0.50}
+    b = {0: 0.50, 1: 0.52, 2: 0.49, 3: 0.50, 4: 0.485}
+    d = paired_difference(a, b)
+    assert p_value(d.interval) == pytest.approx(scipy.stats.ttest_rel(list(a.values()), list(b.values())).pvalue)
+    assert (p_value(d.interval) < 0.05) == (d.verdict != "not separated")
+
+
+STUDY = Path(__file__).resolve().parents[1] / "reports" / "study"
+
+
+def study_families() -> dict[str, list[tuple[str, float, float, int, int]]]:
+    """setting -> (comparison key, diff, sd, n, committed verdict) of every comparison the committed
+    multi-seed study made, read from its summary.json files."""
+    import json
+
+    families: dict[str, list] = {}
+    for summary_path in sorted(STUDY.glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        for key in sorted(k[:-len(".diff")] for k in summary if k.endswith(".diff")):
+            families.setdefault(key.split(".")[0], []).append(
+                (key, summary[f"{key}.diff"], summary.get(f"{key}.sd"), summary[f"{key}.n"], summary[f"{key}.verdict"]))
+    return families
+
+
+def test_holm_on_the_committed_studys_comparisons_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    from pipeline.stats import Interval, holm, p_value, verdict_at
+
+    families = study_families()
+    assert families, "the committed study's summary.json files are missing"
+    for setting, comparisons in families.items():
+        ps = [p_value(Interval(n=n, mean=diff, sd=sd, ci_low=None, ci_high=None)) for _, diff, sd, n, _ in comparisons]
+        assert all(p is not None for p in ps), setting
+        # The per-comparison verdicts the study committed are the p < 0.05 ones.
+        assert [verdict_at(p, c[1]) for p, c in zip(ps, comparisons)] == [
+            {1: "better", 0: "not separated", -1: "worse"}[c[4]] for c in comparisons]
+        rejected, adjusted, _, _ = multipletests(ps, alpha=0.05, method="holm")
+        assert holm(ps) == pytest.approx(list(adjusted), rel=1e-12)
+        assert [p < 0.05 for p in holm(ps)] == list(rejected)
