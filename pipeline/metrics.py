@@ -113,5 +113,8 @@ for _metric in (
     Metric("embedding_dim", "Dim", "int"),
     Metric("parameters", "Params", "params"),
     Metric("ms_per_image", "ms/img", "ms", "lower", over_seeds=False),
+    # The relaxed loss's mean soft label, same-class minus other-class pairs, on the embedding a teacher
+    # hands its students (train images; pipeline/eval/label_gap.py): a diagnostic of the teacher, no score.
+    Metric("label_gap", "Label gap (train)", "float"),
 ):
     register(_metric)

@@ -14,7 +14,8 @@ from pipeline.metrics import Metric
 from pipeline.replica import Replica, replicas
 from pipeline.seed_report import SeedRow, seed_section
 from pipeline.setting import TRANSFER_SETTINGS, Role, Setting
-from pipeline.stage_spec import METRICS, classifier_teacher_dir, eval_dir, pixels_id, teacher_id, transferred_id
+from pipeline.stage_spec import (METRICS, classifier_teacher_dir, eval_dir, pixels_id, teacher_dir, teacher_id,
+                                 transferred_id)
 
 
 @dataclass(frozen=True)
@@ -131,12 +132,16 @@ def reference_rows(params: Params, teacher: str) -> list[tuple[str, str, dict[st
     """(label, model id, metrics) of raw pixels, the teacher's own output and the embedding it hands its
     students (`teacher_embedding`), which differ: SimCLR is scored on pooled features and transfers its
     projection; the Proxy-Anchor teacher is scored raw and transfers its normalised embedding, which is
-    what the Proxy-Anchor repo scores (cosine)."""
+    what the Proxy-Anchor repo scores (cosine). The transferred row also carries the relaxed loss's label
+    gap on train images, from the teacher's training summary (`pipeline.eval.label_gap`)."""
     t = params.teachers[teacher]
-    return [(label, key, read_metrics(eval_dir(key) / "metrics.json")) for label, key in (
+    rows = [(label, key, read_metrics(eval_dir(key) / METRICS)) for label, key in (
         ("raw pixels", pixels_id(teacher)),
         (f"teacher ({t.model.backbone})", teacher_id(teacher)),
         (f"teacher ({t.model.backbone}), transferred: {TRANSFERRED[t.transfer_embedding]}", transferred_id(teacher)))]
+    trained = read_metrics(teacher_dir(teacher) / METRICS)
+    rows[2][2].update({key: trained[key] for key in ("label_gap",) if key in trained})
+    return rows
 
 
 def transfer_seed_rows(params: Params, setting: Setting, teacher: str) -> list[SeedRow]:

@@ -341,6 +341,8 @@ def _cell(row: SeedRow, column: Metric, digits: int, plain: bool = False) -> str
         return "-"
     if len(values) > 1:
         return "varies over seeds: " + ", ".join(str(v) for v in sorted(values))
+    if kind == "float":
+        return f"{float(values.pop()):.3f}"
     value = int(values.pop())
     return str(value) if kind != "params" else ("-" if value == 0 else _count(value))
 

@@ -1,11 +1,5 @@
-"""How much the relaxed contrastive loss can learn from a trained teacher: the mean of its soft pair labels
-w_ij = exp(-||t_i - t_j||^2 / sigma) (Kim et al., CVPR 2021, Sec. 3) over same-class and other-class pairs
-of train images, with the teacher embedding its students receive and the loss's own `teacher_weights`.
-
-Why: the loss attracts every pair by w_ij and repels it by 1 - w_ij, so what it transfers is the gap
-between the two means. A teacher whose normalised embeddings sit in a narrow cone gives every pair
-nearly the same label, while scale-free losses (RKD divides distances by their mean) still see its
-ranking. Train images only: a diagnostic must not look at the test split.
+"""The relaxed loss's label gap of a trained teacher (`pipeline.eval.label_gap`, which the teacher stage
+also writes into the report) for any relaxed_contrastive entry of `losses` and any number of images.
 
 Usage, after the teacher's stage has run (reads params.yaml and outputs/teachers/TEACHER/model.pt):
   python scripts/teacher_weights.py TEACHER [--loss NAME] [--images N]
@@ -14,19 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-
-import torch
-from torch import Tensor
-
-
-def class_pair_means(values: Tensor, labels: Tensor) -> tuple[float, float]:
-    """Mean of a square pair matrix over same-class pairs (i != j) and over other-class pairs."""
-    same = labels[:, None] == labels[None, :]
-    same.fill_diagonal_(False)
-    other = labels[:, None] != labels[None, :]
-    if not same.any() or not other.any():
-        raise ValueError("need at least two images of one class and two classes")
-    return values[same].mean().item(), values[other].mean().item()
 
 
 def main(argv: list[str]) -> str:
@@ -39,10 +20,9 @@ def main(argv: list[str]) -> str:
         raise ValueError(f"--images must be at least 4, got {args.images}")
 
     from pipeline.config import load_params
-    from pipeline.data.augment import build_augmentation
     from pipeline.data.loading import load_images
-    from pipeline.losses import registry
-    from pipeline.models.embedding_model import teacher_embedding
+    from pipeline.eval.label_gap import teacher_label_gap
+    from pipeline.losses import loss_class
     from pipeline.models.loading import load_teacher
     from pipeline.stage_spec import teacher_dir
     from pipeline.report import RELAXED
@@ -55,21 +35,16 @@ def main(argv: list[str]) -> str:
         raise KeyError(f"losses.{args.loss} is not a relaxed_contrastive entry of params.yaml "
                        f"(those are: {', '.join(relaxed) or 'none'})")
     teacher_cfg = params.teachers[args.teacher]
-    loss = registry.build(RELAXED, **params.losses[args.loss].params)
+    sigma = loss_class(RELAXED).Params(**params.losses[args.loss].params).sigma
     teacher, _ = load_teacher(teacher_dir(args.teacher) / "model.pt", teacher_cfg)
-
     images = load_images(params.data, "train", teacher_cfg.train_classes)
-    rows = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: args.images]
-    preprocess = build_augmentation("none", params.data.image_size, images.channels, images.mean, images.std)
-    with torch.no_grad():
-        embedded = teacher_embedding(teacher, preprocess(images.images[rows]), teacher_cfg.transfer_embedding)
-    labels = images.labels[rows]
-    w_same, w_other = class_pair_means(loss.teacher_weights(embedded), labels)
-    unit = torch.nn.functional.normalize(embedded, dim=1)
-    cos_same, cos_other = class_pair_means(unit @ unit.T, labels)
-    return (f"teacher {args.teacher} ({teacher_cfg.transfer_embedding}), losses.{args.loss} sigma {loss.params.sigma}, "
-            f"{len(rows)} train images: mean w same-class {w_same:.3f}, other-class {w_other:.3f} "
-            f"(gap {w_same - w_other:.3f}); mean cosine same-class {cos_same:.3f}, other-class {cos_other:.3f}")
+    count = min(args.images, len(images))
+    gap = teacher_label_gap(teacher, images, teacher_cfg.transfer_embedding, sigma, params.data.image_size, seed=0,
+                            count=count)
+    return (f"teacher {args.teacher} ({teacher_cfg.transfer_embedding}), losses.{args.loss} sigma {gap['label_gap_sigma']}, "
+            f"{count} train images: mean w same-class {gap['label_w_same']:.3f}, other-class {gap['label_w_other']:.3f} "
+            f"(gap {gap['label_gap']:.3f}); mean cosine same-class {gap['cosine_same']:.3f}, "
+            f"other-class {gap['cosine_other']:.3f}")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ def test_a_registered_metric_reaches_metrics_report_summary_and_mlflow(tmp_path,
         eval_dir(model).mkdir(parents=True, exist_ok=True)
         (eval_dir(model) / "metrics.json").write_text((eval_dir(models[0]) / "metrics.json").read_text())
 
+    (tmp_path / "outputs/teachers/simclr").mkdir(parents=True)
+    (tmp_path / "outputs/teachers/simclr/metrics.json").write_text(json.dumps({"steps": 2}))
     written = json.loads((eval_dir(models[0]) / "metrics.json").read_text())
     assert written["centroid_top1"] == scores["centroid_top1"]
     finished = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)

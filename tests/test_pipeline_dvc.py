@@ -366,9 +366,9 @@ def test_a_loss_code_change_retrains_its_students_from_step_zero(repro):
                      for name in ("teacher-simclr", "simclr-small-own_objective-seed0")}
     loss = root / "pipeline/losses/relaxed_contrastive.py"
     source = loss.read_text()
-    assert "return weighted_contrastive(distances, weights, self.delta)" in source
-    loss.write_text(source.replace("return weighted_contrastive(distances, weights, self.delta)",
-                                   "return weighted_contrastive(distances, weights.square(), self.delta)"))
+    assert "return weighted_contrastive(distances, weights, self.params.delta)" in source
+    loss.write_text(source.replace("return weighted_contrastive(distances, weights, self.params.delta)",
+                                   "return weighted_contrastive(distances, weights.square(), self.params.delta)"))
     out = run([str(BIN / "dvc"), "repro"], root, env).stdout
     assert "Running stage 'transfer@simclr-small-relaxed-0'" in out
     retrained = json.loads((student / "metrics.json").read_text())

@@ -53,10 +53,15 @@ def _table1_params(ks=(1, 2, 4, 8)):
 
 
 def _write_metrics(model_id: str, metrics: dict) -> None:
-    from pipeline.stage_spec import eval_dir
+    """An evaluation's metrics file; for a teacher's own output also its training summary (label gap 0.25)."""
+    from pipeline.stage_spec import eval_dir, teacher_dir
 
     eval_dir(model_id).mkdir(parents=True, exist_ok=True)
     (eval_dir(model_id) / "metrics.json").write_text(json.dumps(metrics))
+    if model_id.startswith("teacher-") and not model_id.endswith("-transferred"):
+        teacher_dir(model_id.removeprefix("teacher-")).mkdir(parents=True, exist_ok=True)
+        (teacher_dir(model_id.removeprefix("teacher-")) / "metrics.json").write_text(
+            json.dumps({"steps": 100, "label_gap": 0.25}))
 
 
 def _retrieval(r1: float, map_r: float, dim: int, parameters: int) -> dict:
@@ -215,6 +220,10 @@ def test_the_report_aggregates_every_student_over_its_seeds(tmp_path, monkeypatc
                   "## Classification over seeds: wide", "# Every model", "## Table 1: proxy_anchor"):
         assert title in markdown, title
     assert "| raw pixels | " in markdown and "(1 seed, no interval)" in markdown  # a single run among replicas
+    transferred = next(line for line in markdown.splitlines()
+                       if line.startswith("| teacher (small_resnet), transferred: L2-normalised embedding |"))
+    header = next(line for line in markdown.splitlines() if line.startswith("| Model |") and "Label gap" in line)
+    assert transferred.split("|")[header.split("|").index(" Label gap (train) ")].strip() == "0.250"
     assert "same student (self-transfer), relaxed (relaxed_contrastive) | " in markdown
     assert "| same student, relaxed (relaxed_contrastive), seed 3 |" in markdown  # every replica on its own line
     figures = {p.name for p in (tmp_path / "reports" / "figures").iterdir()}
@@ -231,7 +240,7 @@ def test_one_seed_is_reported_without_an_interval(tmp_path, monkeypatch):
     markdown, summary = build_report(params, tmp_path / "reports" / "figures")
     assert "| same student (self-transfer), relaxed (relaxed_contrastive) | " in markdown
     line = next(l for l in markdown.splitlines() if l.startswith("| same student (self-transfer), relaxed"))
-    assert "| same student (self-transfer), relaxed (relaxed_contrastive) | 90.0 | 32.0 | 32.0 | 37.0 | 16 | 2.0k |" == line
+    assert "| same student (self-transfer), relaxed (relaxed_contrastive) | 90.0 | 32.0 | 32.0 | 37.0 | 16 | 2.0k | - |" == line
     assert "(1 seed, no interval)" not in markdown and "±" not in markdown
     assert markdown.count("(one seed)") == 3  # once per section over seeds, in its heading
     assert not [k for k in summary if k.endswith((".sd", ".ci_low", ".ci_high"))]

@@ -80,6 +80,9 @@ def test_a_student_added_with_its_role_gets_its_stages_paths_and_table1_block(tm
     for replica in replicas(params.classification.grid, Setting.CLASSIFICATION, "wide", params.seeds):
         replica.folder.mkdir(parents=True)
         (replica.folder / "metrics.json").write_text(json.dumps({"top1": 0.5}))
+    for name in ("simclr", "proxy_anchor"):
+        (tmp_path / "outputs/teachers" / name).mkdir(parents=True)
+        (tmp_path / "outputs/teachers" / name / "metrics.json").write_text(json.dumps({"steps": 2}))
     teacher = tmp_path / "outputs/classification/teachers/wide"
     teacher.mkdir(parents=True)
     (teacher / "metrics.json").write_text(json.dumps({"top1": 0.6}))

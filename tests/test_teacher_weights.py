@@ -1,6 +1,6 @@
-"""scripts/teacher_weights.py: the relaxed loss's soft labels averaged over same-class and other-class
-train pairs, the diagnostic behind docs/seeds-and-statistics.md's reading of Table 1 at CPU scale."""
-import importlib.util
+"""The relaxed loss's soft labels averaged over same-class and other-class train pairs
+(`pipeline.eval.label_gap`), by scripts/teacher_weights.py and in the teacher stage's metrics."""
+import json
 import math
 import re
 import subprocess
@@ -10,9 +10,8 @@ from faults_support import BIN, ROOT, make_repo, stage, tiny_params
 
 from pipeline.losses.relaxed_contrastive import RelaxedContrastiveLoss
 
-spec = importlib.util.spec_from_file_location("teacher_weights", ROOT / "scripts/teacher_weights.py")
-teacher_weights = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(teacher_weights)
+from pipeline.eval import label_gap as teacher_weights
+
 SCRIPT = str(ROOT / "scripts/teacher_weights.py")
 
 
@@ -48,6 +47,11 @@ def test_on_a_trained_teacher_the_line_is_consistent_with_its_cosines(tmp_path):
     assert found, result.stdout
     shown_sigma, w_same, w_other, cos_same, cos_other = map(float, found.groups())
     assert shown_sigma == sigma
+    # The teacher stage wrote the same diagnostic into its summary, on every train image of its classes.
+    summary = json.loads((tmp_path / "outputs/teachers/proxy_anchor/metrics.json").read_text())
+    every = subprocess.run([str(BIN / "python"), SCRIPT, "proxy_anchor", "--images", "100000"], check=True,
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120).stdout
+    assert f"(gap {summary['label_gap']:.3f})" in every and summary["label_gap_sigma"] == sigma
     for w, cos in ((w_same, cos_same), (w_other, cos_other)):
         assert 0 < w <= 1 and w >= math.exp(-(2 - 2 * cos) / sigma) - 1e-3
 

@@ -43,6 +43,10 @@ def teacher(params: Params, name: str, argv: list[str]) -> None:
             write_json(out / LOSS_CURVE, [])  # nothing was trained here
             metrics = {"steps": 0}
             run.log_metrics(metrics, step=0)
+        if infra.is_main_process():
+            gap = label_gap(params, name)
+            run.log_metrics(gap, step=int(metrics["steps"]))
+            metrics.update(gap)
         write_json(out / METRICS, metrics)
         if infra.is_main_process():
             from pipeline.eval.session import evaluate_and_save
@@ -64,6 +68,25 @@ def train(params: Params, name: str, section: dict, run: infra.RunLogger, stage:
     return train_and_save(objective, images, config.train, teacher_dir(name), section, run, stage,
                           lambda path: save_model(objective.model, spec, path), seed=params.seed,
                           samples_per_class=teacher_sampler(params, name))
+
+
+def label_gap(params: Params, name: str) -> dict[str, float]:
+    """The relaxed loss's label gap on the embedding teacher `name` hands its students (train images;
+    `pipeline.eval.label_gap`), at the sigma of the first relaxed-contrastive entry of its setting's grid
+    (the loss's default sigma where the grid has none)."""
+    from pipeline.data.loading import load_images
+    from pipeline.eval.label_gap import teacher_label_gap
+    from pipeline.losses import loss_class
+    from pipeline.models.loading import load_teacher
+    from pipeline.report import RELAXED
+
+    config = params.teachers[name]
+    entries = [params.losses[loss] for loss in params.transfer.of(config.setting).grid.loss
+               if params.losses[loss].name == RELAXED]
+    sigma = loss_class(RELAXED).Params(**(entries[0].params if entries else {})).sigma
+    teacher, _ = load_teacher(teacher_dir(name) / MODEL, config)
+    images = load_images(params.data, "train", config.train_classes)
+    return teacher_label_gap(teacher, images, config.transfer_embedding, sigma, params.data.image_size, params.seed)
 
 
 def fingerprint(params: Params, name: str) -> None:
