@@ -165,6 +165,22 @@ def test_crd_matches_nce_formula_and_updates_memory_in_training_only():
         loss(student, teacher, torch.tensor([0, 1, 20]))
 
 
+def test_crd_bank_update_with_a_repeated_item_writes_its_last_occurrence():
+    """Two views of one image put its index in the batch twice: the bank row takes the momentum update with
+    the later occurrence's embedding, as a serial loop over the batch would (a plain `memory[index] = ...`
+    lets threads race for the row, and two runs of a CRD stage differed)."""
+    loss = CRDLoss(student_dim=5, teacher_dim=7, n_data=10, feat_dim=4, num_negatives=3).double()
+    generator = torch.Generator().manual_seed(3)
+    index = torch.tensor([4, 7, 4, 1, 7, 4])
+    embeddings = F.normalize(torch.randn(6, 4, generator=generator, dtype=torch.float64), dim=1)
+    expected = loss.student_memory.clone()
+    for row, item in enumerate(index.tolist()):  # the serial reference: later rows overwrite earlier ones
+        mixed = loss.student_memory[item] * loss.momentum + embeddings[row] * (1 - loss.momentum)
+        expected[item] = mixed / mixed.norm()
+    loss._update(loss.student_memory, index, embeddings)
+    torch.testing.assert_close(loss.student_memory, expected, rtol=0, atol=1e-15)
+
+
 def test_crd_scores_the_same_by_whole_bank_matmul_and_by_gathered_rows():
     """`_scores` has two paths (a matmul over the whole bank, or the official code's gathered rows): each
     matches the NCE re-derivation and both give the same gradients and bank updates, in float64."""

@@ -180,5 +180,13 @@ class CRDLoss(Loss):
 
     @torch.no_grad()
     def _update(self, memory: Tensor, index: Tensor, embeddings: Tensor) -> None:
-        mixed = memory[index] * self.momentum + embeddings.detach().to(memory.dtype) * (1 - self.momentum)
-        memory[index] = F.normalize(mixed, dim=1)
+        """Momentum update of the bank rows of `index`. A batch can hold an item twice (two views of one
+        image, a class-balanced sampler's repeat): the last occurrence is written, as a serial loop
+        would. Written by hand because `memory[index] = ...` with repeated indices lets threads (and GPU
+        blocks) race for the row, so two runs of one stage trained different CRD students."""
+        position = torch.arange(index.numel(), device=index.device)
+        last = torch.full((self.n_data,), -1, dtype=position.dtype, device=index.device)
+        last = last.scatter_reduce(0, index, position, reduce="amax")  # a max: the same in any order
+        keep = position[last[index] == position]
+        mixed = memory[index[keep]] * self.momentum + embeddings[keep].detach().to(memory.dtype) * (1 - self.momentum)
+        memory[index[keep]] = F.normalize(mixed, dim=1)
