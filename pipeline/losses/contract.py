@@ -72,6 +72,17 @@ class Loss(nn.Module):
     def reads_labels(cls, params: LossParams) -> bool:
         return "labels" in cls.inputs_for(params)
 
+    def __getattr__(self, name: str) -> Any:
+        """A user parameter reads from `self.params`, the one place it is kept (`loss.temperature` is
+        `loss.params.temperature`); everything else as nn.Module finds it."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            params = self.__dict__.get("params")
+            if isinstance(params, LossParams) and name in type(params).model_fields:
+                return getattr(params, name)
+            raise
+
     def extra_repr(self) -> str:
         """The user parameters, from the one place they are kept (`self.params`, where a loss has them)."""
         params = getattr(self, "params", None)

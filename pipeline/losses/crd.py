@@ -84,9 +84,6 @@ class CRDLoss(Loss):
         self.params = self.checked_params(feat_dim=feat_dim, num_negatives=num_negatives, temperature=temperature,
                                           momentum=momentum)
         self.n_data = n_data
-        self.num_negatives = num_negatives
-        self.temperature = temperature
-        self.momentum = momentum
         self.score_every_entry = n_data <= DENSE_SCORING_MAX_RATIO * (num_negatives + 1)
         self.student_head = L2Head(student_dim, feat_dim)
         self.teacher_head = L2Head(teacher_dim, feat_dim)

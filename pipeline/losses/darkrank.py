@@ -53,11 +53,6 @@ class HardDarkRankLoss(Loss):
         super().__init__()
         self.params = self.checked_params(alpha=alpha, beta=beta, list_length=list_length,
                                           triplet_margin=triplet_margin, triplet_weight=triplet_weight)
-        self.alpha = alpha
-        self.beta = beta
-        self.list_length = list_length
-        self.triplet_margin = triplet_margin
-        self.triplet_weight = triplet_weight
 
     def teacher_lists(self, teacher: Tensor) -> Tensor:
         """(n, list_length) indices of each row's nearest other rows, nearest first."""

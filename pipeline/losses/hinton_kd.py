@@ -19,7 +19,6 @@ class HintonKDLoss(Loss):
     def __init__(self, temperature: float = 4.0):
         super().__init__()
         self.params = self.checked_params(temperature=temperature)
-        self.temperature = temperature
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         check_pair(student, teacher, min_rows=1)

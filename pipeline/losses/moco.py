@@ -33,8 +33,6 @@ class MoCoLoss(Loss):
         check_positive("embedding_dim", embedding_dim)
         self.params = self.checked_params(queue_size=queue_size, temperature=temperature)
         self.embedding_dim = embedding_dim
-        self.queue_size = queue_size
-        self.temperature = temperature
         self.criterion = _LightlyNTXent(
             temperature=temperature, memory_bank_size=(queue_size, embedding_dim), gather_distributed=True
         )

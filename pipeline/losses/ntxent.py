@@ -24,7 +24,6 @@ class NTXentLoss(Loss):
     def __init__(self, temperature: float = 0.5):
         super().__init__()
         self.params = self.checked_params(temperature=temperature)
-        self.temperature = temperature
         self.criterion = _LightlyNTXent(temperature=temperature, gather_distributed=True)
 
     def forward(self, view0: Tensor, view1: Tensor) -> Tensor:

@@ -27,7 +27,6 @@ class PKTLoss(Loss):
     def __init__(self, eps: float = 1e-7):
         super().__init__()
         self.params = self.checked_params(eps=eps)
-        self.eps = eps
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         check_pair(student, teacher)

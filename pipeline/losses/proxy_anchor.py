@@ -44,8 +44,6 @@ class ProxyAnchorLoss(Loss):
         check_positive("embedding_dim", embedding_dim)
         self.params = self.checked_params(margin=margin, alpha=alpha)
         self.num_classes = num_classes
-        self.margin = margin
-        self.alpha = alpha
         self.proxies = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
 

@@ -52,9 +52,6 @@ class RKDLoss(Loss):
         super().__init__()
         self.params = self.checked_params(distance_weight=distance_weight, angle_weight=angle_weight,
                                           angle_max_rows=angle_max_rows)
-        self.distance_weight = distance_weight
-        self.angle_weight = angle_weight
-        self.angle_max_rows = angle_max_rows
 
     def angle_anchors(self, n: int, device: torch.device) -> Tensor:
         if self.angle_max_rows is None or self.angle_max_rows >= n:
