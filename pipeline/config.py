@@ -314,18 +314,56 @@ class StudentConfig(Strict):
     role: Role
 
 
+class TunedConfig(Strict):
+    """What the hyperparameter search chose for one loss in one setting (pipeline/search, on the validation
+    split): its params over the loss's, the Proxy-Anchor weight, and the learning rate of its students."""
+
+    params: dict[str, Any] = {}
+    proxy_anchor_weight: NonNegativeFloat | None = None
+    lr: PositiveFloat | None = None
+
+
 class LossConfig(Strict):
     name: str  # a registered loss (checked with its params by pipeline.contracts) or the control
     params: dict[str, Any] = {}  # checked against the loss's declared `Params` model (pipeline.contracts)
     # Weight of the Proxy-Anchor term added on the student embedding; None: the paper's choice, declared by
     # the loss (`proxy_anchor`: 1 for FitNet, Attention and CRD, 0 otherwise).
     proxy_anchor_weight: NonNegativeFloat | None = None
+    # Setting -> the values the search chose there (a loss may serve both transfer settings, and each is
+    # searched on its own validation split). Written by `python -m pipeline.search`, never by hand.
+    tuned: dict[Literal[tuple(TRANSFER_SETTINGS)], TunedConfig] = {}
 
     @model_validator(mode="after")
     def _control_takes_no_params(self) -> "LossConfig":
-        if self.name == TEACHER_OBJECTIVE and self.params:
-            raise ValueError(f"the {TEACHER_OBJECTIVE} control takes no params, got {sorted(self.params)}")
+        if self.name == TEACHER_OBJECTIVE and (self.params or any(t.params or t.proxy_anchor_weight is not None
+                                                                  for t in self.tuned.values())):
+            raise ValueError(f"the {TEACHER_OBJECTIVE} control takes no params (only a tuned lr)")
         return self
+
+    def in_setting(self, setting: Setting) -> "LossConfig":
+        """This entry as its students in `setting` train with it: the search's values over the declared ones."""
+        tuned = self.tuned.get(setting)
+        if tuned is None:
+            return self.model_copy(update={"tuned": {}})
+        weight = self.proxy_anchor_weight if tuned.proxy_anchor_weight is None else tuned.proxy_anchor_weight
+        return self.model_copy(update={"params": {**self.params, **tuned.params}, "proxy_anchor_weight": weight,
+                                       "tuned": {}})
+
+    def train_in(self, setting: Setting, train: TrainConfig) -> TrainConfig:
+        """`train` (its setting's section) with the learning rate the search chose for this loss, if any."""
+        lr = self.tuned[setting].lr if setting in self.tuned else None
+        if lr is None:
+            return train
+        return train.model_copy(update={"optimizer": train.optimizer.model_copy(update={"lr": lr})})
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler):
+        """Without `tuned` when nothing was tuned, so an untuned entry's dotted keys, MLflow params and
+        checkpoint fingerprints are those of params.yaml."""
+        dumped = handler(self)
+        if not self.tuned:
+            dumped.pop("tuned", None)
+        return dumped
 
 
 class Grid(Strict):
@@ -502,6 +540,36 @@ class ClassificationConfig(Strict):
         return self
 
 
+class ValidationConfig(Strict):
+    """The split every hyperparameter is chosen on (pipeline/search), never the test split (Musgrave et al.,
+    A Metric Learning Reality Check, ECCV 2020). Metric learning: class-disjoint, as test is: `classes` are
+    held out of the metric teachers' train classes, a search teacher is trained on the rest by its own recipe,
+    and students are scored on the held-out classes' train images, the way Table 1 scores the unseen ones.
+    Self-supervised: `fraction` of the train images, held out of the search teacher's and students' training."""
+
+    classes: tuple[Annotated[int, Field(ge=0)], ...] = ()  # none: the metric-learning grid cannot be searched
+    fraction: Fraction = 0.1
+    # Validation images scored per trial and checkpoint at most (a seeded subset; MAP@R on all of them costs
+    # more than the training step on 2 cores).
+    max_images: PositiveInt = 2000
+
+
+class SearchConfig(Strict):
+    """The hyperparameter search (pipeline/search): the same budget, sampler and pruner for every loss of a
+    transfer grid, each loss drawing its declared space (`Loss.search_space`) and the learning rate."""
+
+    trials: PositiveInt = 8  # per (setting, loss), counted over every worker of the study
+    student: str | None = None  # the student every trial trains (a key of `students`); null: each grid's first
+    # Validation MAP@R is reported every this many steps; Optuna's median pruner stops a trial below the
+    # median of earlier trials at the same step (after `startup_trials` complete ones).
+    report_every_steps: PositiveInt = 25
+    startup_trials: Annotated[int, Field(ge=0)] = 3
+    lr_factor: PositiveFloat = 4.0  # lr drawn log-uniformly within [lr / factor, lr * factor] of its section
+    # Optuna's storage: an RDB URL (the team PostgreSQL, docs/team-scale.md), so several processes or nodes
+    # share one study; null: a SQLite file under outputs/search.
+    storage: str | None = None
+
+
 class MlflowConfig(Strict):
     experiment: str = "embedding-transfer"
 
@@ -528,6 +596,8 @@ class Params(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     classification: ClassificationConfig = ClassificationConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    validation: ValidationConfig = ValidationConfig()
+    search: SearchConfig = SearchConfig()
     # Teacher name -> an official Proxy-Anchor source checkpoint (LabelRelaxation's
     # download_pretrained_source_models.sh files) that its teacher stage loads instead of training it.
     # `teachers.NAME` still says what the model is; its `train` section and `model.weights_path` (how it
@@ -600,6 +670,18 @@ class Params(Strict):
                 raise ValueError(f"released_teachers.{name}: the released sources are Proxy-Anchor models, so "
                                  f"teachers.{name} needs method proxy_anchor and the entry a file path (got method "
                                  f"{teacher.method!r}, path {path!r})")
+        if self.search.student is not None and self.search.student not in self.students:
+            raise ValueError(f"search.student: {self.search.student!r} is not in students "
+                             f"(declared: {', '.join(self.students) or 'none'})")
+        for teacher in self.transfer.metric_learning.grid.teacher if self.validation.classes else ():
+            # A teacher without train_classes trains on every class of the train split (CUB, Cars, SOP: the
+            # class-disjoint half), which only the dataset knows: pipeline.search.split checks those.
+            declared, held = self.teachers[teacher].train_classes, set(self.validation.classes)
+            if len(held) < 2 or (declared is not None and (not held <= set(declared)
+                                                           or len(set(declared) - held) < 2)):
+                raise ValueError(f"validation.classes: {list(self.validation.classes)} must be two or more of "
+                                 f"teachers.{teacher}.train_classes {list(self.teachers[teacher].train_classes or ())}"
+                                 ", leaving two or more to fit on (the test classes are never validated on)")
         for name, teacher in self.teachers.items():
             if teacher.train_classes is not None:
                 bad = [c for c in teacher.train_classes if c >= 1000]

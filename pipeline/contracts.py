@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pipeline.config import TEACHER_OBJECTIVE, ConfigError, DistillationMethodConfig, LossConfig, Params, load_params
 from pipeline.losses.contract import Loss, describe_error
 from pipeline.losses.registry import loss_class, names
+from pipeline.setting import Setting
 
 
 def _registered(name: str, where: str) -> type[Loss]:
@@ -68,6 +69,8 @@ def check_loss(loss: LossConfig, where: str) -> None:
         raise ConfigError(f"{where}.name: {loss.name!r} is not a transfer loss (a teacher's objective or a "
                           "classifier term)")
     _check_params(where, cls, loss.params)
+    for setting, tuned in loss.tuned.items():  # the search's values, as its students will train with them
+        _check_params(f"{where}.tuned.{setting}", cls, {**loss.params, **tuned.params})
 
 
 def check_method(method: DistillationMethodConfig, where: str) -> None:
@@ -89,7 +92,8 @@ def check_contracts(params: Params, losses: Iterable[str] | None = None, methods
     try:
         for key in params.losses if losses is None else [k for k in losses if k in params.losses]:
             check_loss(params.losses[key], f"losses.{key}")
-            if key in params.transfer.self_supervised.grid.loss and uses_labels(params.losses[key]):
+            if (key in params.transfer.self_supervised.grid.loss
+                    and uses_labels(params.losses[key].in_setting(Setting.SELF_SUPERVISED))):
                 raise ConfigError(
                     f"transfer.self_supervised.grid.loss: {key!r} reads class labels (a Proxy-Anchor, triplet "
                     "or label term), which the self-supervised setting does not have; set its "

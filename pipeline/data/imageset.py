@@ -41,6 +41,10 @@ class ImageSet:
     def image_size(self) -> int:
         return int(self.images.shape[-1])
 
+    def rows(self, indices: torch.Tensor) -> "ImageSet":
+        """The images at `indices`, labels and statistics kept (the statistics stay the whole set's)."""
+        return replace(self, images=self.images[indices], labels=self.labels[indices])
+
 
 @dataclass(frozen=True)
 class FileImageSet:

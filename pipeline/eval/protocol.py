@@ -28,7 +28,7 @@ def subsample(images: ImageSet, count: int | None, seed: int) -> ImageSet:
     if count is None or count >= len(images):
         return images
     keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    return ImageSet(images.name, images.images[keep], images.labels[keep], images.num_classes, images.mean, images.std)
+    return images.rows(keep)
 
 
 def pixel_features(images: ImageSet, preprocess: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -100,6 +100,20 @@ def evaluate(
     else:
         metrics["parameters"] = 0
     return metrics, test_x.cpu()
+
+
+def retrieval_score(model: torch.nn.Module, images: ImageSet, evaluation: cfg.EvaluationConfig, image_size: int,
+                    key: str = "map@r") -> float:
+    """One retrieval metric of `model` on `images` (leave-one-out, as `evaluate` scores the test split): what
+    the search reads on the validation split while a trial trains."""
+    preprocess = build_augmentation("none", image_size, images.channels, images.mean, images.std)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    features, _ = extract_features(model, images.images, batch_size=evaluation.batch_size, device=device,
+                                   transform=preprocess, on_device=True)
+    retrieval = evaluation.retrieval
+    return retrieval_metrics(features.float(), images.labels.to(features.device), ks=(1,),
+                             distance=retrieval.distance, memory_budget_bytes=retrieval.memory_budget_mb * 2**20,
+                             nmi=False)[key]
 
 
 def evaluation_figures(out_dir: Path, test: ImageSet, embeddings: torch.Tensor, params: cfg.Params,

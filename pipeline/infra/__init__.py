@@ -16,9 +16,9 @@ from pipeline.infra.endpoint import parse_endpoint
 from pipeline.infra.launch import is_main_process, relaunch_under_torchrun
 from pipeline.infra.run_logger import RunLogger, start_run
 from pipeline.infra.runs import dotted_keys, owner_is_gone, process_owner
-from pipeline.infra.store import TrackingUnavailableError
+from pipeline.infra.store import TrackingUnavailableError, redact_uri
 from pipeline.infra.views import publish_report
 
 __all__ = ["RunLogger", "TrackingUnavailableError", "code_digest", "dotted_keys", "imported_project_modules",
            "is_main_process", "manifest_path", "owner_is_gone", "parse_endpoint", "prestart_agent", "process_owner",
-           "publish_report", "relaunch_under_torchrun", "start_run", "unlisted_imports", "write_manifest"]
+           "publish_report", "redact_uri", "relaunch_under_torchrun", "start_run", "unlisted_imports", "write_manifest"]

@@ -8,6 +8,7 @@ recipes read these declarations; nothing outside `pipeline/losses/` keeps lists 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -24,6 +25,17 @@ FEATURES = ("embedding", "pooled", "stage_maps", "logits")
 RUNTIME_ARGS = ("student_channels", "teacher_channels", "student_dim", "teacher_dim", "n_data",
                 "num_classes", "embedding_dim", "dataset_labels")
 Role = Literal["transfer", "teacher", "supervised"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """One dimension of a loss's search space (pipeline/search): a float between `low` and `high`, drawn on a
+    log scale where `log`. A log range cannot hold 0, so a weight params.yaml sets to 0 (a term switched off,
+    as DarkRank's triplet term in the self-supervised setting) stays off and is not searched."""
+
+    low: float
+    high: float
+    log: bool = True
 
 
 class LossParams(BaseModel):
@@ -53,6 +65,9 @@ class Loss(nn.Module):
       embedding (FitNet, Attention, CRD; Kim et al. 2021, Sec. 4.1).
     - `runtime_args`: constructor arguments the stage supplies (`RUNTIME_ARGS`).
     - `Params`: the typed model of every other constructor argument, with the same defaults.
+    - `search_space`: the `Params` fields the hyperparameter search draws (pipeline/search), each a `Range`
+      around the authors' default; the search adds the learning rate, and the Proxy-Anchor weight where
+      `proxy_anchor`, alike for every loss.
     """
 
     role: ClassVar[Role] = "transfer"
@@ -61,6 +76,7 @@ class Loss(nn.Module):
     proxy_anchor: ClassVar[bool] = False
     runtime_args: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type[LossParams]] = LossParams
+    search_space: ClassVar[Mapping[str, Range]] = {}
     params: LossParams  # this instance's validated values (set by the subclass's constructor)
 
     @classmethod

@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from pipeline.distributed import gather_batch, mean_over_ranks
-from pipeline.losses.contract import Loss, LossParams
+from pipeline.losses.contract import Loss, LossParams, Range
 from pipeline.losses.validation import PositiveFloat, PositiveInt, check_in_range, check_pair, check_positive
 
 
@@ -66,6 +66,9 @@ class CRDLoss(Loss):
         num_negatives: PositiveInt = 4096
         temperature: PositiveFloat = 0.07
         momentum: Annotated[float, Field(ge=0, lt=1)] = 0.5
+
+    # The NCE temperature, RepDistiller's 0.07, from 0.02 to 0.5 (its weight is the Proxy-Anchor weight's ratio).
+    search_space = {"temperature": Range(0.02, 0.5)}
 
     def __init__(
         self,

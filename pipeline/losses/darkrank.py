@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.distributed import gather_batch
-from pipeline.losses.contract import Loss, LossParams
+from pipeline.losses.contract import Loss, LossParams, Range
 from pipeline.losses.distances import pairwise_distances
 from pipeline.losses.triplet import triplet_margin_loss
 from pipeline.losses.validation import NonNegativeFloat, PositiveFloat, PositiveInt, check_labels, check_pair
@@ -36,6 +36,10 @@ class HardDarkRankLoss(Loss):
         list_length: PositiveInt = 4
         triplet_margin: NonNegativeFloat = 0.2
         triplet_weight: NonNegativeFloat = 1.0
+
+    # alpha, beta: the paper's 3 (Chen et al., Sec. 4.2) within [1, 10]; the triplet term's weight against the
+    # list term a factor of ten either way (off, and not searched, where params.yaml sets it to 0).
+    search_space = {"alpha": Range(1.0, 10.0), "beta": Range(1.0, 10.0), "triplet_weight": Range(0.1, 10.0)}
 
     @classmethod
     def inputs_for(cls, params: LossParams) -> tuple[str, ...]:

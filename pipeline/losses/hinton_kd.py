@@ -3,7 +3,7 @@
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.losses.contract import Loss, LossParams
+from pipeline.losses.contract import Loss, LossParams, Range
 from pipeline.losses.validation import PositiveFloat, check_pair
 
 
@@ -15,6 +15,9 @@ class HintonKDLoss(Loss):
 
     class Params(LossParams):
         temperature: PositiveFloat = 4.0
+
+    # Hinton et al.'s soft-target temperature, RepDistiller's 4, from 1 to 16.
+    search_space = {"temperature": Range(1.0, 16.0)}
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()

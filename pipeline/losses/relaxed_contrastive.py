@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.distributed import gather_batch
-from pipeline.losses.contract import Loss
+from pipeline.losses.contract import Loss, Range
 from pipeline.losses.contrastive import DistanceParams, normalized_student_distances, weighted_contrastive
 from pipeline.losses.distances import pairwise_distances
 from pipeline.losses.validation import PositiveFloat, check_pair
@@ -25,6 +25,9 @@ class RelaxedContrastiveLoss(Loss):
 
     class Params(DistanceParams):
         sigma: PositiveFloat = 1.0
+
+    # sigma: the paper's 1 for every dataset, a factor of ten either way; delta: the margin, halved or doubled.
+    search_space = {"sigma": Range(0.1, 10.0), "delta": Range(0.5, 2.0)}
 
     def __init__(
         self, sigma: float = 1.0, delta: float = 1.0, normalize: str = "row", student_l2: bool = False

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.distributed import gather_batch
-from pipeline.losses.contract import Loss, LossParams
+from pipeline.losses.contract import Loss, LossParams, Range
 from pipeline.losses.distances import off_diagonal, pairwise_distances
 from pipeline.losses.validation import NonNegativeFloat, PositiveInt, check_pair
 
@@ -45,6 +45,9 @@ class RKDLoss(Loss):
         distance_weight: NonNegativeFloat = 1.0
         angle_weight: NonNegativeFloat = 2.0
         angle_max_rows: PositiveInt | None = None
+
+    # The paper's 1 and 2 (Park et al., Sec. 4), a factor of ten either way.
+    search_space = {"distance_weight": Range(0.1, 10.0), "angle_weight": Range(0.2, 20.0)}
 
     def __init__(
         self, distance_weight: float = 1.0, angle_weight: float = 2.0, angle_max_rows: int | None = None

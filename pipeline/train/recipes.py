@@ -96,7 +96,7 @@ def _transfer_objective(params: cfg.Params, replica: Replica, teacher: Embedding
     teacher_cfg = params.teachers[replica.teacher]
     setting = replica.setting
     section = params.transfer.of(setting)
-    loss_cfg = params.losses[replica.method]
+    loss_cfg = params.losses[replica.method].in_setting(setting)
     student_model = params.students[replica.student].model
     if loss_cfg.name == cfg.TEACHER_OBJECTIVE:
         augment = augment_for(teacher_cfg.augmentation, params.data, images)

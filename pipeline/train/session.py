@@ -25,8 +25,10 @@ from pipeline.stage_spec import LOSS_CURVE, MODEL
 
 def train_and_save(objective: Objective, images: ImageSet, train: TrainConfig, out: Path, settings: dict[str, Any],
                    logger: MetricLogger, description: str, save: Callable[[Path], None], *, seed: int,
-                   samples_per_class: int | None = None) -> dict[str, float]:
+                   samples_per_class: int | None = None,
+                   on_checkpoint: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Train into `out/checkpoints`, save `out/model.pt` through `save`, log and return the summary.
+    `on_checkpoint(step, epochs)` runs after each checkpoint (the search scores its trial there).
 
     The checkpoint folder is tied to `settings` and to the code this process has run (`code_fingerprint`):
     after a change to either, training starts over instead of resuming someone else's run.
@@ -38,7 +40,8 @@ def train_and_save(objective: Objective, images: ImageSet, train: TrainConfig, o
     if runtime.distributed:
         dist.barrier()
     result = fit(objective, images, train, seed=seed, samples_per_class=samples_per_class,
-                 checkpoint_dir=out / "checkpoints", logger=logger, description=description)
+                 checkpoint_dir=out / "checkpoints", logger=logger, description=description,
+                 on_checkpoint=on_checkpoint)
     if runtime.is_main:
         save(out / MODEL)
         write_json(out / LOSS_CURVE, loss_curve(result.losses))

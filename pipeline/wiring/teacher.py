@@ -83,7 +83,7 @@ def label_gap(params: Params, name: str) -> dict[str, float]:
     config = params.teachers[name]
     entries = [params.losses[loss] for loss in params.transfer.of(config.setting).grid.loss
                if params.losses[loss].name == RELAXED]
-    sigma = loss_class(RELAXED).Params(**(entries[0].params if entries else {})).sigma
+    sigma = loss_class(RELAXED).Params(**(entries[0].in_setting(config.setting).params if entries else {})).sigma
     teacher, _ = load_teacher(teacher_dir(name) / MODEL, config)
     images = load_images(params.data, "train", config.train_classes)
     return teacher_label_gap(teacher, images, config.transfer_embedding, sigma, params.data.image_size, params.seed)

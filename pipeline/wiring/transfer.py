@@ -18,8 +18,9 @@ def train_student(params: Params, replica: Replica, argv: list[str]) -> None:
     check_contracts(params, losses=(replica.method,), methods=())
     teacher_cfg = params.teachers[replica.teacher]
     transfer = params.transfer.of(replica.setting)
+    train = params.losses[replica.method].train_in(replica.setting, transfer.train)
 
-    infra.relaunch_under_torchrun("stages.transfer", argv, transfer.train, f"transfer.{replica.setting}.train")
+    infra.relaunch_under_torchrun("stages.transfer", argv, train, f"transfer.{replica.setting}.train")
 
     from pipeline.data.loading import load_images
     from pipeline.integrity import write_json
@@ -46,7 +47,7 @@ def train_student(params: Params, replica: Replica, argv: list[str]) -> None:
         out = replica.folder
         # A retrained teacher invalidates a half-trained student, so the teacher file is part of the fingerprint.
         settings = {**section, "teacher_sha256": file_sha256(teacher_path)}
-        metrics = train_and_save(objective, images, transfer.train, out, settings, run, stage,
+        metrics = train_and_save(objective, images, train, out, settings, run, stage,
                                  lambda path: save_model(objective.model, spec, path), seed=replica.seed,
                                  samples_per_class=sampler.samples_per_class if sampler else None)
         write_json(out / METRICS, metrics)

@@ -1,0 +1,68 @@
+"""The validation split every hyperparameter is chosen on (`params.yaml` `validation`), cut from the train split
+only: nothing here loads the test split, so no choice can see it (tests/test_search.py replaces the test split
+by a file that raises when read, and the search still completes).
+
+Metric learning (Table 1): class-disjoint, as its test is (Musgrave et al., A Metric Learning Reality Check,
+ECCV 2020, Sec. 3.3): `validation.classes` are held out of the teacher's train classes; the search trains on
+the rest and scores on the held-out classes' images. Self-supervised: a seeded `validation.fraction` of the
+train images is held out of every training; its labels serve only the score.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.config import Params
+from pipeline.data.imageset import ImageSet
+from pipeline.data.loading import load_images
+from pipeline.setting import Setting
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """What a search trains on (`fit`), what it scores (`validation`), and in words what the split is."""
+
+    fit: ImageSet
+    validation: ImageSet
+    description: str
+
+
+def validation_split(params: Params, setting: Setting, teacher: str) -> ValidationSplit:
+    """The split of `setting` for the students of `teacher` (whose train classes a metric split divides)."""
+    data, validation = params.data, params.validation
+    if setting is Setting.METRIC_LEARNING:
+        held_out = set(validation.classes)
+        if not held_out:
+            raise ValueError("validation.classes: none declared, so the metric-learning grid has no class-disjoint "
+                             "validation split to search on; hold out two or more of the teacher's train classes")
+        train_classes = params.teachers[teacher].train_classes
+        if train_classes is None:  # every class of the train split (CUB, Cars, SOP: the class-disjoint half)
+            train_classes = tuple(range(load_images(data, "train").num_classes))
+            if not held_out <= set(train_classes):
+                raise ValueError(f"validation.classes: {sorted(held_out - set(train_classes))} are not classes of "
+                                 f"{data.name}'s train split (0-{len(train_classes) - 1})")
+        fit_classes = tuple(c for c in train_classes if c not in held_out)
+        return ValidationSplit(
+            load_images(data, "train", fit_classes),
+            _at_most(load_images(data, "train", validation.classes), validation.max_images, params.seed),
+            f"class-disjoint: fit on train classes {list(fit_classes)}, scored on the train images of classes "
+            f"{list(validation.classes)} (the test classes are never seen)")
+    images = load_images(data, "train", params.teachers[teacher].train_classes)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(params.seed))
+    held = round(validation.fraction * len(images))
+    if held < 2 or held >= len(images):
+        raise ValueError(f"validation.fraction: {validation.fraction} of {len(images)} train images holds out "
+                         f"{held}; it must leave two or more on each side")
+    return ValidationSplit(
+        images.rows(order[held:].sort().values),
+        _at_most(images.rows(order[:held].sort().values), validation.max_images, params.seed),
+        f"held-out images: {validation.fraction:g} of the train images ({held}) kept out of every training, "
+        f"scored on at most {validation.max_images} of them")
+
+
+def _at_most(images: ImageSet, count: int, seed: int) -> ImageSet:
+    if len(images) <= count:
+        return images
+    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 1))[:count].sort().values
+    return images.rows(keep)

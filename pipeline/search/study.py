@@ -1,0 +1,141 @@
+"""One Optuna study per (setting, loss), all alike: the same trial budget, TPE sampler, median pruner and
+objective (validation MAP@R), and the loss's declared values as trial 0, so the report says whether the
+search found better values than the paper's on validation at all.
+
+Workers: any number of processes, on one machine or several, run `python -m pipeline.search` against one
+storage (`search.storage`: the team PostgreSQL; a SQLite file by default). The budget is shared: a worker
+takes a trial only while fewer than `search.trials` are finished or running, and a trial numbered past the
+budget by a race is told FAIL at once (user attribute `over_budget`) and never run. A trial left RUNNING by a
+worker that died on this machine is told FAIL when the next worker starts, so it neither blocks the budget
+nor counts; its number is not reused.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from typing import TYPE_CHECKING
+
+from pipeline import infra
+from pipeline.config import TEACHER_OBJECTIVE, Params
+from pipeline.search.space import LR, PARAMS_PREFIX, PROXY_ANCHOR_WEIGHT, dimensions, suggest
+from pipeline.search.trial import SEARCH_OUTPUTS, Bench, run_trial
+from pipeline.setting import Setting
+
+if TYPE_CHECKING:
+    import optuna
+
+OWNER = "owner"  # the trial's worker (`infra.process_owner`): host, pid, start time
+OVER_BUDGET = "over_budget"
+
+
+def storage_url(params: Params) -> str:
+    if params.search.storage:
+        return params.search.storage
+    SEARCH_OUTPUTS.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(SEARCH_OUTPUTS / 'optuna.db').resolve()}"
+
+
+@functools.cache
+def storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's storage at `url`. Two workers starting on a fresh database both create Optuna's schema, and
+    PostgreSQL refuses the second `CREATE TYPE`: the loser retries once the winner's schema exists."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):  # the schema's race, nothing else
+            time.sleep(1.0 + attempt)
+    return optuna.storages.RDBStorage(url)  # a fifth failure is not a race: its error is the user's
+
+
+def study_name(params: Params, setting: Setting, loss: str) -> str:
+    """Unique per MLflow experiment (a profile has its own), so profiles can share one storage."""
+    return f"{params.mlflow.experiment}/{setting.value}/{loss}"
+
+
+def open_study(params: Params, setting: Setting, loss: str, worker: int = 0) -> optuna.Study:
+    import optuna
+
+    search = params.search
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Each worker its own sampler seed: two TPE samplers seeded alike propose the same points.
+    sampler = optuna.samplers.TPESampler(seed=params.seed * 1000 + worker, n_startup_trials=search.startup_trials)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=search.startup_trials, n_warmup_steps=0)
+    return optuna.create_study(study_name=study_name(params, setting, loss), storage=storage(storage_url(params)),
+                               direction="maximize", sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+def declared_values(params: Params, setting: Setting, loss: str) -> dict[str, float]:
+    """The values the study would train `loss` with unsearched, named as the search names them: trial 0."""
+    from pipeline.contracts import effective_proxy_anchor_weight
+    from pipeline.losses import loss_class
+
+    entry = params.losses[loss].in_setting(setting)
+    found = dimensions(entry, params.transfer.of(setting).train.optimizer.lr, params.search)
+    declared = None if entry.name == TEACHER_OBJECTIVE else loss_class(entry.name).Params(**entry.params)
+    values = {}
+    for dimension in found:
+        if dimension.name == LR:
+            values[LR] = params.losses[loss].train_in(setting, params.transfer.of(setting).train).optimizer.lr
+        elif dimension.name == PROXY_ANCHOR_WEIGHT:
+            values[PROXY_ANCHOR_WEIGHT] = effective_proxy_anchor_weight(entry)
+        else:
+            values[dimension.name] = float(getattr(declared, dimension.name.removeprefix(PARAMS_PREFIX)))
+    return values
+
+
+def fail_abandoned(study: optuna.Study) -> int:
+    """Tell FAIL every trial still RUNNING whose worker died on this machine; how many there were."""
+    import optuna
+
+    abandoned = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                 if infra.owner_is_gone(str(t.user_attrs.get(OWNER, "")))]
+    for found in abandoned:
+        study._storage.set_trial_state_values(found._trial_id, optuna.trial.TrialState.FAIL)
+    return len(abandoned)
+
+
+def claim(study: optuna.Study, budget: int) -> optuna.Trial | None:
+    """The next trial within the budget, or None when the budget is spent (finished or running)."""
+    import optuna
+
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    if len(study.get_trials(deepcopy=False, states=counted)) >= budget:
+        return None
+    trial = study.ask()
+    trial.set_user_attr(OWNER, infra.process_owner())
+    earlier = [t for t in study.get_trials(deepcopy=False, states=counted) if t.number <= trial.number]
+    if len(earlier) > budget:  # another worker took the last place first
+        trial.set_user_attr(OVER_BUDGET, True)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return None
+    return trial
+
+
+def search_loss(bench: Bench, loss: str, worker: int = 0) -> optuna.Study:
+    """Run `loss`'s study on `bench` until its budget is spent (by this worker and any others)."""
+    import optuna
+
+    params, setting = bench.params, bench.setting
+    study = open_study(params, setting, loss, worker)
+    fail_abandoned(study)
+    study.enqueue_trial(declared_values(params, setting, loss), skip_if_exists=True)
+    found = dimensions(params.losses[loss].in_setting(setting), params.transfer.of(setting).train.optimizer.lr,
+                       params.search)
+    while (trial := claim(study, params.search.trials)) is not None:
+        values = suggest(trial, found)
+        started = time.perf_counter()
+        try:
+            value = run_trial(bench, loss, values, trial)
+        except optuna.TrialPruned:
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        study.tell(trial, value)
+    return study

@@ -1,0 +1,158 @@
+"""One setting's search bench (its validation split, the recipe fitted to it, the teacher trained on its fit
+part) and one trial on it: a student trained with one loss at the trial's values and scored on validation.
+
+The bench's teacher is trained here by its own recipe on the fit part only, never on validation images or
+classes, so a trial's score says how the student does where neither it nor its teacher has looked (the
+Table 1 teacher has seen every train class, the validation classes included). A trial trains and is scored
+exactly as the study's replica would be, on the fit part, except that its batch may hold fewer classes
+(`fitted_recipe`).
+"""
+from __future__ import annotations
+
+import fcntl
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline import infra
+from pipeline.config import Params, flatten, validate_params
+from pipeline.replica import OUTPUTS, Replica
+from pipeline.search.space import tuned
+from pipeline.search.split import ValidationSplit, validation_split
+from pipeline.setting import Setting
+from pipeline.stage_spec import MODEL
+
+if TYPE_CHECKING:
+    import optuna
+
+SEARCH_OUTPUTS = OUTPUTS / "search"
+SCORE = "map@r"  # the objective, validation MAP@R (the Reality Check's headline metric)
+
+
+@dataclass
+class Bench:
+    params: Params  # as the trials train: params.yaml with `fitted_recipe` applied
+    setting: Setting
+    teacher: str
+    split: ValidationSplit
+    folder: Path
+    teacher_model: Any  # the frozen EmbeddingModel every trial learns from
+    notes: tuple[str, ...]  # what the bench changed in the recipe, in words (the search report shows them)
+
+
+def fitted_recipe(params: Params, setting: Setting, teacher: str, fit_classes: int) -> tuple[Params, tuple[str, ...]]:
+    """`params` with each class-balanced batch drawing at most the `fit_classes` classes there are (K images per
+    class kept, so the batch shrinks): a class-disjoint split leaves fewer train classes than a P x K recipe
+    may draw. Unchanged where the batches fit."""
+    raw, notes = params.model_dump(mode="json"), []
+    if setting is Setting.METRIC_LEARNING:
+        section = raw["transfer"][setting.value]
+        sampler = params.transfer.metric_learning.sampler
+        if sampler is not None and sampler.classes_per_batch > fit_classes:
+            section["sampler"]["classes_per_batch"] = fit_classes
+            section["train"]["batch_size"] = fit_classes * sampler.samples_per_class
+            notes.append(f"students draw {fit_classes} classes x {sampler.samples_per_class} images per batch "
+                         f"(the study: {sampler.classes_per_batch} x {sampler.samples_per_class})")
+        config = params.teachers[teacher]
+        per_class = config.proxy_anchor.samples_per_class
+        if per_class is not None and config.train.batch_size // per_class > fit_classes:
+            raw["teachers"][teacher]["train"]["batch_size"] = fit_classes * per_class
+            notes.append(f"the teacher draws {fit_classes} classes x {per_class} images per batch")
+    return validate_params(raw, source="the search's recipe"), tuple(notes)
+
+
+def prepare_bench(params: Params, setting: Setting) -> Bench:
+    """The bench of `setting`, its teacher trained once (or resumed; concurrent workers of one machine wait
+    for the first to finish it)."""
+    teacher = params.transfer.of(setting).grid.teacher[0]
+    split = validation_split(params, setting, teacher)
+    fitted, notes = fitted_recipe(params, setting, teacher, int(split.fit.labels.unique().numel()))
+    folder = SEARCH_OUTPUTS / params.mlflow.experiment / setting.value
+    teacher_folder = folder / "teacher"
+    teacher_folder.mkdir(parents=True, exist_ok=True)
+    with open(teacher_folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (teacher_folder / MODEL).is_file():
+            _train_teacher(fitted, teacher, split, teacher_folder, setting)
+    from pipeline.models.loading import load_teacher
+
+    model, _ = load_teacher(teacher_folder / MODEL, fitted.teachers[teacher])
+    return Bench(fitted, setting, teacher, split, folder, model, notes)
+
+
+def _train_teacher(params: Params, teacher: str, split: ValidationSplit, out: Path, setting: Setting) -> None:
+    from pipeline.models.embedding_model import save_model
+    from pipeline.train.recipes import teacher_objective, teacher_sampler
+    from pipeline.train.session import train_and_save
+
+    config = params.teachers[teacher]
+    section = {"teachers": {teacher: config.model_dump(mode="json")}, "seed": params.seed,
+               "data": params.data.model_dump(mode="json"), "validation": params.validation.model_dump(mode="json")}
+    stage = f"search.{setting.value}.teacher"
+    with infra.start_run(stage, experiment=params.mlflow.experiment, params=flatten(section),
+                         tags={"setting": setting.value, "teacher": teacher, "search": "teacher"}) as run:
+        objective, spec = teacher_objective(params, teacher, split.fit)
+        train_and_save(objective, split.fit, config.train, out, section, run, stage,
+                       lambda path: save_model(objective.model, spec, path), seed=params.seed,
+                       samples_per_class=teacher_sampler(params, teacher))
+
+
+def with_values(params: Params, setting: Setting, loss: str, values: dict[str, float]) -> Params:
+    """`params` whose entry `losses.LOSS` carries `values` as what the search chose in `setting`."""
+    entry = params.losses[loss]
+    chosen = entry.model_copy(update={"tuned": {**entry.tuned, setting.value: tuned(values)}})
+    return params.model_copy(update={"losses": {**params.losses, loss: chosen}})
+
+
+def run_trial(bench: Bench, loss: str, values: dict[str, float], trial: optuna.Trial) -> float:
+    """Train the search student with `loss` at `values` and return its final validation MAP@R, reported to
+    `trial` every `search.report_every_steps` steps (Optuna's pruner may stop it there: `optuna.TrialPruned`)."""
+    import optuna
+
+    from pipeline.eval.protocol import retrieval_score
+    from pipeline.models.embedding_model import save_model
+    from pipeline.train.fingerprint import file_sha256
+    from pipeline.train.recipes import transfer_objective
+    from pipeline.train.session import train_and_save
+
+    params, setting = with_values(bench.params, bench.setting, loss, values), bench.setting
+    student = params.search.student or params.transfer.of(setting).grid.student[0]
+    replica = Replica(setting, bench.teacher, student, loss, params.seed)
+    section = params.transfer.of(setting)
+    train = params.losses[loss].train_in(setting, section.train).model_copy(
+        update={"checkpoint_every_steps": params.search.report_every_steps})
+    out = bench.folder / loss / f"trial-{trial.number}"
+    stage = f"search.{setting.value}.{loss}"
+    tags = {**replica.tags, "search.trial": trial.number, "search.study": trial.study.study_name}
+    scores: dict[int, float] = {}
+    with infra.start_run(stage, experiment=params.mlflow.experiment, params=values, tags=tags,
+                         run_name=f"{stage} trial {trial.number}") as run:
+        objective, spec = transfer_objective(params, replica, bench.teacher_model, bench.split.fit)
+
+        def report(step: int, _epochs: int) -> None:
+            if step in scores:  # the epoch's end after a checkpoint at the same step
+                return
+            scores[step] = retrieval_score(objective.model, bench.split.validation, params.evaluation,
+                                           params.data.image_size, SCORE)
+            run.log_metrics({"validation/map_at_r": scores[step]}, step=step)
+            trial.report(scores[step], step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation MAP@R {scores[step]:.4f} at step {step}")
+
+        settings = {"loss": params.losses[loss].model_dump(mode="json"), "setting": setting.value,
+                    "teacher_sha256": file_sha256(bench.folder / "teacher" / MODEL)}
+        sampler = getattr(section, "sampler", None)
+        pruned = None
+        try:
+            train_and_save(objective, bench.split.fit, train, out, settings, run, stage,
+                           lambda path: save_model(objective.model, spec, path), seed=replica.seed,
+                           samples_per_class=sampler.samples_per_class if sampler else None, on_checkpoint=report)
+        except optuna.TrialPruned as stop:  # a finished MLflow run, not a failed one: the pruner chose to stop
+            pruned = stop
+        finally:
+            shutil.rmtree(out, ignore_errors=True)  # the trials summary keeps what a trial found
+        run.set_tags({"search.state": "pruned" if pruned else "complete"})
+    if pruned is not None:
+        raise pruned
+    return scores[max(scores)]
