@@ -174,6 +174,20 @@ def classification_seed_rows(params: Params, teacher: str) -> list[SeedRow]:
     return rows
 
 
+def hyperparameters_line(params: Params, setting: Setting) -> str:
+    """Where the values of a setting's methods come from: the search on validation (`losses.NAME.tuned`,
+    pipeline/search; its page names the split), or params.yaml as declared."""
+    grid = params.transfer.of(setting).grid.loss
+    tuned = [loss for loss in grid if setting in params.losses[loss].tuned]
+    where = "chosen on the validation split by `python -m pipeline.search` (the split, trials and values: reports/search/)"
+    if not tuned:
+        return "Hyperparameters: as declared in params.yaml, not searched on validation.\n"
+    if len(tuned) == len(grid):
+        return f"Hyperparameters: every method's {where}.\n"
+    return (f"Hyperparameters: {', '.join(tuned)} {where}; {', '.join(l for l in grid if l not in tuned)} as "
+            "declared in params.yaml.\n")
+
+
 def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, float | int]]:
     """Every setting over seeds (`pipeline.seed_report`): per teacher, mean and 95% CI of each metric, the
     relaxed student minus each baseline paired by seed with its verdict, a figure, and the summary keys
@@ -194,7 +208,7 @@ def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, f
             text, numbers = seed_section(setting, title, transfer_seed_rows(params, setting, teacher),
                                          reference=reference, baselines=baselines, figure_path=figure,
                                          figure_link=str(figure.relative_to(out_dir.parent)))
-            parts.append(text)
+            parts.append(text + hyperparameters_line(params, setting) + "\n")
             summary.update(numbers)
     section = params.classification
     reference, baselines = _compared(section.grid.method, {m: c.loss for m, c in section.methods.items()})

@@ -2,7 +2,9 @@
 # The multi-seed CPU study (issue 14): `dvc repro` of the cpu_study profile, whole or one setting at a
 # time, in its own clone of this checkout's HEAD (.study/PART/), so the default run's params.yaml and
 # dvc.lock stay as they are. Its report, summary.json, dvc.lock and wall time land in reports/study/PART/.
-#   bash scripts/study.sh [PART]   PART: all (default), self_supervised, metric_learning, classification
+#   bash scripts/study.sh [PART] [PROFILE]   PART: all (default), self_supervised, metric_learning, classification
+#   PROFILE: cpu_study (default; report in reports/study/PART/) or another, e.g. cpu_study_tuned, the values
+#   `bash scripts/search.sh` chose on validation (report in reports/PROFILE/PART/, clone in .study/PROFILE-PART/)
 # A part is one setting with every seed (scripts/study_profile.py composes profiles/cpu_study.yaml over the
 # default params.yaml and keeps that setting): each fits a session on a slow 2-core
 # machine where the whole study does not. Interrupted, a part resumes where it stopped (DVC keeps finished
@@ -12,11 +14,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 part=${1:-all}
+study=${2:-cpu_study}
 [ -x .venv/bin/dvc ] || { echo "study: .venv/bin/dvc is missing; run bash scripts/setup.sh first" >&2; exit 1; }
 profile=$(mktemp)
 trap 'rm -f "$profile"' EXIT
-.venv/bin/python scripts/study_profile.py "$part" > "$profile"  # checks the part and the profile first
+.venv/bin/python scripts/study_profile.py "$part" "$study" > "$profile"  # checks the part and the profile first
 work=$repo/.study/$part
+reports=$repo/reports/study
+if [ "$study" != cpu_study ]; then work=$repo/.study/$study-$part; reports=$repo/reports/$study; fi
 [ -d "$work/.git" ] || git clone -q --no-checkout "$repo" "$work"
 git -C "$work" fetch -q "$repo" HEAD
 git -C "$work" checkout -q -f --detach FETCH_HEAD
@@ -26,12 +31,13 @@ export PATH=$repo/.venv/bin:$PATH MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sql
 started=$(date +%s)
 dvc repro
 seconds=$(( $(date +%s) - started ))
-out=$repo/reports/study/$part
+out=$reports/$part
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-# reports/study/ holds the parts committed before this one: copying it would nest them in this part
-find reports -mindepth 1 -maxdepth 1 ! -name study -exec cp -r {} "$out.tmp/" \;
+# reports/study/, reports/search/ and reports/PROFILE/ hold committed studies and searches: not this part's report
+find reports -mindepth 1 -maxdepth 1 ! -name study ! -name search ! -name "$study" -exec cp -r {} "$out.tmp/" \;
 cp dvc.lock params.yaml "$out.tmp/"
-printf '{"commit": "%s", "part": "%s", "wall_seconds_of_last_repro": %d}\n' "$(git rev-parse HEAD)" "$part" "$seconds" \
+printf '{"commit": "%s", "profile": "%s", "part": "%s", "wall_seconds_of_last_repro": %d}\n' "$(git rev-parse HEAD)" \
+  "$study" "$part" "$seconds" \
   > "$out.tmp/run.json"
 rm -rf "$out" && mv "$out.tmp" "$out"  # never a half-copied report
-echo "study: reports/study/$part/ written (last dvc repro: ${seconds} s)"
+echo "study: $out/ written (last dvc repro: ${seconds} s)"

@@ -274,3 +274,21 @@ def test_two_workers_share_one_study_on_postgresql_without_losing_or_repeating_a
         assert all(t.number >= 8 and t.state.name == "FAIL" for t in trials if t.user_attrs.get("over_budget"))
         owners = {t.user_attrs["owner"].rsplit(":", 2)[1] for t in counted}
         assert owners == {str(w.pid) for w in workers}  # both workers ran trials of the one study
+
+
+def test_the_report_says_per_setting_whether_its_values_were_chosen_on_validation():
+    from pipeline.report import hyperparameters_line
+    from pipeline.setting import Setting
+
+    raw = search_params()
+    assert hyperparameters_line(validated(raw), Setting.METRIC_LEARNING).startswith(
+        "Hyperparameters: as declared in params.yaml, not searched")
+    raw["losses"]["relaxed"]["tuned"] = {"metric_learning": {"lr": 0.002}}
+    assert hyperparameters_line(validated(raw), Setting.METRIC_LEARNING).startswith(
+        "Hyperparameters: relaxed chosen on the validation split")
+    assert "; rkd as declared" in hyperparameters_line(validated(raw), Setting.METRIC_LEARNING)
+    raw["losses"]["rkd"]["tuned"] = {"metric_learning": {"lr": 0.002}}
+    assert hyperparameters_line(validated(raw), Setting.METRIC_LEARNING).startswith(
+        "Hyperparameters: every method's chosen on the validation split")
+    # The other setting's students are untouched by a metric-learning choice.
+    assert "not searched" in hyperparameters_line(validated(raw), Setting.SELF_SUPERVISED)
