@@ -208,6 +208,23 @@ def test_the_search_chooses_every_value_without_reading_the_test_split(tmp_path,
     assert {r.data.tags["search.state"] for r in runs} <= {"complete", "pruned"}
 
 
+def test_a_study_holds_trials_of_one_setting_only():
+    """Another validation fold, budget or loss entry is another study; the storage and a t-SNE setting are not."""
+    from pipeline.search.study import study_name
+    from pipeline.setting import Setting
+
+    raw = search_params()
+    name = study_name(validated(raw), Setting.METRIC_LEARNING, "relaxed")
+    assert name.startswith("pipeline-test/metric_learning/relaxed/")
+    for change in ({"validation": {**raw["validation"], "classes": [2, 4]}},
+                   {"search": {**raw["search"], "trials": 5}},
+                   {"losses": {**raw["losses"], "relaxed": {"name": "relaxed_contrastive", "params": {"sigma": 2.0}}}}):
+        assert study_name(validated({**raw, **change}), Setting.METRIC_LEARNING, "relaxed") != name, change
+    for same in ({"search": {**raw["search"], "storage": "postgresql+psycopg://u:p@127.0.0.1:5432/optuna"}},
+                 {"evaluation": {**raw["evaluation"], "tsne_points": 0}}):
+        assert study_name(validated({**raw, **same}), Setting.METRIC_LEARNING, "relaxed") == name, same
+
+
 def test_an_unreachable_storage_is_refused_in_one_line_before_anything_trains(tmp_path, monkeypatch, capsys):
     from pipeline.search.__main__ import main
 
@@ -266,7 +283,9 @@ def test_two_workers_share_one_study_on_postgresql_without_losing_or_repeating_a
                                     stderr=subprocess.STDOUT, text=True) for k in (0, 1)]
         outputs = [w.communicate(timeout=900)[0] for w in workers]
         assert [w.returncode for w in workers] == [0, 0], [o[-3000:] for o in outputs]
-        study = optuna.load_study(study_name="pipeline-test/metric_learning/relaxed", storage=database.uri("optuna"))
+        names = optuna.get_all_study_names(storage=database.uri("optuna"))
+        assert len(names) == 1 and names[0].startswith("pipeline-test/metric_learning/relaxed/")
+        study = optuna.load_study(study_name=names[0], storage=database.uri("optuna"))
         trials = study.get_trials()
         counted = [t for t in trials if not t.user_attrs.get("over_budget")]
         assert sorted(t.number for t in counted) == list(range(8))  # none lost, none repeated

@@ -103,7 +103,7 @@ def evaluate(
 
 
 def retrieval_score(model: torch.nn.Module, images: ImageSet, evaluation: cfg.EvaluationConfig, image_size: int,
-                    key: str = "map@r") -> float:
+                    key: str = registered_metrics.MAP_AT_R) -> float:
     """One retrieval metric of `model` on `images` (leave-one-out, as `evaluate` scores the test split): what
     the search reads on the validation split while a trial trains."""
     preprocess = build_augmentation("none", image_size, images.channels, images.mean, images.std)

@@ -51,8 +51,22 @@ def storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def study_name(params: Params, setting: Setting, loss: str) -> str:
-    """Unique per MLflow experiment (a profile has its own), so profiles can share one storage."""
-    return f"{params.mlflow.experiment}/{setting.value}/{loss}"
+    """`EXPERIMENT/SETTING/LOSS/DIGEST`: a profile (its own MLflow experiment) shares a storage with others, and
+    the digest of everything a trial's score depends on in params.yaml keeps trials of other settings (another
+    validation fold, teacher or budget) out of this study. Code is not in it: after a code change, delete the
+    studies (or outputs/search/) to search again."""
+    from pipeline.train.fingerprint import fingerprint
+
+    raw = params.model_dump(mode="json")
+    section = raw["transfer"][setting.value]
+    teacher = params.transfer.of(setting).grid.teacher[0]
+    student = params.search.student or params.transfer.of(setting).grid.student[0]
+    scored = {"seed": raw["seed"], "data": raw["data"], "teacher": raw["teachers"][teacher],
+              "student": raw["students"][student], "loss": {**raw["losses"][loss], "tuned": None},
+              "transfer": {k: v for k, v in section.items() if k != "grid"}, "validation": raw["validation"],
+              "search": {k: v for k, v in raw["search"].items() if k != "storage"},
+              "distance": raw["evaluation"]["retrieval"]["distance"]}
+    return f"{params.mlflow.experiment}/{setting.value}/{loss}/{fingerprint(scored)[:10]}"
 
 
 def open_study(params: Params, setting: Setting, loss: str, worker: int = 0) -> optuna.Study:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import infra
 from pipeline.config import Params, flatten, validate_params
+from pipeline.metrics import MAP_AT_R, mlflow_name
 from pipeline.replica import OUTPUTS, Replica
 from pipeline.search.space import tuned
 from pipeline.search.split import ValidationSplit, validation_split
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     import optuna
 
 SEARCH_OUTPUTS = OUTPUTS / "search"
-SCORE = "map@r"  # the objective, validation MAP@R (the Reality Check's headline metric)
 
 
 @dataclass
@@ -63,8 +63,8 @@ def fitted_recipe(params: Params, setting: Setting, teacher: str, fit_classes: i
 
 
 def prepare_bench(params: Params, setting: Setting) -> Bench:
-    """The bench of `setting`, its teacher trained once (or resumed; concurrent workers of one machine wait
-    for the first to finish it)."""
+    """The bench of `setting`, its teacher trained (or resumed from its finished checkpoint where the settings
+    and code match; concurrent workers of one machine wait for the first to finish it)."""
     teacher = params.transfer.of(setting).grid.teacher[0]
     split = validation_split(params, setting, teacher)
     fitted, notes = fitted_recipe(params, setting, teacher, int(split.fit.labels.unique().numel()))
@@ -73,8 +73,7 @@ def prepare_bench(params: Params, setting: Setting) -> Bench:
     teacher_folder.mkdir(parents=True, exist_ok=True)
     with open(teacher_folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (teacher_folder / MODEL).is_file():
-            _train_teacher(fitted, teacher, split, teacher_folder, setting)
+        _train_teacher(fitted, teacher, split, teacher_folder, setting)  # resumes a finished run of these settings
     from pipeline.models.loading import load_teacher
 
     model, _ = load_teacher(teacher_folder / MODEL, fitted.teachers[teacher])
@@ -134,8 +133,8 @@ def run_trial(bench: Bench, loss: str, values: dict[str, float], trial: optuna.T
             if step in scores:  # the epoch's end after a checkpoint at the same step
                 return
             scores[step] = retrieval_score(objective.model, bench.split.validation, params.evaluation,
-                                           params.data.image_size, SCORE)
-            run.log_metrics({"validation/map_at_r": scores[step]}, step=step)
+                                           params.data.image_size, MAP_AT_R)
+            run.log_metrics({f"validation/{mlflow_name(MAP_AT_R)}": scores[step]}, step=step)
             trial.report(scores[step], step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"validation MAP@R {scores[step]:.4f} at step {step}")
