@@ -315,46 +315,50 @@ class StudentConfig(Strict):
 
 
 class TunedConfig(Strict):
-    """What the hyperparameter search chose for one loss in one setting (pipeline/search, on the validation
-    split): its params over the loss's, the Proxy-Anchor weight, and the learning rate of its students."""
+    """What the hyperparameter search chose for one method in one setting (pipeline/search, on the validation
+    split): params over the declared ones, the weight of its extra term (the Proxy-Anchor term of a transfer
+    loss, the transfer term of a classification method), and the learning rate of its students."""
 
     params: dict[str, Any] = {}
     proxy_anchor_weight: NonNegativeFloat | None = None
+    transfer_weight: NonNegativeFloat | None = None
     lr: PositiveFloat | None = None
 
 
-class LossConfig(Strict):
-    name: str  # a registered loss (checked with its params by pipeline.contracts) or the control
-    params: dict[str, Any] = {}  # checked against the loss's declared `Params` model (pipeline.contracts)
-    # Weight of the Proxy-Anchor term added on the student embedding; None: the paper's choice, declared by
-    # the loss (`proxy_anchor`: 1 for FitNet, Attention and CRD, 0 otherwise).
-    proxy_anchor_weight: NonNegativeFloat | None = None
-    # Setting -> the values the search chose there (a loss may serve both transfer settings, and each is
-    # searched on its own validation split). Written by `python -m pipeline.search`, never by hand.
-    tuned: dict[Literal[tuple(TRANSFER_SETTINGS)], TunedConfig] = {}
+class Tunable(Strict):
+    """A method entry the search tunes: `tuned` maps a setting to the values chosen there (written by
+    `python -m pipeline.search` through a profile overlay, never by hand); the students of that setting train
+    with `in_setting` and `train_in`. A subclass declares `params` and `tuned` (after its own fields, so
+    dumps keep params.yaml's order)."""
 
-    @model_validator(mode="after")
-    def _control_takes_no_params(self) -> "LossConfig":
-        if self.name == TEACHER_OBJECTIVE and (self.params or any(t.params or t.proxy_anchor_weight is not None
-                                                                  for t in self.tuned.values())):
-            raise ValueError(f"the {TEACHER_OBJECTIVE} control takes no params (only a tuned lr)")
-        return self
+    if TYPE_CHECKING:
+        params: dict[str, Any]
+        tuned: dict[Setting, TunedConfig]
 
-    def in_setting(self, setting: Setting) -> "LossConfig":
+    def in_setting(self, setting: Setting) -> "Tunable":
         """This entry as its students in `setting` train with it: the search's values over the declared ones."""
         tuned = self.tuned.get(setting)
-        if tuned is None:
-            return self.model_copy(update={"tuned": {}})
-        weight = self.proxy_anchor_weight if tuned.proxy_anchor_weight is None else tuned.proxy_anchor_weight
-        return self.model_copy(update={"params": {**self.params, **tuned.params}, "proxy_anchor_weight": weight,
-                                       "tuned": {}})
+        update: dict[str, Any] = {"tuned": {}}
+        if tuned is not None:
+            update["params"] = {**self.params, **tuned.params}
+            update.update({k: v for k, v in tuned if k in type(self).model_fields and k != "params" and v is not None})
+        return self.model_copy(update=update)
 
     def train_in(self, setting: Setting, train: TrainConfig) -> TrainConfig:
-        """`train` (its setting's section) with the learning rate the search chose for this loss, if any."""
+        """`train` (its setting's section) with the learning rate the search chose for this entry, if any."""
         lr = self.tuned[setting].lr if setting in self.tuned else None
         if lr is None:
             return train
         return train.model_copy(update={"optimizer": train.optimizer.model_copy(update={"lr": lr})})
+
+    def _tuned_in(self, settings: tuple[Setting, ...], weight: str) -> None:
+        for setting, tuned in self.tuned.items():
+            if setting not in settings:
+                raise ValueError(f"{FIELD_MARK}tuned.{setting}: this entry serves {', '.join(settings)} only")
+            other = next((k for k in ("proxy_anchor_weight", "transfer_weight") if k != weight and getattr(tuned, k)
+                          is not None), None)
+            if other is not None:
+                raise ValueError(f"{FIELD_MARK}tuned.{setting}.{other}: this entry's extra term is its {weight}")
 
     @model_serializer(mode="wrap")
     def _as_written(self, handler):
@@ -364,6 +368,24 @@ class LossConfig(Strict):
         if not self.tuned:
             dumped.pop("tuned", None)
         return dumped
+
+
+class LossConfig(Tunable):
+    name: str  # a registered loss (checked with its params by pipeline.contracts) or the control
+    params: dict[str, Any] = {}  # checked against the loss's declared `Params` model (pipeline.contracts)
+    # Weight of the Proxy-Anchor term added on the student embedding; None: the paper's choice, declared by
+    # the loss (`proxy_anchor`: 1 for FitNet, Attention and CRD, 0 otherwise).
+    proxy_anchor_weight: NonNegativeFloat | None = None
+    tuned: dict[Literal[tuple(TRANSFER_SETTINGS)], TunedConfig] = {}
+
+    @model_validator(mode="after")
+    def _control_takes_no_params(self) -> "LossConfig":
+        # A loss may serve both transfer settings; each is searched on its own validation split.
+        self._tuned_in(TRANSFER_SETTINGS, "proxy_anchor_weight")
+        if self.name == TEACHER_OBJECTIVE and (self.params or any(t.params or t.proxy_anchor_weight is not None
+                                                                  for t in self.tuned.values())):
+            raise ValueError(f"the {TEACHER_OBJECTIVE} control takes no params (only a tuned lr)")
+        return self
 
 
 class Grid(Strict):
@@ -481,18 +503,21 @@ class EvaluationConfig(Strict):
     nmi: bool = True
 
 
-class DistillationMethodConfig(Strict):
+class DistillationMethodConfig(Tunable):
     """One row of the classification table: cross-entropy plus (optionally) one transfer term."""
 
     loss: str | None = None  # None: the student trained alone (the control); else a registered loss
     params: dict[str, Any] = {}  # checked against the loss's declared `Params` model (pipeline.contracts)
     ce_weight: NonNegativeFloat = 1.0
     transfer_weight: NonNegativeFloat = 1.0
+    tuned: dict[Literal[Setting.CLASSIFICATION.value], TunedConfig] = {}
 
     @model_validator(mode="after")
     def _params_need_a_loss(self) -> "DistillationMethodConfig":
-        if self.loss is None and self.params:
-            raise ValueError(f"params given without a loss: {sorted(self.params)}")
+        self._tuned_in((Setting.CLASSIFICATION,), "transfer_weight")
+        if self.loss is None and (self.params or any(t.params or t.transfer_weight is not None
+                                                     for t in self.tuned.values())):
+            raise ValueError(f"params given without a loss: {sorted(self.params) or 'tuned'}")
         return self
 
 
@@ -616,6 +641,18 @@ class Params(Strict):
         if repeated:
             raise ValueError(f"seeds {repeated} are listed twice (each seed is one replica)")
         return seeds
+
+    def grid(self, setting: Setting) -> GridConfig | ClassificationGridConfig:
+        """The grid of `setting`'s student stages."""
+        return self.classification.grid if setting is Setting.CLASSIFICATION else self.transfer.of(setting).grid
+
+    def method(self, setting: Setting, name: str) -> LossConfig | DistillationMethodConfig:
+        """Entry `name` of the methods `setting`'s grid names (`losses`, or `classification.methods`)."""
+        return self.classification.methods[name] if setting is Setting.CLASSIFICATION else self.losses[name]
+
+    def train_section(self, setting: Setting) -> TrainConfig:
+        """The `train` section `setting`'s students train under (before any tuned learning rate)."""
+        return self.classification.train if setting is Setting.CLASSIFICATION else self.transfer.of(setting).train
 
     def teacher(self, name: str) -> TeacherConfig:
         """`teachers.NAME`, or one line naming it and the declared ones."""

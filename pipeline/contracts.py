@@ -83,6 +83,8 @@ def check_method(method: DistillationMethodConfig, where: str) -> None:
         raise ConfigError(f"{where}.loss: {method.loss!r} is not a classification transfer term (it needs "
                           "embeddings or logits of both classifiers and no labels)")
     _check_params(where, cls, method.params)
+    for setting, tuned in method.tuned.items():  # the search's values, as its students will train with them
+        _check_params(f"{where}.tuned.{setting}", cls, {**method.params, **tuned.params})
 
 
 def check_contracts(params: Params, losses: Iterable[str] | None = None, methods: Iterable[str] | None = None,

@@ -177,8 +177,8 @@ def classification_seed_rows(params: Params, teacher: str) -> list[SeedRow]:
 def hyperparameters_line(params: Params, setting: Setting) -> str:
     """Where the values of a setting's methods come from: the search on validation (`losses.NAME.tuned`,
     pipeline/search; its page names the split), or params.yaml as declared."""
-    grid = params.transfer.of(setting).grid.loss
-    tuned = [loss for loss in grid if setting in params.losses[loss].tuned]
+    grid = getattr(params.grid(setting), setting.method_key)
+    tuned = [name for name in grid if setting in params.method(setting, name).tuned]
     where = "chosen on the validation split by `python -m pipeline.search` (the split, trials and values: reports/search/)"
     if not tuned:
         return "Hyperparameters: as declared in params.yaml, not searched on validation.\n"
@@ -219,7 +219,7 @@ def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, f
                                      classification_seed_rows(params, teacher), reference=reference,
                                      baselines=baselines, figure_path=figure,
                                      figure_link=str(figure.relative_to(out_dir.parent)))
-        parts.append(text)
+        parts.append(text + hyperparameters_line(params, Setting.CLASSIFICATION) + "\n")
         summary.update(numbers)
     return parts, summary
 

@@ -54,6 +54,13 @@ def test_every_loss_draws_its_declared_dimensions_and_the_same_learning_rate_ran
     # ... except where the entry switches it off (the self-supervised setting has no labels).
     assert set(drawn["fitnet_ssl"]) == {"lr"}
     assert set(drawn["own_objective"]) == {"lr"}
+    # A classification method: its loss's dimensions and its transfer weight around the declared one.
+    from pipeline.config import DistillationMethodConfig
+
+    kd = DistillationMethodConfig(loss="hinton_kd", params={"temperature": 4}, transfer_weight=0.9)
+    assert {d.name: (d.range.low, d.range.high) for d in dimensions(kd, lr, params.search)} == {
+        "params.temperature": (1.0, 16.0), "transfer_weight": (0.09, 9.0), "lr": (lr / 4, lr * 4)}
+    assert [d.name for d in dimensions(DistillationMethodConfig(), lr, params.search)] == ["lr"]
     # The same learning-rate range for every method: [lr / 4, lr * 4] (search.lr_factor's default).
     assert {d["lr"] for d in drawn.values()} == {(lr / 4, lr * 4)}
     # Each declared range holds the authors' default (the paper's values are trial 0 of every study).
@@ -178,9 +185,11 @@ def test_the_search_chooses_every_value_without_reading_the_test_split(tmp_path,
     import json
 
     record = json.loads((tmp_path / "reports/search/default/trials.json").read_text())
-    studies = {(s["setting"], s["loss"]): s for s in record["studies"]}
+    studies = {(s["setting"], s["method"]): s for s in record["studies"]}
     assert set(studies) == {("self_supervised", "relaxed"), ("self_supervised", "own_objective"),
-                            ("metric_learning", "relaxed"), ("metric_learning", "rkd")}
+                            ("metric_learning", "relaxed"), ("metric_learning", "rkd"), ("classification", "kd")}
+    assert studies[("classification", "kd")]["score"] == "top1"
+    assert studies[("metric_learning", "rkd")]["validated_on"].startswith("class-disjoint")
     for found in studies.values():
         assert [t["number"] for t in found["trials"]] == [0, 1, 2]  # the same budget for every loss
         assert found["complete"] + found["pruned"] == 3 and found["failed"] == 0
@@ -197,13 +206,15 @@ def test_the_search_chooses_every_value_without_reading_the_test_split(tmp_path,
     composed = validated(compose("default_tuned", search_params(), root=tmp_path))
     check_contracts(composed)
     assert composed.losses["rkd"].tuned["metric_learning"].lr == chosen["lr"]
+    kd = studies[("classification", "kd")]["chosen"]
+    assert composed.classification.methods["kd"].tuned["classification"].transfer_weight == kd["transfer_weight"]
     # Every trial is an MLflow run under the search's parent, tagged with its study and number.
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("pipeline-test")
     runs = client.search_runs([experiment.experiment_id], "tags.`search.trial` != ''", max_results=100)
-    assert len(runs) == 12
+    assert len(runs) == 15
     assert all(r.data.tags.get("mlflow.parentRunId") for r in runs)
     assert {r.data.tags["search.state"] for r in runs} <= {"complete", "pruned"}
 

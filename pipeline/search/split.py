@@ -4,8 +4,9 @@ by a file that raises when read, and the search still completes).
 
 Metric learning (Table 1): class-disjoint, as its test is (Musgrave et al., A Metric Learning Reality Check,
 ECCV 2020, Sec. 3.3): `validation.classes` are held out of the teacher's train classes; the search trains on
-the rest and scores on the held-out classes' images. Self-supervised: a seeded `validation.fraction` of the
-train images is held out of every training; its labels serve only the score.
+the rest and scores on the held-out classes' images. Self-supervised and classification: a seeded
+`validation.fraction` of the train images is held out of every training (the self-supervised setting's labels
+serve only the score).
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def validation_split(params: Params, setting: Setting, teacher: str) -> Validati
             _at_most(load_images(data, "train", validation.classes), validation.max_images, params.seed),
             f"class-disjoint: fit on train classes {list(fit_classes)}, scored on the train images of classes "
             f"{list(validation.classes)} (the test classes are never seen)")
-    images = load_images(data, "train", params.teachers[teacher].train_classes)
+    classes = None if setting is Setting.CLASSIFICATION else params.teachers[teacher].train_classes
+    images = load_images(data, "train", classes)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(params.seed))
     held = round(validation.fraction * len(images))
     if held < 2 or held >= len(images):

@@ -9,6 +9,7 @@ from pipeline.models.classifier import Classifier, ClassifierSpec, build_classif
 from pipeline.train.classification import CrossEntropyObjective, DistillationObjective
 from pipeline.train.objectives import Objective
 from pipeline.replica import Replica
+from pipeline.setting import Setting
 from pipeline.train.recipes import augment_for, initial_weights
 
 
@@ -40,7 +41,7 @@ def _student_objective(params: cfg.Params, replica: Replica, teacher: Classifier
     spec = classifier_spec(section.students[replica.student], images.channels, images.num_classes)
     model = build_classifier(spec)
     augment = augment_for(section.augmentation, params.data, images)
-    chosen = section.methods[replica.method]
+    chosen = section.methods[replica.method].in_setting(Setting.CLASSIFICATION)
     if chosen.loss is None:
         return CrossEntropyObjective(model, augment), spec
     # A classifier's penultimate feature is its pooled feature; RepDistiller's CIFAR CRD also draws

@@ -8,6 +8,7 @@ from pathlib import Path
 from pipeline import infra
 from pipeline.config import Params, TrainConfig, flatten
 from pipeline.replica import Replica
+from pipeline.setting import Setting
 from pipeline.stage_spec import (CLASSIFIER_STUDENT, CLASSIFIER_TEACHER, METRICS, MODEL, classifier_teacher_dir,
                                  select)
 from pipeline.wiring.common import stage_name
@@ -36,7 +37,8 @@ def train_student(params: Params, replica: Replica, argv: list[str]) -> None:
     # The replica's seed is an MLflow param and part of the checkpoints' fingerprint.
     settings = {**select(params.model_dump(mode="json"), CLASSIFIER_STUDENT.trained_keys(**names)),
                 "student_seed": replica.seed}
-    _train(params, argv, params.classification.train, "classification.train", replica.folder,
+    train = params.classification.methods[replica.method].train_in(Setting.CLASSIFICATION, params.classification.train)
+    _train(params, argv, train, "classification.train", replica.folder,
            stage_name(replica.stage), settings, replica.tags, replica, replica.seed)
 
 
