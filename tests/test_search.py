@@ -22,6 +22,8 @@ def search_params(**search) -> dict:
         section["train"]["max_steps"] = 4
     raw["losses"]["rkd"] = {"name": "rkd", "params": {"angle_max_rows": 8}}
     raw["transfer"]["metric_learning"]["grid"]["loss"] = ["relaxed", "rkd"]
+    # P x K batches of 4 classes: the class-disjoint fold leaves 3, so the search's recipe draws 3 x 16.
+    raw["transfer"]["metric_learning"]["sampler"] = {"classes_per_batch": 4, "samples_per_class": 16}
     raw["validation"] = {"classes": [3, 4], "fraction": 0.2, "max_images": 300}
     raw["search"] = {"trials": 3, "report_every_steps": 2, "startup_trials": 1, **search}
     return raw
@@ -190,6 +192,8 @@ def test_the_search_chooses_every_value_without_reading_the_test_split(tmp_path,
                             ("metric_learning", "relaxed"), ("metric_learning", "rkd"), ("classification", "kd")}
     assert studies[("classification", "kd")]["score"] == "top1"
     assert studies[("metric_learning", "rkd")]["validated_on"].startswith("class-disjoint")
+    assert studies[("metric_learning", "rkd")]["notes"] == ["students draw 3 classes x 16 images per batch (the "
+                                                            "study: 4 x 16)"]
     for found in studies.values():
         assert [t["number"] for t in found["trials"]] == [0, 1, 2]  # the same budget for every loss
         assert found["complete"] + found["pruned"] == 3 and found["failed"] == 0

@@ -148,7 +148,7 @@ def search_method(bench: Bench, method: str, worker: int = 0) -> optuna.Study:
     """Run `method`'s study on `bench` until its budget is spent (by this worker and any others)."""
     import optuna
 
-    params, setting = bench.params, bench.setting
+    params, setting = bench.declared, bench.setting  # the study is the declared recipe's, as its summary finds it
     study = open_study(params, setting, method, worker)
     study.set_user_attr(VALIDATED_ON, bench.split.description)
     study.set_user_attr(NOTES, list(bench.notes))

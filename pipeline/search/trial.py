@@ -38,6 +38,7 @@ def objective_metric(setting: Setting) -> str:
 
 @dataclass
 class Bench:
+    declared: Params  # params.yaml as read: what names the studies and what the chosen values apply to
     params: Params  # as the trials train: params.yaml with `fitted_recipe` applied
     setting: Setting
     teacher: str
@@ -89,7 +90,7 @@ def prepare_bench(params: Params, setting: Setting) -> Bench:
         from pipeline.models.loading import load_teacher
 
         model, _ = load_teacher(teacher_folder / MODEL, fitted.teachers[teacher])
-    return Bench(fitted, setting, teacher, split, folder, model, notes)
+    return Bench(params, fitted, setting, teacher, split, folder, model, notes)
 
 
 def _train_teacher(params: Params, teacher: str, split: ValidationSplit, out: Path, setting: Setting) -> None:
