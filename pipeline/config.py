@@ -36,6 +36,9 @@ NAME_MAX_LENGTH = 64
 PATH_MAX_LENGTH = 4096  # Linux's PATH_MAX; a file name within it is at most 255 bytes
 # The control student: trained with its teacher's own objective (NT-Xent / MoCo / Proxy-Anchor), no teacher signal.
 TEACHER_OBJECTIVE = "teacher_objective"
+# The paper's loss, which every other method of a grid is compared with (paired by seed) and whose soft labels
+# the teachers' label gap measures: named here, below the report and the teacher stage that both read it.
+RELAXED = "relaxed_contrastive"
 
 
 def check_name(key: str, name: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline import metrics as registry
-from pipeline.config import Params
+from pipeline.config import RELAXED, Params
 from pipeline.eval.curves import recall_at_k_plot
 from pipeline.metrics import Metric
 from pipeline.replica import Replica, replicas
@@ -89,7 +89,6 @@ def _replica(label: str, seed: int) -> str:
     return f"{label}, seed {seed}"
 
 
-RELAXED = "relaxed_contrastive"  # the loss every other method of a grid is compared with, paired by seed
 
 
 def _compared(methods: Sequence[str], loss_of: dict[str, str | None]) -> tuple[str, list[str]]:

@@ -25,7 +25,7 @@ def main(argv: list[str]) -> str:
     from pipeline.losses import loss_class
     from pipeline.models.loading import load_teacher
     from pipeline.stage_spec import teacher_dir
-    from pipeline.report import RELAXED
+    from pipeline.config import RELAXED
 
     params = load_params("params.yaml")
     if args.teacher not in params.teachers:

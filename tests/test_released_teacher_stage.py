@@ -149,7 +149,14 @@ def test_the_stage_saves_the_released_file_as_a_teacher_that_embeds_like_the_off
     assert result.returncode == 0, result.stderr[-3000:]
     teacher = root / "outputs" / "teachers" / NAME
     assert_embeds_like(teacher / "model.pt", official)
-    assert read_json(teacher / "metrics.json") == {"steps": 0} and read_json(teacher / "loss.json") == []
+    assert read_json(teacher / "loss.json") == []
+    # Nothing trained; the label gap of what it hands its students (every teacher stage writes it) is there.
+    trained = read_json(teacher / "metrics.json")
+    assert trained.pop("steps") == 0
+    assert set(trained) == {"label_gap", "label_gap_sigma", "label_w_same", "label_w_other", "cosine_same",
+                            "cosine_other"}
+    assert 0 <= trained["label_w_other"] <= trained["label_w_same"] <= 1 and trained["label_gap_sigma"] == 1.0
+    assert trained["label_gap"] == pytest.approx(trained["label_w_same"] - trained["label_w_other"])
     scores = read_json(root / "outputs" / "eval" / f"teacher-{NAME}" / "metrics.json")
     assert 0.0 <= scores["recall@1"] <= 1.0 and scores["embedding_dim"] == 128
 

@@ -4,7 +4,7 @@ MLflow run: stage family `teacher`. `fingerprint` is stage family `released_teac
 from __future__ import annotations
 
 from pipeline import infra
-from pipeline.config import Params, TeacherConfig, flatten
+from pipeline.config import RELAXED, Params, TeacherConfig, flatten
 from pipeline.integrity import write_json
 from pipeline.stage_spec import (LOSS_CURVE, METRICS, MODEL, RELEASED_RECORDS, TEACHER, select, teacher_dir,
                                  teacher_id, transferred_id)
@@ -78,7 +78,6 @@ def label_gap(params: Params, name: str) -> dict[str, float]:
     from pipeline.eval.label_gap import teacher_label_gap
     from pipeline.losses import loss_class
     from pipeline.models.loading import load_teacher
-    from pipeline.report import RELAXED
 
     config = params.teachers[name]
     entries = [params.losses[loss] for loss in params.transfer.of(config.setting).grid.loss
