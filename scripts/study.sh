@@ -33,8 +33,11 @@ dvc repro
 seconds=$(( $(date +%s) - started ))
 out=$reports/$part
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-# reports/study/, reports/search/ and reports/PROFILE/ hold committed studies and searches: not this part's report
-find reports -mindepth 1 -maxdepth 1 ! -name study ! -name search ! -name "$study" -exec cp -r {} "$out.tmp/" \;
+# What the report stage writes (pipeline/stage_spec.py REPORT_FILES), not the committed studies, searches and
+# ablations that reports/ also holds
+for path in $(python -c "from pipeline.stage_spec import REPORT_FILES; print(*REPORT_FILES.values())"); do
+  cp -r "$path" "$out.tmp/"
+done
 cp dvc.lock params.yaml "$out.tmp/"
 printf '{"commit": "%s", "profile": "%s", "part": "%s", "wall_seconds_of_last_repro": %d}\n' "$(git rev-parse HEAD)" \
   "$study" "$part" "$seconds" \
