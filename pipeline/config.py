@@ -573,7 +573,8 @@ class ValidationConfig(Strict):
     A Metric Learning Reality Check, ECCV 2020). Metric learning: class-disjoint, as test is: `classes` are
     held out of the metric teachers' train classes, a search teacher is trained on the rest by its own recipe,
     and students are scored on the held-out classes' train images, the way Table 1 scores the unseen ones.
-    Self-supervised: `fraction` of the train images, held out of the search teacher's and students' training."""
+    Self-supervised and classification: `fraction` of the train images, held out of the search teacher's and
+    students' training."""
 
     classes: tuple[Annotated[int, Field(ge=0)], ...] = ()  # none: the metric-learning grid cannot be searched
     fraction: Fraction = 0.1
@@ -583,10 +584,10 @@ class ValidationConfig(Strict):
 
 
 class SearchConfig(Strict):
-    """The hyperparameter search (pipeline/search): the same budget, sampler and pruner for every loss of a
-    transfer grid, each loss drawing its declared space (`Loss.search_space`) and the learning rate."""
+    """The hyperparameter search (pipeline/search): the same budget, sampler and pruner for every method of each
+    grid, each drawing its loss's declared space (`Loss.search_space`), its extra term's weight and the lr."""
 
-    trials: PositiveInt = 8  # per (setting, loss), counted over every worker of the study
+    trials: PositiveInt = 8  # per (setting, method), counted over every worker of the study
     student: str | None = None  # the student every trial trains (a key of `students`); null: each grid's first
     # Validation MAP@R is reported every this many steps; Optuna's median pruner stops a trial below the
     # median of earlier trials at the same step (after `startup_trials` complete ones).

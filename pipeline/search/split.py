@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.config import Params
-from pipeline.data.imageset import ImageSet
+from pipeline.data.imageset import ImageSet, subset_classes
 from pipeline.data.loading import load_images
+from pipeline.eval.protocol import subsample
 from pipeline.setting import Setting
 
 
@@ -37,16 +38,17 @@ def validation_split(params: Params, setting: Setting, teacher: str) -> Validati
         if not held_out:
             raise ValueError("validation.classes: none declared, so the metric-learning grid has no class-disjoint "
                              "validation split to search on; hold out two or more of the teacher's train classes")
+        train = load_images(data, "train")  # once: CUB-like sets are decoded here
         train_classes = params.teachers[teacher].train_classes
         if train_classes is None:  # every class of the train split (CUB, Cars, SOP: the class-disjoint half)
-            train_classes = tuple(range(load_images(data, "train").num_classes))
+            train_classes = tuple(range(train.num_classes))
             if not held_out <= set(train_classes):
                 raise ValueError(f"validation.classes: {sorted(held_out - set(train_classes))} are not classes of "
                                  f"{data.name}'s train split (0-{len(train_classes) - 1})")
         fit_classes = tuple(c for c in train_classes if c not in held_out)
         return ValidationSplit(
-            load_images(data, "train", fit_classes),
-            _at_most(load_images(data, "train", validation.classes), validation.max_images, params.seed),
+            subset_classes(train, fit_classes),
+            subsample(subset_classes(train, validation.classes), validation.max_images, params.seed + 1),
             f"class-disjoint: fit on train classes {list(fit_classes)}, scored on the train images of classes "
             f"{list(validation.classes)} (the test classes are never seen)")
     classes = None if setting is Setting.CLASSIFICATION else params.teachers[teacher].train_classes
@@ -58,13 +60,7 @@ def validation_split(params: Params, setting: Setting, teacher: str) -> Validati
                          f"{held}; it must leave two or more on each side")
     return ValidationSplit(
         images.rows(order[held:].sort().values),
-        _at_most(images.rows(order[:held].sort().values), validation.max_images, params.seed),
+        subsample(images.rows(order[:held].sort().values), validation.max_images, params.seed + 1),
         f"held-out images: {validation.fraction:g} of the train images ({held}) kept out of every training, "
         f"scored on at most {validation.max_images} of them")
 
-
-def _at_most(images: ImageSet, count: int, seed: int) -> ImageSet:
-    if len(images) <= count:
-        return images
-    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 1))[:count].sort().values
-    return images.rows(keep)

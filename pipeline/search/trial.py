@@ -198,13 +198,9 @@ def _student(params: Params, replica: Replica, bench: Bench):
 
 def _score(model, validation, params: Params, key: str) -> float:
     if key == TOP1:
-        from pipeline.data.augment import build_augmentation
-        from pipeline.train.classification import classification_metrics
+        from pipeline.train.classification import score_classifier
 
-        preprocess = build_augmentation("none", params.data.image_size, validation.channels, validation.mean,
-                                        validation.std)
-        return classification_metrics(model, validation.images, validation.labels,
-                                      batch_size=params.evaluation.batch_size, transform=preprocess)[key]
+        return score_classifier(model, validation, params.data.image_size, params.evaluation.batch_size)[key]
     from pipeline.eval.protocol import retrieval_score
 
     return retrieval_score(model, validation, params.evaluation, params.data.image_size, key)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.data.imageset import ImageSet
 from pipeline.eval.features import extract_features
 from pipeline.losses.contract import Loss
 from pipeline.eval.linear_probe import topk_accuracy
@@ -110,3 +111,12 @@ def classification_metrics(
     if logits.shape[1] >= 10:
         metrics["top5"] = float(topk_accuracy(logits, targets, 5))
     return metrics
+
+
+def score_classifier(model: nn.Module, images: ImageSet, image_size: int, batch_size: int) -> dict[str, float]:
+    """`classification_metrics` of `images` (uint8) through the evaluation's preprocessing (no augmentation):
+    how the stage scores the test split and the search the validation split."""
+    from pipeline.data.augment import build_augmentation
+
+    preprocess = build_augmentation("none", image_size, images.channels, images.mean, images.std)
+    return classification_metrics(model, images.images, images.labels, batch_size=batch_size, transform=preprocess)

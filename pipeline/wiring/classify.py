@@ -46,11 +46,10 @@ def _train(params: Params, argv: list[str], train_cfg: TrainConfig, train_key: s
            settings: dict, tags: dict, replica: Replica | None, seed: int) -> None:
     infra.relaunch_under_torchrun("stages.classify", argv, train_cfg, train_key)
 
-    from pipeline.data.augment import build_augmentation
     from pipeline.data.loading import load_images
     from pipeline.integrity import write_json
     from pipeline.models.classifier import load_classifier, save_classifier
-    from pipeline.train.classification import classification_metrics
+    from pipeline.train.classification import score_classifier
     from pipeline.train.classifier_recipes import classifier_student_objective, classifier_teacher_objective
     from pipeline.train.fingerprint import file_sha256
     from pipeline.train.session import train_and_save
@@ -72,9 +71,7 @@ def _train(params: Params, argv: list[str], train_cfg: TrainConfig, train_key: s
                                  lambda path: save_classifier(objective.model, spec, path), seed=seed)
         if not infra.is_main_process():
             return  # every rank holds the same model: rank 0 alone scores it and writes
-        preprocess = build_augmentation("none", params.data.image_size, test.channels, test.mean, test.std)
-        scores = classification_metrics(objective.model, test.images, test.labels,
-                                        batch_size=params.evaluation.batch_size, transform=preprocess)
+        scores = score_classifier(objective.model, test, params.data.image_size, params.evaluation.batch_size)
         scores["parameters"] = sum(p.numel() for p in objective.model.parameters())
         run.log_metrics(scores, step=int(metrics["steps"]))
         metrics.update(scores)
