@@ -91,7 +91,7 @@ class Comparison:
 
 def default_columns(rows: Sequence[SeedRow]) -> list[Metric]:
     """The registered metrics the rows report that are shown over seeds, in the registry's order."""
-    return registry.columns({k for row in _rows(rows) for m in row.per_seed.values() for k in m}, over_seeds=True)
+    return registry.columns(_reported(_rows(rows)), over_seeds=True)
 
 
 def _one_seed(rows: Sequence[SeedRow]) -> bool:
@@ -325,7 +325,12 @@ def _interval_text(s: Interval, scale: float, digits: int, signed: bool = False)
 
 def _compared(rows: Sequence[SeedRow]) -> list[str]:
     """The metrics methods are compared on (`Metric.compared`) that the rows report."""
-    return registry.compared({k for row in rows for m in row.per_seed.values() for k in m})
+    return registry.compared(_reported(rows))
+
+
+def _reported(rows: Sequence[SeedRow]) -> set[str]:
+    """Every metric key any seed of any row reports."""
+    return {k for row in rows for m in row.per_seed.values() for k in m}
 
 
 def _cell(row: SeedRow, column: Metric, digits: int, plain: bool = False) -> str:

@@ -19,13 +19,12 @@ def main(argv: list[str]) -> str:
     if args.images < 4:
         raise ValueError(f"--images must be at least 4, got {args.images}")
 
-    from pipeline.config import load_params
+    from pipeline.config import RELAXED, load_params
     from pipeline.data.loading import load_images
     from pipeline.eval.label_gap import teacher_label_gap
     from pipeline.losses import loss_class
     from pipeline.models.loading import load_teacher
     from pipeline.stage_spec import teacher_dir
-    from pipeline.config import RELAXED
 
     params = load_params("params.yaml")
     if args.teacher not in params.teachers:
