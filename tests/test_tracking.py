@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from pipeline.infra.run_logger import start_run
 from pipeline.infra.runs import (DEFAULT_EXPERIMENT, OWNER_TAG, PARENT_TAG, RUN_GROUP_ENV, RUN_GROUP_TAG, flatten_params,
-                                 process_owner)
+                                 owner_is_gone, process_owner)
 from pipeline.infra.store import TrackingUnavailableError, tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,6 +211,24 @@ def test_run_of_a_sigkilled_process_is_marked_killed_by_the_next_run_of_its_stag
     assert status.pop(alive.info.run_id) == "RUNNING" and status.pop(elsewhere.info.run_id) == "RUNNING"
     assert list(status.values()) == ["FINISHED"]
     assert client.get_run(orphan.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
+
+
+def test_a_killed_process_not_yet_reaped_is_gone():
+    """A zombie keeps its pid and start time until its parent reaps it; its run is dead all the same (the
+    fault suite's `dvc repro` kill left its stage's run RUNNING while the stage was an unreaped zombie)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "up"
+    owner = f"{socket.gethostname()}:{child.pid}:{int(psutil.Process(child.pid).create_time())}"
+    assert not owner_is_gone(owner)
+    child.kill()
+    deadline = time.monotonic() + 10
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE  # killed, not reaped
+    assert owner_is_gone(owner)
+    child.wait()
+    assert owner_is_gone(owner)
 
 
 def test_importing_the_infrastructure_imports_no_mlflow():

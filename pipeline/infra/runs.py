@@ -107,15 +107,18 @@ def process_owner() -> str:
 
 
 def owner_is_gone(owner: str) -> bool:
-    """True only when the owner ran on this host and no process with its pid and start time exists; a run
-    from another host, or written before owners were tagged, is never declared dead."""
+    """True only when the owner ran on this host and no live process with its pid and start time exists; a
+    run from another host, or written before owners were tagged, is never declared dead. A zombie is dead:
+    a stage killed -9 under DVC is a grandchild nobody may reap for a while (in a container whose PID 1
+    does not reap, never), and its run must still be closed."""
     import psutil
 
     try:
         host, pid, started = owner.rsplit(":", 2)
         if host != socket.gethostname():
             return False
-        return int(psutil.Process(int(pid)).create_time()) != int(started)
+        process = psutil.Process(int(pid))
+        return int(process.create_time()) != int(started) or process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
     except (ValueError, psutil.Error):
