@@ -171,6 +171,10 @@ class ModelConfig(BackboneConfig):
     embedding_dim: PositiveInt | None = None  # None: the pooled backbone features are the embedding
     weights_path: str | None = None
 
+    def backbone_fields(self) -> dict[str, Any]:
+        """The backbone's architecture: two models with equal fields can exchange backbone weights."""
+        return {name: getattr(self, name) for name in BackboneConfig.model_fields}
+
 
 class OptimizerConfig(Strict):
     name: Literal["sgd", "adamw"] = "adamw"
@@ -272,6 +276,20 @@ class ProxyAnchorConfig(Strict):
     samples_per_class: PositiveInt | None = None  # None: random batches (the original recipe); K: P x K batches
 
 
+class PretrainConfig(Strict):
+    """A self-supervised start for a Proxy-Anchor teacher's backbone: Kim et al. (CVPR 2021, Sec. 5.1) start
+    every Table 1 network from ImageNet weights; the CPU analogue is SimCLR (or MoCo v2) on the teacher's own
+    train images, so the unseen test classes stay unseen. The students whose backbone equals the teacher's
+    start from the same weights (`pipeline.train.pretraining`)."""
+
+    method: Literal["simclr", "moco"] = "simclr"
+    augmentation: AugmentationConfig = AugmentationConfig(name="simclr")
+    temperature: PositiveFloat = 0.5
+    projection_dim: PositiveInt = 128
+    moco: MocoConfig = MocoConfig()
+    train: TrainConfig
+
+
 class TeacherConfig(Strict):
     method: Literal["simclr", "moco", "proxy_anchor"]
     model: ModelConfig
@@ -282,7 +300,25 @@ class TeacherConfig(Strict):
     proxy_anchor: ProxyAnchorConfig = ProxyAnchorConfig()
     train_classes: tuple[Annotated[int, Field(ge=0)], ...] | None = None
     transfer_embedding: Literal["projection", "backbone", "embedding"] = "projection"
+    pretrain: PretrainConfig | None = None
     train: TrainConfig
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler):
+        """Without `pretrain` when none is declared: a teacher's dotted keys, MLflow params and checkpoint
+        fingerprints stay those of params.yaml."""
+        dumped = handler(self)
+        if self.pretrain is None:
+            dumped.pop("pretrain", None)
+        return dumped
+
+    def pretraining(self) -> "TeacherConfig":
+        """The self-supervised teacher that `pretrain` trains: this teacher's backbone, no embedding head."""
+        pretrain = self.pretrain
+        return TeacherConfig(method=pretrain.method, model=ModelConfig(**self.model.backbone_fields()),
+                             projection_dim=pretrain.projection_dim, augmentation=pretrain.augmentation,
+                             temperature=pretrain.temperature, moco=pretrain.moco, train_classes=self.train_classes,
+                             transfer_embedding="backbone", train=pretrain.train)
 
     @property
     def setting(self) -> Setting:
@@ -299,6 +335,16 @@ class TeacherConfig(Strict):
             raise ValueError(f"model.embedding_dim: a {self.method} teacher trains its backbone and projection head only; "
                              "an embedding head would stay untrained. Leave embedding_dim out: the teacher is "
                              "evaluated on its pooled backbone features")
+        if self.pretrain is not None and self.method != "proxy_anchor":
+            raise ValueError(f"{FIELD_MARK}pretrain: a {self.method} teacher is itself self-supervised; only a proxy_anchor "
+                             "teacher starts from a self-supervised backbone")
+        if self.model.weights_path is not None and self.pretrain is not None:
+            raise ValueError(f"{FIELD_MARK}pretrain: the backbone already starts from model.weights_path; declare "
+                             "one of the two")
+        if self.pretrain is not None and (self.train.processes != 1 or self.train.nodes != 1):
+            raise ValueError(f"{FIELD_MARK}pretrain: a pretrained start runs in one process only for now (a second "
+                             "training in the same torchrun job would re-open its process group); set "
+                             "train.processes and train.nodes to 1")
         if self.method == "moco" and self.moco.variant == "v2":
             if self.train.batch_size % self.moco.bn_splits:
                 raise ValueError(f"{FIELD_MARK}train.batch_size: {self.train.batch_size} images do not split into "

@@ -132,11 +132,25 @@ def build_model(spec: ModelSpec) -> EmbeddingModel:
     )
 
 
-def save_model(model: EmbeddingModel, spec: ModelSpec, path: str | Path) -> None:
+INITIAL_BACKBONE = "initial_backbone"
+
+
+def save_model(model: EmbeddingModel, spec: ModelSpec, path: str | Path,
+               initial_backbone: dict[str, torch.Tensor] | None = None) -> None:
     """Atomic write of spec + weights with the digest of their content (`pipeline.integrity`): a
-    half-written file never exists, and a damaged one is refused when read."""
+    half-written file never exists, and a damaged one is refused when read. A teacher that started from a
+    pretrained backbone carries those starting weights too: its students start from them, and the DVC
+    dependency they already have on the teacher file covers them."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_sealed(path, {"spec": _jsonable(asdict(spec)), "state_dict": state}, "model")
+    payload = {"spec": _jsonable(asdict(spec)), "state_dict": state}
+    if initial_backbone is not None:
+        payload[INITIAL_BACKBONE] = {k: v.detach().cpu() for k, v in initial_backbone.items()}
+    save_sealed(path, payload, "model")
+
+
+def load_initial_backbone(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The backbone weights the model at `path` started from (`save_model`), None when it started at random."""
+    return load_sealed(path, "model").get(INITIAL_BACKBONE)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu",

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 OWNER = "owner"  # the trial's worker (`infra.process_owner`): host, pid, start time
 OVER_BUDGET = "over_budget"
 VALIDATED_ON, NOTES = "validated_on", "notes"  # the study's split and recipe changes, in words (its page)
+TEACHER_SCORE = "teacher_score"  # the bench teacher's own validation score (its page)
 
 
 def storage_url(params: Params) -> str:
@@ -152,6 +153,7 @@ def search_method(bench: Bench, method: str, worker: int = 0) -> optuna.Study:
     study = open_study(params, setting, method, worker)
     study.set_user_attr(VALIDATED_ON, bench.split.description)
     study.set_user_attr(NOTES, list(bench.notes))
+    study.set_user_attr(TEACHER_SCORE, bench.teacher_score)
     fail_abandoned(study)
     study.enqueue_trial(declared_values(params, setting, method), skip_if_exists=True)
     found = method_dimensions(params, setting, method)

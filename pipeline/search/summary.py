@@ -16,7 +16,7 @@ from pipeline.config import Params
 from pipeline.integrity import write_json
 from pipeline.metrics import metric
 from pipeline.search.space import tuned
-from pipeline.search.study import NOTES, OVER_BUDGET, VALIDATED_ON, storage, storage_url, study_name
+from pipeline.search.study import NOTES, OVER_BUDGET, TEACHER_SCORE, VALIDATED_ON, storage, storage_url, study_name
 from pipeline.search.trial import objective_metric
 from pipeline.setting import Setting
 
@@ -42,6 +42,7 @@ def study_summary(params: Params, setting: Setting, method: str) -> dict[str, An
     declared = next((t for t in trials if t.number == 0), None)
     return {"setting": setting.value, "method": method, "study": study.study_name, "score": objective_metric(setting),
             "validated_on": study.user_attrs.get(VALIDATED_ON), "notes": study.user_attrs.get(NOTES, []),
+            "teacher": study.user_attrs.get(TEACHER_SCORE),
             "trials": rows, "complete": len(complete), "pruned": sum(r["state"] == "pruned" for r in rows),
             "failed": sum(r["state"] == "fail" for r in rows), "seconds": sum(r["seconds"] or 0.0 for r in rows),
             "declared": declared.value if declared is not None else None,
@@ -100,6 +101,8 @@ def _page(record: dict[str, Any], overlay: Path) -> str:
         lines += [f"## {setting.title}", "", f"Validated on: {studies[0]['validated_on']}.", ""]
         lines += [f"- {note}" for note in studies[0]["notes"]] + ([""] if studies[0]["notes"] else [])
         score = metric(studies[0]["score"]).title
+        if studies[0]["teacher"] is not None:
+            lines += [f"The teacher, trained on the fit part: validation {score} {_pct(studies[0]['teacher'])}.", ""]
         lines += [f"| Method | Declared (trial 0) {score} | Best {score} | Chosen trial | Complete / pruned | Minutes "
                   "| Chosen values |", "|---|---|---|---|---|---|---|"]
         for found in studies:

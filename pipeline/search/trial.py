@@ -46,6 +46,11 @@ class Bench:
     folder: Path
     teacher_model: Any  # the frozen EmbeddingModel or Classifier every trial learns from
     notes: tuple[str, ...]  # what the bench changed in the recipe, in words (the search report shows them)
+    teacher_score: float  # the teacher's own validation score: what its students could inherit at best
+
+    @property
+    def teacher_path(self) -> Path:
+        return self.folder / "teacher" / MODEL
 
 
 def fitted_recipe(params: Params, setting: Setting, teacher: str, fit_classes: int) -> tuple[Params, tuple[str, ...]]:
@@ -90,7 +95,8 @@ def prepare_bench(params: Params, setting: Setting) -> Bench:
         from pipeline.models.loading import load_teacher
 
         model, _ = load_teacher(teacher_folder / MODEL, fitted.teachers[teacher])
-    return Bench(params, fitted, setting, teacher, split, folder, model, notes)
+    score = _score(model, split.validation, fitted, objective_metric(setting))
+    return Bench(params, fitted, setting, teacher, split, folder, model, notes, score)
 
 
 def _train_teacher(params: Params, teacher: str, split: ValidationSplit, out: Path, setting: Setting) -> None:
@@ -113,11 +119,13 @@ def _train_teacher(params: Params, teacher: str, split: ValidationSplit, out: Pa
                            stage, lambda path: save_classifier(objective.model, spec, path), seed=params.seed)
         else:
             from pipeline.models.embedding_model import save_model
+            from pipeline.train.pretraining import pretrained_backbone
             from pipeline.train.recipes import teacher_objective, teacher_sampler
 
-            objective, spec = teacher_objective(params, teacher, split.fit)
+            start = pretrained_backbone(params, teacher, split.fit, out, section, run, stage)
+            objective, spec = teacher_objective(params, teacher, split.fit, start)
             train_and_save(objective, split.fit, params.teachers[teacher].train, out, section, run, stage,
-                           lambda path: save_model(objective.model, spec, path), seed=params.seed,
+                           lambda path: save_model(objective.model, spec, path, start), seed=params.seed,
                            samples_per_class=teacher_sampler(params, teacher))
 
 
@@ -164,7 +172,7 @@ def run_trial(bench: Bench, method: str, values: dict[str, float], trial: optuna
                 raise optuna.TrialPruned(f"validation {key} {scores[step]:.4f} at step {step}")
 
         settings = {"method": params.method(setting, method).model_dump(mode="json"), "setting": setting.value,
-                    "teacher_sha256": file_sha256(bench.folder / "teacher" / MODEL)}
+                    "teacher_sha256": file_sha256(bench.teacher_path)}
         pruned = None
         try:
             train_and_save(objective, bench.split.fit, train, out, settings, run, stage, save, seed=replica.seed,
@@ -187,10 +195,11 @@ def _student(params: Params, replica: Replica, bench: Bench):
 
         objective, spec = classifier_student_objective(params, replica, bench.teacher_model, bench.split.fit)
         return objective, lambda path: save_classifier(objective.model, spec, path), None
-    from pipeline.models.embedding_model import save_model
+    from pipeline.models.embedding_model import load_initial_backbone, save_model
     from pipeline.train.recipes import transfer_objective
 
-    objective, spec = transfer_objective(params, replica, bench.teacher_model, bench.split.fit)
+    objective, spec = transfer_objective(params, replica, bench.teacher_model, bench.split.fit,
+                                         load_initial_backbone(bench.teacher_path))
     sampler = getattr(params.transfer.of(replica.setting), "sampler", None)  # the self-supervised section has none
     return (objective, lambda path: save_model(objective.model, spec, path),
             sampler.samples_per_class if sampler else None)

@@ -24,6 +24,7 @@ from pipeline.setting import Setting
 from pipeline.train.objectives import Objective, ProxyAnchorObjective, SimCLRObjective, TransferObjective
 
 PROJECTION_KIND = {"simclr": "simclr", "moco": "mocov2"}  # the projection head of each SSL teacher method
+Backbone = dict[str, torch.Tensor] | None  # backbone weights to start from; None: a random start
 
 
 def augment_for(augmentation: str | cfg.AugmentationConfig, data: cfg.DataConfig, images: ImageSet) -> torch.nn.Module:
@@ -62,16 +63,45 @@ def initial_weights(seed: int) -> Iterator[None]:
         yield
 
 
-def teacher_objective(params: cfg.Params, name: str, images: ImageSet) -> tuple[Objective, ModelSpec]:
-    """The objective that trains teacher `name` on `images`, and the spec its model is saved with."""
-    teacher = params.teachers[name]
+def teacher_objective(params: cfg.Params, name: str, images: ImageSet,
+                      backbone: Backbone = None) -> tuple[Objective, ModelSpec]:
+    """The objective that trains teacher `name` on `images`, and the spec its model is saved with; its
+    backbone starts from `backbone` when given (its pretraining's: `pipeline.train.pretraining`)."""
+    return _teacher_objective(params, params.teachers[name], images, backbone)
+
+
+def pretraining_objective(params: cfg.Params, name: str, images: ImageSet) -> tuple[Objective, ModelSpec]:
+    """The self-supervised objective of teacher `name`'s `pretrain` section, on the teacher's backbone."""
+    return _teacher_objective(params, params.teachers[name].pretraining(), images, None)
+
+
+def _teacher_objective(params: cfg.Params, teacher: cfg.TeacherConfig, images: ImageSet,
+                       backbone: Backbone) -> tuple[Objective, ModelSpec]:
     with initial_weights(params.seed):
         spec = model_spec(teacher.model, images.channels, PROJECTION_KIND.get(teacher.method), teacher.projection_dim)
         spec.pooling = teacher.setting.pooling
         model = build_model(spec)
+        _start_from(model, backbone)
         objective = _own_objective(teacher.method, teacher, model,
                                    augment_for(teacher.augmentation, params.data, images), images.num_classes)
     return objective, spec
+
+
+def _start_from(model: EmbeddingModel, backbone: Backbone) -> None:
+    if backbone is not None:
+        model.backbone.load_state_dict(backbone)
+
+
+def student_backbone(teacher: cfg.TeacherConfig, student: cfg.ModelConfig, backbone: Backbone) -> Backbone:
+    """The weights a student's backbone starts from: its teacher's pretrained start when the teacher has one
+    and the two backbones are the same network (the paper's Table 1 students start from the ImageNet weights
+    their teachers started from); else None, a random start."""
+    if teacher.pretrain is None or student.backbone_fields() != teacher.model.backbone_fields():
+        return None
+    if backbone is None:
+        raise ValueError("the teacher checkpoint carries no pretrained backbone although teachers.*.pretrain is "
+                         "declared: re-run its teacher stage")
+    return backbone
 
 
 def teacher_sampler(params: cfg.Params, name: str) -> int | None:
@@ -80,24 +110,26 @@ def teacher_sampler(params: cfg.Params, name: str) -> int | None:
     return teacher.proxy_anchor.samples_per_class if teacher.method == "proxy_anchor" else None
 
 
-def transfer_objective(params: cfg.Params, replica: Replica, teacher: EmbeddingModel,
-                       images: ImageSet) -> tuple[Objective, ModelSpec]:
+def transfer_objective(params: cfg.Params, replica: Replica, teacher: EmbeddingModel, images: ImageSet,
+                       teacher_start: Backbone = None) -> tuple[Objective, ModelSpec]:
     """Replica `replica` of a student, initialised from its seed: trained from the frozen `teacher` with
     its loss under the transfer section of its setting, or by the teacher's own objective: that control
     trains with its teacher's augmentation (MoCo v2's for a MoCo teacher, crop + flip for Proxy-Anchor)
     and views, and with the section's budget and sampler (the stage passes those), so it differs from its
-    teacher only in the student network and the budget."""
+    teacher only in the student network and the budget. `teacher_start`: the backbone the teacher started
+    from (`load_initial_backbone`), where the student's starts too (`student_backbone`)."""
     with initial_weights(replica.seed):
-        return _transfer_objective(params, replica, teacher, images)
+        return _transfer_objective(params, replica, teacher, images, teacher_start)
 
 
-def _transfer_objective(params: cfg.Params, replica: Replica, teacher: EmbeddingModel,
-                        images: ImageSet) -> tuple[Objective, ModelSpec]:
+def _transfer_objective(params: cfg.Params, replica: Replica, teacher: EmbeddingModel, images: ImageSet,
+                        teacher_start: Backbone) -> tuple[Objective, ModelSpec]:
     teacher_cfg = params.teachers[replica.teacher]
     setting = replica.setting
     section = params.transfer.of(setting)
     loss_cfg = params.losses[replica.method].in_setting(setting)
     student_model = params.students[replica.student].model
+    backbone = student_backbone(teacher_cfg, student_model, teacher_start)
     if loss_cfg.name == cfg.TEACHER_OBJECTIVE:
         augment = augment_for(teacher_cfg.augmentation, params.data, images)
         spec = model_spec(student_model, images.channels, PROJECTION_KIND.get(teacher_cfg.method),
@@ -108,11 +140,13 @@ def _transfer_objective(params: cfg.Params, replica: Replica, teacher: Embedding
             spec.embedding_dim = None
         spec.pooling = setting.pooling
         student = build_model(spec)
+        _start_from(student, backbone)
         return _own_objective(teacher_cfg.method, teacher_cfg, student, augment, images.num_classes), spec
     augment = augment_for(section.augmentation, params.data, images)
     spec = model_spec(student_model, images.channels)
     spec.pooling = setting.pooling
     student = build_model(spec)
+    _start_from(student, backbone)
     pooled = losses.loss_class(loss_cfg.name).features == "pooled"  # CRD: widths of the pooled features
     context = {
         "student_channels": list(student.backbone.stage_channels),

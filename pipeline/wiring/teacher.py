@@ -15,7 +15,7 @@ def teacher(params: Params, name: str, argv: list[str]) -> None:
     config = params.teacher(name)
     released = params.released_teachers.get(name)
     if released is None:
-            infra.relaunch_under_torchrun("stages.teacher", argv, config.train, f"teachers.{name}.train")
+        infra.relaunch_under_torchrun("stages.teacher", argv, config.train, f"teachers.{name}.train")
     else:
         from pipeline.models.released import load_released
 
@@ -59,14 +59,16 @@ def train(params: Params, name: str, section: dict, run: infra.RunLogger, stage:
     """Train teacher `name` into its output folder (resuming its checkpoint); the training summary."""
     from pipeline.data.loading import load_images
     from pipeline.models.embedding_model import save_model
+    from pipeline.train.pretraining import pretrained_backbone
     from pipeline.train.recipes import teacher_objective, teacher_sampler
     from pipeline.train.session import train_and_save
 
     config = params.teachers[name]
     images = load_images(params.data, "train", config.train_classes)
-    objective, spec = teacher_objective(params, name, images)
+    start = pretrained_backbone(params, name, images, teacher_dir(name), section, run, stage)
+    objective, spec = teacher_objective(params, name, images, start)
     return train_and_save(objective, images, config.train, teacher_dir(name), section, run, stage,
-                          lambda path: save_model(objective.model, spec, path), seed=params.seed,
+                          lambda path: save_model(objective.model, spec, path, start), seed=params.seed,
                           samples_per_class=teacher_sampler(params, name))
 
 

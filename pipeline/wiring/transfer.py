@@ -24,7 +24,7 @@ def train_student(params: Params, replica: Replica, argv: list[str]) -> None:
 
     from pipeline.data.loading import load_images
     from pipeline.integrity import write_json
-    from pipeline.models.embedding_model import save_model
+    from pipeline.models.embedding_model import load_initial_backbone, save_model
     from pipeline.models.loading import load_teacher
     from pipeline.train.fingerprint import file_sha256
     from pipeline.train.recipes import transfer_objective
@@ -42,7 +42,7 @@ def train_student(params: Params, replica: Replica, argv: list[str]) -> None:
         teacher_path = teacher_dir(replica.teacher) / MODEL
         teacher, _ = load_teacher(teacher_path, teacher_cfg)
         images = load_images(params.data, "train", teacher_cfg.train_classes)
-        objective, spec = transfer_objective(params, replica, teacher, images)
+        objective, spec = transfer_objective(params, replica, teacher, images, load_initial_backbone(teacher_path))
         sampler = getattr(transfer, "sampler", None)  # the self-supervised section has none
         out = replica.folder
         # A retrained teacher invalidates a half-trained student, so the teacher file is part of the fingerprint.
