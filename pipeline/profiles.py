@@ -20,8 +20,9 @@ parameter, and an overlay read by a plain `yaml.safe_load` (DVC, or a script tha
 files) fails loudly on the unknown tag instead of yielding a half-profile that looks like data.
 
 Bases: an overlay may start with `extends: OTHER` to be composed over profile OTHER (itself composed over
-the default) instead of the default: the paper-scale Cars and SOP profiles and the CUB compression row are
-the CUB profile with a few changes. One level only: OTHER may not itself extend a profile.
+its own base, down to the default) instead of the default: the paper-scale Cars and SOP profiles and the CUB
+compression row are the CUB profile with a few changes; a search's chosen values (`NAME_tuned`) extend the
+profile searched, whatever that extends. A chain that comes back to a profile is refused.
 
 Where the default comes from once params.yaml has been overwritten: the composed params.yaml starts with a
 header line `# profile: NAME ...`. The command reads the default from params.yaml when it has no such
@@ -151,7 +152,15 @@ def read_overlay(name: str, root: Path = ROOT) -> dict:
 
 
 def compose(name: str, default: dict, root: Path = ROOT) -> dict:
-    """The parameters of profile `name`: its overlay over its base (`extends`, one level) over `default`."""
+    """The parameters of profile `name`: its overlay over its bases (`extends`, down the chain) over `default`."""
+    source = str(profile_path(name, root).relative_to(root))
+    raw = _composed(name, default, root, ())
+    validate_params(raw, f"{source} (composed over the default params.yaml)")
+    return raw
+
+
+def _composed(name: str, default: dict, root: Path, seen: tuple[str, ...]) -> dict:
+    """Profile `name`'s overlay merged over its base's composition (`seen`: the profiles that extend it)."""
     source = str(profile_path(name, root).relative_to(root))
     overlay = read_overlay(name, root)
     base = default
@@ -159,14 +168,10 @@ def compose(name: str, default: dict, root: Path = ROOT) -> dict:
         parent = overlay.pop(EXTENDS)
         if not isinstance(parent, str):
             raise ConfigError(f"{source}: {EXTENDS}: names one profile, got {parent!r}")
-        parent_overlay = read_overlay(parent, root)
-        if EXTENDS in parent_overlay:
-            raise ConfigError(f"{source}: {EXTENDS}: {parent} itself extends {parent_overlay[EXTENDS]}; a base "
-                              f"must be composed over the default (one level only)")
-        base = merge(default, parent_overlay, f"profiles/{parent}.yaml")
-    raw = merge(base, overlay, source)
-    validate_params(raw, f"{source} (composed over the default params.yaml)")
-    return raw
+        if parent in (*seen, name):
+            raise ConfigError(f"{source}: {EXTENDS}: {parent} closes a cycle ({' -> '.join((*seen, name, parent))})")
+        base = _composed(parent, default, root, (*seen, name))
+    return merge(base, overlay, source)
 
 
 def profile_params(name: str, root: Path = ROOT) -> dict:

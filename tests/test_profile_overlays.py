@@ -90,19 +90,26 @@ def test_lists_replace_and_the_replace_and_delete_tags_act_on_their_node_only(ch
     ("data: {image_size: -1}\n", "data.image_size"),                    # a bad value: the schema's error
     ("evaluation:\n  nope: !delete\n", "evaluation.nope"),                 # nothing to delete
     ("extends: cpu_study\nseeds: [1]\n", "extends"),                       # fine: one level
-    ("extends: twice\n", "extends"),                                       # a base that extends: refused
+    ("extends: twice\nseeds: [2]\n", "extends"),                          # fine: a chain
+    ("extends: loop\n", "closes a cycle (bad -> loop -> bad)"),            # a chain back to itself: refused
     ("seeds: !replace [1]\n", "line 1"),                                   # !replace takes a mapping
     ("- a list\n", "expected a mapping"),
 ])
 def test_a_bad_overlay_is_refused_on_one_line_naming_the_file_and_key(checkout, text, key):
-    overlay(checkout, "twice", "extends: cpu_study\n")
+    overlay(checkout, "twice", "extends: cpu_study\nevaluation: {tsne_points: 7}\n")
+    overlay(checkout, "loop", "extends: bad\n")
     name = overlay(checkout, "bad", text)
-    if text.startswith("extends: cpu_study"):
-        assert compose(name, DEFAULT, checkout)["seeds"] == [1]
+    if text.startswith("extends: cpu_study") or text.startswith("extends: twice"):
+        composed = compose(name, DEFAULT, checkout)
+        assert composed["seeds"] == ([1] if "cpu_study" in text else [2])
+        if "twice" in text:  # each level merged in turn: the middle one's key, the base's grid
+            assert composed["evaluation"]["tsne_points"] == 7
+            assert composed["transfer"]["metric_learning"]["views"] == 2
         return
     before = (checkout / "params.yaml").read_bytes()
     message = one_line_error(lambda: write_params(name, checkout))
-    assert message.startswith("profiles/bad.yaml") and key in message, message
+    named = "profiles/loop.yaml" if "loop" in text else "profiles/bad.yaml"  # the file whose `extends` closes it
+    assert message.startswith(named) and key in message, message
     assert (checkout / "params.yaml").read_bytes() == before  # nothing written
     assert not list(checkout.glob(".params.*"))                # nor left behind
 
