@@ -645,6 +645,31 @@ class SearchConfig(Strict):
     storage: str | None = None
 
 
+class IndexConfig(Strict):
+    """The gallery indexes of `pipeline.deploy.index`: exact, and HNSW (faiss's `IndexHNSWFlat`) beside it."""
+
+    k: PositiveInt = 10  # neighbours compared: the exact index's against the evaluation's, HNSW's against exact
+    approximate: bool = True
+    hnsw_m: PositiveInt = 32  # links per node (faiss's default)
+    ef_construction: PositiveInt = 40  # faiss's default
+    ef_search: PositiveInt = 64
+
+
+class DeployConfig(Strict):
+    """What the export stages measure of every trained model (pipeline/deploy, issue 30): ONNX Runtime latency
+    at each batch size on each thread count (0: all the cores the stage may use), median of `repeats` runs; the
+    gallery indexes; the int8 variant, calibrated on `calibration_images` train images; the MLflow Model
+    Registry entry of each exported model."""
+
+    batch_sizes: tuple[PositiveInt, ...] = (1, 64)
+    threads: tuple[Annotated[int, Field(ge=0)], ...] = (1, 0)
+    repeats: PositiveInt = 20
+    index: IndexConfig = IndexConfig()
+    int8: bool = True
+    calibration_images: PositiveInt = 256
+    registry: bool = True
+
+
 class MlflowConfig(Strict):
     experiment: str = "embedding-transfer"
 
@@ -673,6 +698,7 @@ class Params(Strict):
     mlflow: MlflowConfig = MlflowConfig()
     validation: ValidationConfig = ValidationConfig()
     search: SearchConfig = SearchConfig()
+    deploy: DeployConfig = DeployConfig()
     # Teacher name -> an official Proxy-Anchor source checkpoint (LabelRelaxation's
     # download_pretrained_source_models.sh files) that its teacher stage loads instead of training it.
     # `teachers.NAME` still says what the model is; its `train` section and `model.weights_path` (how it

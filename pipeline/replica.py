@@ -38,7 +38,11 @@ class Replica:
     @property
     def stage(self) -> str:
         """Its DVC stage, which joins the matrix item's values with '-' (`transfer@simclr-small-relaxed-0`)."""
-        return f"{self.setting.stage}@{self.cell}-{self.seed}"
+        return self.stage_of(self.setting.stage)
+
+    def stage_of(self, family: str) -> str:
+        """Its stage in the matrix family `family` (its training's, or its export's)."""
+        return f"{family}@{self.cell}-{self.seed}"
 
     @property
     def folder(self) -> Path:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from pipeline import metrics as registry
 from pipeline.config import RELAXED, Params
+from pipeline.deploy.report import deploy_section
 from pipeline.eval.curves import recall_at_k_plot
 from pipeline.metrics import Metric
 from pipeline.replica import Replica, replicas
@@ -258,6 +259,7 @@ def build_report(params: Params, out_dir: Path) -> tuple[str, dict[str, float | 
         parts += [f"Not in this run: {'; '.join(absent)}.", ""]
     seed_parts, summary = seed_sections(params, out_dir)
     parts += seed_parts
+    parts += deploy_section(params, out_dir)
     parts += ["# Every model", "", "One line per model and replica; the sections above aggregate them.", ""]
     for setting in TRANSFER_SETTINGS:
         grid = params.transfer.of(setting).grid

@@ -9,7 +9,8 @@ function the dvc.yaml template; a YAML spec would need a templating layer of its
 The DAG: `code` writes each stage command's code manifest (pipeline/infra/code_manifest.py), `prepare`
 validates params.yaml and the dataset, teachers train (or load a released checkpoint), every student replica
 of a setting's grid trains from its frozen teacher and is scored in the same process, raw pixels are scored,
-classifier distillation runs, and `report` gathers everything.
+every trained embedding model (teachers and students) is exported to ONNX and measured deployed, classifier
+distillation runs, and `report` gathers everything.
 """
 from __future__ import annotations
 
@@ -36,6 +37,16 @@ METRICS = "metrics.json"
 LOSS_CURVE = "loss.json"  # per-step training loss (DVC plot data), beside each trained model.pt
 RECALL_CURVE = "recall.json"  # Recall@K per K (DVC plot data), beside each evaluation's metrics.json
 FIGURES = "figures"
+
+
+ONNX = "model.onnx"  # the deployable graph of a trained model (pipeline/deploy/graph.py)
+ONNX_INT8 = "model.int8.onnx"  # its int8 variant (pipeline/deploy/quantize.py)
+DEPLOY_METRICS = "deploy.json"  # what it costs deployed (pipeline/wiring/export.py)
+
+
+def deploy_dir(model_id: str) -> Path:
+    """Where the export of model `model_id` (a teacher's or replica's id) writes."""
+    return OUTPUTS / "deploy" / model_id
 
 
 def teacher_dir(teacher: str) -> Path:
@@ -102,6 +113,12 @@ TRANSFER = {setting: Family(setting.stage, "stages.transfer", trained_on=(
     *(f"transfer.{{setting}}.{key}" for key in
       ("augmentation", "views", "train", *(("sampler",) if setting.labels else ())))),
     scored_with=("evaluation",)) for setting in TRANSFER_SETTINGS}
+# Export: the model's file is the dep; what it is scored on (its teacher's evaluation classes, the test split,
+# the retrieval distance) and the deploy section are the params.
+EXPORTED_WITH = ("data", "teachers.{teacher}", "evaluation.retrieval.distance", "deploy")
+TEACHER_EXPORT = Family("teacher_export", "stages.export", "teacher", scored_with=EXPORTED_WITH)
+EXPORT = {setting: Family(f"{setting.stage}_export", "stages.export", "student", scored_with=EXPORTED_WITH)
+          for setting in TRANSFER_SETTINGS}
 PIXELS = Family("evaluate_pixels", "stages.evaluate", trained_on=("seed", "data", "teachers.{teacher}"),
                 scored_with=("evaluation",))
 CLASSIFIER_TEACHER = Family("classifier_teacher", "stages.classify", "teacher", trained_on=(
@@ -168,11 +185,29 @@ def _stage(family: Family, args: str, deps: list[str], params: list | None, part
     return {**loop, **body}
 
 
+def _exported(model_id: str) -> tuple[list, list, list]:
+    """The outs and metrics of one model's export (pipeline/wiring/export.py)."""
+    folder = deploy_dir(model_id)
+    return [str(folder / ONNX), str(folder / ONNX_INT8)], [_cached(folder / DEPLOY_METRICS)], []
+
+
+def _export_stage(setting: Setting) -> dict[str, Any]:
+    family, item = EXPORT[setting], Replica.placeholder(setting)
+    return _stage(family, item.command_args(), [str(item.folder / MODEL)], family.keys(teacher=item.teacher),
+                  [_exported(item.name)], matrix=_matrix(setting))
+
+
+def _matrix(setting: Setting) -> dict[str, str]:
+    """The DVC matrix of a setting's replicas: its grid's columns and `seeds`."""
+    matrix = {field: f"${{{setting.grid_key}.{field}}}" for field in ("teacher", "student", setting.method_key)}
+    matrix["seed"] = "${seeds}"
+    return matrix
+
+
 def _replica_stage(setting: Setting) -> dict[str, Any]:
     family = STUDENTS[setting]
     item = Replica.placeholder(setting)
-    matrix = {field: f"${{{setting.grid_key}.{field}}}" for field in ("teacher", "student", setting.method_key)}
-    matrix["seed"] = "${seeds}"
+    matrix = _matrix(setting)
     names = dict(teacher=item.teacher, student=item.student, method=item.method, setting=setting.value)
     if setting is Setting.CLASSIFICATION:
         teacher_model = classifier_teacher_dir(item.teacher) / MODEL
@@ -203,6 +238,10 @@ def dvc_stages() -> dict[str, dict[str, Any]]:
             _trained(teacher_dir(teacher)), _evaluation(teacher_id(teacher)), _evaluation(transferred_id(teacher))],
             foreach="${teachers}"),
         **{TRANSFER[s].name: _replica_stage(s) for s in TRANSFER_SETTINGS},
+        TEACHER_EXPORT.name: _stage(TEACHER_EXPORT, f"--teacher {teacher}", [str(teacher_dir(teacher) / MODEL)],
+                                    TEACHER_EXPORT.keys(teacher=teacher), [_exported(teacher_id(teacher))],
+                                    foreach="${teachers}"),
+        **{EXPORT[s].name: _export_stage(s) for s in TRANSFER_SETTINGS},
         PIXELS.name: _stage(PIXELS, f"--teacher {teacher}", [], PIXELS.keys(teacher=teacher),
                             [_evaluation(pixels_id(teacher))], foreach="${teachers}"),
         CLASSIFIER_TEACHER.name: _stage(CLASSIFIER_TEACHER, f"--teacher {teacher}", [str(DATA_SUMMARY)],

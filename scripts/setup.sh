@@ -21,7 +21,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import pipeline, torch, torchvision, lightly, pytorch_metric_learning, flask_wtf, psycopg" \
+if ! .venv/bin/python -c "import pipeline, torch, torchvision, lightly, pytorch_metric_learning, flask_wtf, psycopg, onnxruntime, faiss" \
      2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip

@@ -4,27 +4,19 @@
 its initial weights, augmentation stream and batch order; the teacher trains under params.yaml's `seed`."""
 from __future__ import annotations
 
-import argparse
-
-from pipeline.wiring.common import load, run_stage
+from pipeline.wiring.common import load, run_stage, teacher_or_student
 
 
 def main(argv: list[str]) -> None:
-    from pipeline.replica import Replica
     from pipeline.setting import Setting
     from pipeline.wiring import classify
 
-    if argv[:1] not in (["teacher"], ["student"]):
-        argparse.ArgumentParser(description=__doc__).error("the first argument is `teacher` or `student`")
+    named = teacher_or_student(argv, __doc__, Setting.CLASSIFICATION.method_key, lambda teacher: Setting.CLASSIFICATION)
     params = load()
-    if argv[0] == "teacher":
-        parser = argparse.ArgumentParser(description=__doc__)
-        parser.add_argument("--teacher", required=True)
-        classify.train_teacher(params, parser.parse_args(argv[1:]).teacher, argv)
+    if isinstance(named, str):
+        classify.train_teacher(params, named, argv)
     else:
-        replica = Replica.parse(argv[1:], __doc__, Setting.CLASSIFICATION.method_key,
-                                lambda teacher: Setting.CLASSIFICATION)
-        classify.train_student(params, params.checked(replica), argv)
+        classify.train_student(params, params.checked(named), argv)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def test_a_registered_metric_reaches_metrics_report_summary_and_mlflow(tmp_path,
     from pipeline.eval.session import evaluate_and_save
     from pipeline.replica import replicas
     from pipeline.report import build_report
+    from test_report import write_deployed
     from pipeline.setting import Setting
     from pipeline.stage_spec import eval_dir, pixels_id, teacher_id, transferred_id
 
@@ -55,6 +56,8 @@ def test_a_registered_metric_reaches_metrics_report_summary_and_mlflow(tmp_path,
     for model in models[1:]:
         eval_dir(model).mkdir(parents=True, exist_ok=True)
         (eval_dir(model) / "metrics.json").write_text((eval_dir(models[0]) / "metrics.json").read_text())
+        if model != transferred_id("simclr"):
+            write_deployed(model, 8)
 
     (tmp_path / "outputs/teachers/simclr").mkdir(parents=True)
     (tmp_path / "outputs/teachers/simclr/metrics.json").write_text(json.dumps({"steps": 2}))

@@ -122,17 +122,28 @@ def server_client(env: dict):
 
 def test_the_server_finds_each_student_by_its_tags_with_its_loss_params_and_its_scores(repro):
     """What the UI's search box and Group-by run on: `tags.method = 'relaxed'` and friends, answered by
-    the tracking server. Each student is exactly one run holding its training params and its metrics."""
+    the tracking server. Each student is exactly one training run holding its training params and its
+    metrics, and (an embedding student) one export run, `tags.kind = 'export'`, holding what it costs
+    deployed and naming its registered model."""
     root, env, _ = repro
     client, experiment = server_client(env)
     assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
     relaxed = client.search_runs([experiment.experiment_id], filter_string="tags.method = 'relaxed'")
-    assert {r.data.tags["dvc.stage"] for r in relaxed} == {"transfer@simclr-small-relaxed-0",
-                                                           "metric_transfer@proxy_anchor-small-relaxed-0"}
+    assert {r.data.tags["dvc.stage"] for r in relaxed} == {
+        "transfer@simclr-small-relaxed-0", "metric_transfer@proxy_anchor-small-relaxed-0",
+        "transfer_export@simclr-small-relaxed-0", "metric_transfer_export@proxy_anchor-small-relaxed-0"}
     for model, (tags, loss_param, metrics_file) in STUDENTS.items():
         query = " and ".join(f"tags.{key} = '{value}'" for key, value in {**tags, "student": "small"}.items())
-        found = client.search_runs([experiment.experiment_id], filter_string=query)
-        assert len(found) == 1, f"{query}: {[r.data.tags.get('dvc.stage') for r in found]}"
+        every = client.search_runs([experiment.experiment_id], filter_string=query)
+        found = [r for r in every if r.data.tags.get("kind") != "export"]
+        exported = [r for r in every if r.data.tags.get("kind") == "export"]
+        assert len(found) == 1, f"{query}: {[r.data.tags.get('dvc.stage') for r in every]}"
+        if tags["setting"] != "classification":
+            [export] = exported
+            deployed = json.loads((root / f"outputs/deploy/{model}-seed0/deploy.json").read_text())
+            assert export.data.metrics["int8.map_at_r"] == pytest.approx(deployed["int8.map@r"])
+            name = export.data.tags["registered_model"]
+            assert client.get_model_version(name, export.data.tags["registered_version"]).run_id == export.info.run_id
         scored = json.loads((root / metrics_file).read_text())
         student = found[0].data
         assert student.tags["seed"] == "0"

@@ -52,12 +52,30 @@ def _table1_params(ks=(1, 2, 4, 8)):
     return validate_params(raw)
 
 
+def write_deployed(model_id: str, dim: int, ms: float = 0.1, index_bytes: float | None = None,
+                   **extra: float) -> dict:
+    """An export stage's deploy.json: `ms` per image at every latency the default and tiny `deploy` sections time,
+    the int8 variant twice as fast; index bytes per item 4 x dim unless given."""
+    from pipeline.stage_spec import DEPLOY_METRICS, deploy_dir
+
+    record = {"parameters": 1000, "flops": 2e6, "fp32.map@r": 0.5, "int8.map@r": 0.49,
+              "index.exact_bytes_per_item": index_bytes or 4 * dim, "index.hnsw_recall_at_k": 0.99, **extra}
+    for key in (f"latency_ms_b{batch}_t{threads}" for batch in (1, 8, 64) for threads in (0, 1)):
+        record[f"fp32.{key}"], record[f"int8.{key}"] = ms, ms / 2
+    deploy_dir(model_id).mkdir(parents=True, exist_ok=True)
+    (deploy_dir(model_id) / DEPLOY_METRICS).write_text(json.dumps(record))
+    return record
+
+
 def _write_metrics(model_id: str, metrics: dict) -> None:
-    """An evaluation's metrics file; for a teacher's own output also its training summary (label gap 0.25)."""
+    """An evaluation's metrics file (and, for a trained model, its export's deploy.json); for a teacher's own
+    output also its training summary (label gap 0.25)."""
     from pipeline.stage_spec import eval_dir, teacher_dir
 
     eval_dir(model_id).mkdir(parents=True, exist_ok=True)
     (eval_dir(model_id) / "metrics.json").write_text(json.dumps(metrics))
+    if not model_id.startswith("pixels-") and not model_id.endswith("-transferred"):
+        write_deployed(model_id, int(metrics.get("embedding_dim", 8)))
     if model_id.startswith("teacher-") and not model_id.endswith("-transferred"):
         teacher_dir(model_id.removeprefix("teacher-")).mkdir(parents=True, exist_ok=True)
         (teacher_dir(model_id.removeprefix("teacher-")) / "metrics.json").write_text(

@@ -56,6 +56,7 @@ def test_a_student_added_with_its_role_gets_its_stages_paths_and_table1_block(tm
 
     from pipeline.config import validate_params
     from pipeline.report import build_report
+    from test_report import write_deployed
     from pipeline.stage_spec import eval_dir, pixels_id, teacher_id, transferred_id
 
     raw = yaml.safe_load((ROOT / "tests/assets/tiny_params.yaml").read_text())
@@ -67,7 +68,10 @@ def test_a_student_added_with_its_role_gets_its_stages_paths_and_table1_block(tm
     added = list(replicas(params.transfer.metric_learning.grid, Setting.METRIC_LEARNING, "proxy_anchor", params.seeds))
     assert [r.stage for r in added if r.student == "tiny"] == [
         "metric_transfer@proxy_anchor-tiny-relaxed-0", "metric_transfer@proxy_anchor-tiny-relaxed-1"]
-    assert {r.stage for r in added} <= dvc_stages(tmp_path, raw)
+    listed = dvc_stages(tmp_path, raw)
+    assert {r.stage for r in added} <= listed
+    from pipeline.stage_spec import EXPORT  # ... and is exported: `metric_transfer_export@proxy_anchor-tiny-relaxed-0`
+    assert {r.stage_of(EXPORT[Setting.METRIC_LEARNING].name) for r in added} <= listed
 
     monkeypatch.chdir(tmp_path)
     scores = {"recall@1": 0.5, "map@r": 0.25, "r_precision": 0.3, "embedding_dim": 4, "parameters": 100}
@@ -77,6 +81,8 @@ def test_a_student_added_with_its_role_gets_its_stages_paths_and_table1_block(tm
     for model in ids:
         eval_dir(model).mkdir(parents=True, exist_ok=True)
         (eval_dir(model) / "metrics.json").write_text(json.dumps(scores))
+        if not model.startswith("pixels-") and not model.endswith("-transferred"):
+            write_deployed(model, 4)
     for replica in replicas(params.classification.grid, Setting.CLASSIFICATION, "wide", params.seeds):
         replica.folder.mkdir(parents=True)
         (replica.folder / "metrics.json").write_text(json.dumps({"top1": 0.5}))

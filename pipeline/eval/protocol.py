@@ -23,14 +23,6 @@ from pipeline.eval.linear_probe import linear_probe
 from pipeline.eval.retrieval import retrieval_metrics
 
 
-def subsample(images: ImageSet, count: int | None, seed: int) -> ImageSet:
-    """A seeded random subset (the probe on 10k of 60k train images costs seconds instead of a minute)."""
-    if count is None or count >= len(images):
-        return images
-    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    return images.rows(keep)
-
-
 def pixel_features(images: ImageSet, preprocess: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Raw pixels (normalised, flattened): the baseline every learned embedding must beat."""
     return torch.cat([preprocess(images.images[i: i + 4096]).flatten(1) for i in range(0, len(images), 4096)])
@@ -70,7 +62,7 @@ def evaluate(
     test_x = test_x.float()
     test_labels = test.labels.to(test_x.device)
     if needs_train_split(evaluation):  # only the probe and kNN fit on train (SOP's pixels: 36 GB of features)
-        train = subsample(train, evaluation.probe.train_samples, seed)
+        train = train.subsample(evaluation.probe.train_samples, seed)
         if model is None:
             train_x = pixel_features(train, preprocess)
         else:

@@ -17,7 +17,6 @@ import torch
 from pipeline.config import Params
 from pipeline.data.imageset import ImageSet, subset_classes
 from pipeline.data.loading import load_images
-from pipeline.eval.protocol import subsample
 from pipeline.setting import Setting
 
 
@@ -48,7 +47,7 @@ def validation_split(params: Params, setting: Setting, teacher: str) -> Validati
         fit_classes = tuple(c for c in train_classes if c not in held_out)
         return ValidationSplit(
             subset_classes(train, fit_classes),
-            subsample(subset_classes(train, validation.classes), validation.max_images, params.seed + 1),
+            subset_classes(train, validation.classes).subsample(validation.max_images, params.seed + 1),
             f"class-disjoint: fit on train classes {list(fit_classes)}, scored on the train images of classes "
             f"{list(validation.classes)} (the test classes are never seen)")
     classes = None if setting is Setting.CLASSIFICATION else params.teachers[teacher].train_classes
@@ -60,7 +59,7 @@ def validation_split(params: Params, setting: Setting, teacher: str) -> Validati
                          f"{held}; it must leave two or more on each side")
     return ValidationSplit(
         images.rows(order[held:].sort().values),
-        subsample(images.rows(order[:held].sort().values), validation.max_images, params.seed + 1),
+        images.rows(order[:held].sort().values).subsample(validation.max_images, params.seed + 1),
         f"held-out images: {validation.fraction:g} of the train images ({held}) kept out of every training, "
         f"scored on at most {validation.max_images} of them")
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from pipeline.replica import Replica
+    from pipeline.setting import Setting
 
 
 def load():
@@ -113,6 +117,23 @@ def _check_code_manifest() -> int:
               "pipeline.infra.code_manifest can read it (a plain import statement)", file=sys.stderr)
         return 1
     return 0
+
+
+def teacher_or_student(argv: list[str], description: str, method_key: str,
+                       setting_of: Callable[[str], Setting]) -> str | Replica:
+    """What a two-verb stage command names: `teacher --teacher T` gives the teacher's name; `student --teacher T
+    --student S --METHOD M --seed N` gives the replica (`Replica.parse`; `setting_of(teacher)` its setting)."""
+    import argparse
+
+    from pipeline.replica import Replica
+
+    if argv[:1] not in (["teacher"], ["student"]):
+        argparse.ArgumentParser(description=description).error("the first argument is `teacher` or `student`")
+    if argv[0] == "teacher":
+        parser = argparse.ArgumentParser(description=description)
+        parser.add_argument("--teacher", required=True)
+        return parser.parse_args(argv[1:]).teacher
+    return Replica.parse(argv[1:], description, method_key, setting_of)
 
 
 def stage_name(default: str) -> str:
