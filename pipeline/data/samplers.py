@@ -1,4 +1,5 @@
-"""Class-balanced batches (P classes x K images), the sampling of the Proxy-Anchor / relaxed-contrastive recipe."""
+"""Class-balanced batches (P classes x K images), the sampling of the Proxy-Anchor / relaxed-contrastive recipe;
+nearest-neighbour batches, Self-Taught Metric Learning's sampling without labels."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -7,11 +8,29 @@ import torch
 from torch.utils.data import Sampler
 
 
-class ClassBalancedBatchSampler(Sampler[list[int]]):
+class SeededBatchSampler(Sampler[list[int]]):
+    """`num_batches` batches per epoch whose order depends only on (seed, epoch), so a resumed run replays the
+    same batches: call `set_epoch` before each epoch; a subclass draws from `generator()`."""
+
+    def __init__(self, num_batches: int, seed: int) -> None:
+        self.num_batches = max(1, num_batches)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+
+
+class ClassBalancedBatchSampler(SeededBatchSampler):
     """Each batch holds `classes_per_batch` distinct classes with `samples_per_class` images each.
 
-    Classes with fewer images than K are sampled with replacement. The order depends only on
-    (seed, epoch), so a resumed run replays the same batches: call `set_epoch` before each epoch.
+    Classes with fewer images than K are sampled with replacement.
     """
 
     def __init__(self, labels: torch.Tensor, classes_per_batch: int, samples_per_class: int, seed: int = 0):
@@ -21,21 +40,13 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
         if not 1 <= classes_per_batch <= len(classes):
             raise ValueError(f"classes_per_batch must be in 1..{len(classes)} (classes present), got {classes_per_batch}")
+        super().__init__(len(labels) // (classes_per_batch * samples_per_class), seed)
         self.by_class = [torch.nonzero(labels == c).flatten() for c in classes]
         self.classes_per_batch = classes_per_batch
         self.samples_per_class = samples_per_class
-        self.seed = seed
-        self.epoch = 0
-        self.num_batches = max(1, len(labels) // (classes_per_batch * samples_per_class))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = self.generator()
         num_classes = len(self.by_class)
         order = torch.randperm(num_classes, generator=generator)
         cursor = 0
@@ -52,3 +63,40 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
                 batch.extend(members[pick].tolist())
             cursor += self.classes_per_batch
             yield batch
+
+
+class NearestNeighbourBatchSampler(SeededBatchSampler):
+    """STML's `NNBatchSampler` (Kim et al., CVPR 2022, code/dataset/sampler.py): each batch is
+    batch_size // `per_image` random query images, each followed by its `per_image` nearest images in
+    `embeddings` (squared Euclidean, the query itself first), so every batch holds neighbourhoods the
+    contextual similarity can find. The embeddings are the model's of the whole train set, recomputed
+    by the caller each epoch."""
+
+    def __init__(self, embeddings: torch.Tensor, batch_size: int, per_image: int, seed: int = 0):
+        n = len(embeddings)
+        if not 1 <= per_image <= n:
+            raise ValueError(f"per_image must be in 1..{n} (the images there are), got {per_image}")
+        if batch_size < per_image:
+            raise ValueError(f"batch_size {batch_size} holds no query with its {per_image} neighbours")
+        super().__init__(n // batch_size, seed)
+        self.queries = min(batch_size // per_image, n)
+        self.neighbours = nearest_neighbours(embeddings, per_image)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = self.generator()
+        for _ in range(self.num_batches):
+            queries = torch.randperm(len(self.neighbours), generator=generator)[: self.queries]
+            yield self.neighbours[queries].flatten().tolist()
+
+
+def nearest_neighbours(embeddings: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """(n, k) indices of each row's k nearest rows by squared Euclidean distance, itself included (first,
+    unless duplicates tie with it); in chunks of `chunk` query rows, so memory stays n x chunk."""
+    x = embeddings.float()
+    norms = x.pow(2).sum(dim=1)
+    found = []
+    for start in range(0, len(x), chunk):
+        block = norms[start: start + chunk, None] - 2 * x[start: start + chunk] @ x.T + norms[None, :]
+        block[torch.arange(len(block)), torch.arange(start, start + len(block))] = -1.0  # itself first
+        found.append(block.topk(k, dim=1, largest=False).indices)
+    return torch.cat(found)

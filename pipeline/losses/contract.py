@@ -24,7 +24,7 @@ FEATURES = ("embedding", "pooled", "stage_maps", "logits")
 # item where the setting has labels, else None); never set in params.yaml.
 RUNTIME_ARGS = ("student_channels", "teacher_channels", "student_dim", "teacher_dim", "n_data",
                 "num_classes", "embedding_dim", "dataset_labels")
-Role = Literal["transfer", "teacher", "supervised"]
+Role = Literal["transfer", "teacher", "supervised", "self_taught"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ class Loss(nn.Module):
     """Base of every loss in the registry; subclasses override the class attributes below.
 
     - `role`: `transfer` (student from a frozen teacher), `teacher` (trains a teacher: NT-Xent, MoCo,
-      Proxy-Anchor) or `supervised` (labels only, e.g. the label contrastive loss).
+      Proxy-Anchor), `supervised` (labels only, e.g. the label contrastive loss) or `self_taught` (a student
+      and its own momentum teacher, no labels: STML, whose `student` is its two heads f and g).
     - `inputs`: the positional arguments of `forward`, named from `INPUTS`.
     - `features`: what the student and teacher rows are (`FEATURES`).
     - `proxy_anchor`: the paper trains this baseline together with a Proxy-Anchor term on the student

@@ -35,11 +35,19 @@ def normalized_student_distances(student: Tensor, normalize: str, student_l2: bo
     return distances
 
 
-def weighted_contrastive(distances: Tensor, weights: Tensor, delta: float) -> Tensor:
-    """(1/n) * sum_{i != j} [w_ij d_ij^2 + (1 - w_ij) relu(delta - d_ij)^2]."""
+# The two normalisations of the weighted contrastive sum: by the n rows (Kim et al., CVPR 2021, the
+# transfer loss) or by the n(n - 1) pairs (Kim, Kim, Cho, Kwak, CVPR 2022, Self-Taught Metric Learning's
+# `RC_STML`, read in its code/loss.py).
+PER_ROW, PER_PAIR = "per_row", "per_pair"
+
+
+def weighted_contrastive(distances: Tensor, weights: Tensor, delta: float, per: str = PER_ROW) -> Tensor:
+    """sum_{i != j} [w_ij d_ij^2 + (1 - w_ij) relu(delta - d_ij)^2], divided by n (`PER_ROW`) or by n(n - 1)
+    (`PER_PAIR`)."""
     n = distances.shape[0]
     per_pair = weights * distances.pow(2) + (1 - weights) * torch.relu(delta - distances).pow(2)
-    return per_pair[off_diagonal(n, distances.device)].sum() / n
+    total = per_pair[off_diagonal(n, distances.device)].sum()
+    return total / (n if per == PER_ROW else n * (n - 1))
 
 
 class ContrastiveLoss(Loss):
