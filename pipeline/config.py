@@ -783,6 +783,9 @@ class Params(Strict):
                 raise ValueError(f"released_teachers.{name}: the released sources are Proxy-Anchor models, so "
                                  f"teachers.{name} needs method proxy_anchor and the entry a file path (got method "
                                  f"{teacher.method!r}, path {path!r})")
+            if teacher.pretrain is not None:
+                raise ValueError(f"released_teachers.{name}: teachers.{name} declares pretrain, but a released "
+                                 f"teacher is loaded, not trained: delete teachers.{name}.pretrain")
         if self.search.student is not None and self.search.student not in self.students:
             raise ValueError(f"search.student: {self.search.student!r} is not in students "
                              f"(declared: {', '.join(self.students) or 'none'})")

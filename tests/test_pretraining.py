@@ -49,6 +49,8 @@ class Log:
     ({"teacher": "simclr"}, r"teachers\.simclr\.pretrain: a simclr teacher is itself self-supervised"),
     ({"weights_path": "w.pt"}, r"teachers\.proxy_anchor\.pretrain: the backbone already starts from model\.weights_path"),
     ({"processes": 2}, r"teachers\.proxy_anchor\.pretrain: a pretrained start runs in one process only"),
+    ({"released": "source.pth"}, r"released_teachers\.proxy_anchor: teachers\.proxy_anchor declares pretrain, but "
+                                 r"a released teacher is loaded, not trained"),
 ])
 def test_a_pretrain_section_the_pipeline_cannot_honour_is_refused_in_one_line_naming_it(change, message):
     from pipeline.config import ConfigError
@@ -58,6 +60,8 @@ def test_a_pretrain_section_the_pipeline_cannot_honour_is_refused_in_one_line_na
         raw["teachers"]["simclr"]["pretrain"] = copy.deepcopy(PRETRAIN)
     if "weights_path" in change:
         raw["teachers"]["proxy_anchor"]["model"]["weights_path"] = change["weights_path"]
+    if "released" in change:
+        raw["released_teachers"] = {"proxy_anchor": change["released"]}
     if "processes" in change:
         raw["teachers"]["proxy_anchor"]["train"]["processes"] = change["processes"]
     with pytest.raises(ConfigError, match=message) as refused:
