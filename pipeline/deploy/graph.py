@@ -62,6 +62,8 @@ def export_onnx(deployable: Deployable, test: ImageSet, path: Path, source_sha25
                                     optimize=True, verbose=False)
         program.save(str(tmp))
         proto = onnx.load(str(tmp))
+        for node in proto.graph.node:  # the exporter's per-node provenance holds this checkout's file paths:
+            del node.metadata_props[:]  # the same model would give other bytes in another clone
         onnx.helper.set_model_props(proto, {SOURCE_KEY: source_sha256})
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
