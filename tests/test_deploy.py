@@ -238,6 +238,7 @@ def test_mlflow_models_serve_answers_with_the_embeddings_of_the_registered_model
         del os.environ["MLFLOW_TRACKING_URI"]
     version = client.get_model_version("deploy-test.tiny", registered["version"])
     assert version.tags["student"] == "tiny" and version.run_id == run.info.run_id
+    assert client.get_registered_model("deploy-test.tiny").tags == {"student": "tiny", "seed": "0"}
     port = _free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
                                "models:/deploy-test.tiny/1", "--env-manager", "local", "-h", "127.0.0.1", "-p",

@@ -86,7 +86,7 @@ def deploy_section(params: Params, out_dir: Path) -> list[str]:
                     f"{row['index.exact_bytes_per_item']:.0f}",
                     f"{teacher_row['index.exact_bytes_per_item'] / row['index.exact_bytes_per_item']:.1f}",
                     f"{100 * row['index.hnsw_recall_at_k']:.1f}" if "index.hnsw_recall_at_k" in row else "-",
-                    f"{100 * (row['int8.map@r'] - row['fp32.map@r']):+.2f}",
+                    f"{100 * (row[f'int8.{MAP_AT_R}'] - row[f'fp32.{MAP_AT_R}']):+.2f}",
                     f"{row[f'fp32.{batched}'] / row[f'int8.{batched}']:.2f}"]) + " |")
             figure = out_dir / f"pareto_{teacher}.png"
             pareto_plot(figure, teacher_row, cells, single, f"{setting.title}: {teacher} teacher")

@@ -31,6 +31,7 @@ def register_onnx_model(run_id: str, onnx_path: str, example_path: str, name: st
                                  onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False)
     client = mlflow.MlflowClient(tracking_uri())
     version = str(info.registered_model_version)
-    for key, value in tags.items():
+    for key, value in tags.items():  # on the model, for the registry's list and search; on the version
+        client.set_registered_model_tag(name, key, str(value))
         client.set_model_version_tag(name, version, key, str(value))
     return {"model_uri": info.model_uri, "version": version}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline import infra
 from pipeline.config import Params, flatten
+from pipeline.metrics import MAP_AT_R
 from pipeline.replica import Replica
 from pipeline.stage_spec import (DEPLOY_METRICS, EXPORT, MODEL, ONNX, ONNX_INT8, TEACHER_EXPORT, deploy_dir, select,
                                  teacher_dir, teacher_id)
@@ -78,7 +79,7 @@ def export(params: Params, checkpoint: Path, model_id: str, teacher: str, stage:
         for variant, file in (("fp32", ONNX), ("int8", ONNX_INT8)):
             x = embeddings[variant] = embed(session(out / file, source_sha256=source), test.images)
             scores = retrieval_metrics(torch.from_numpy(x), test.labels, ks=(1,), distance=distance, nmi=False)
-            record.update({f"{variant}.map@r": scores["map@r"], f"{variant}.recall@1": scores["recall@1"],
+            record.update({f"{variant}.{MAP_AT_R}": scores[MAP_AT_R], f"{variant}.recall@1": scores["recall@1"],
                            f"{variant}.file_bytes": (out / file).stat().st_size})
             timed = latency_ms(out / file, test.images, deploy.batch_sizes, deploy.threads, deploy.repeats)
             record.update({f"{variant}.{key}": value for key, value in timed.items() if key != "all_cores"})
