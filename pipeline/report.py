@@ -2,7 +2,6 @@
 CI, paired differences: `pipeline.seed_report`), then every model in the paper's Table 1 shape."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +11,7 @@ from pipeline.config import RELAXED, Params
 from pipeline.deploy.report import deploy_section
 from pipeline.eval.curves import recall_at_k_plot
 from pipeline.metrics import Metric
+from pipeline.metrics_files import read_metrics
 from pipeline.replica import Replica, replicas
 from pipeline.seed_report import SeedRow, seed_section
 from pipeline.setting import TRANSFER_SETTINGS, Role, Setting
@@ -26,14 +26,6 @@ class ResultRow:
     section: str
     label: str
     metrics: dict[str, Any]
-
-
-def read_metrics(path: str | Path) -> dict[str, Any]:
-    """A stage's flat metrics.json; a missing file is an error naming it (the report never guesses)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"report: metrics file {path} is missing; run its stage first (dvc repro)")
-    return json.loads(path.read_text())
 
 
 def _cell(value: Any, column: Metric) -> str:

@@ -140,7 +140,7 @@ def test_the_int8_variant_is_smaller_close_and_names_its_source(tiny, exported, 
     model, test = tiny
     path, _, _ = exported
     int8 = tmp_path / "model.int8.onnx"
-    quantize_int8(path, int8, test.images[:128])
+    quantize_int8(path, int8, test.images[:128], "a" * 64)
     assert int8.stat().st_size < path.stat().st_size
     opened = session(int8, source_sha256="a" * 64)
     ops = {node.op_type for node in __import__("onnx").load(str(int8)).graph.node}

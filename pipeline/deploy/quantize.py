@@ -24,8 +24,9 @@ class _Calibration:
         return None if batch is None else {INPUT: batch}
 
 
-def quantize_int8(source: Path, path: Path, calibration: torch.Tensor) -> None:
-    """Write the int8 model of the float ONNX model `source` to `path` (atomically), carrying its metadata."""
+def quantize_int8(source: Path, path: Path, calibration: torch.Tensor, source_sha256: str) -> None:
+    """Write the int8 model of the float ONNX model `source` to `path` (atomically), naming the model file
+    both were exported from (`source_sha256`)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -37,15 +38,10 @@ def quantize_int8(source: Path, path: Path, calibration: torch.Tensor) -> None:
         quantize_static(str(prepared), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         proto = onnx.load(str(tmp))
-        onnx.helper.set_model_props(proto, {SOURCE_KEY: _source_of(source)})
+        onnx.helper.set_model_props(proto, {SOURCE_KEY: source_sha256})
         onnx.save(proto, str(tmp))
         os.replace(tmp, path)
     finally:
         prepared.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
 
-
-def _source_of(path: Path) -> str:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}[SOURCE_KEY]

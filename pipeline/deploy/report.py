@@ -9,7 +9,6 @@ MAP@R change and speed-up.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,16 @@ from matplotlib.figure import Figure
 
 from pipeline.config import Params
 from pipeline.metrics import MAP_AT_R
+from pipeline.metrics_files import read_metrics
 from pipeline.replica import replicas
 from pipeline.setting import TRANSFER_SETTINGS, Setting
 from pipeline.stage_spec import DEPLOY_METRICS, METRICS, deploy_dir, eval_dir, teacher_id
 
 
-def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"report: {path} is missing; run its stage first (dvc repro)")
-    return json.loads(path.read_text())
-
-
 def _model(model_id: str) -> dict[str, float]:
     """A model's deployed costs beside its evaluation's MAP@R and Recall@1."""
-    scores = _read(eval_dir(model_id) / METRICS)
-    return {**_read(deploy_dir(model_id) / DEPLOY_METRICS), MAP_AT_R: scores[MAP_AT_R],
+    scores = read_metrics(eval_dir(model_id) / METRICS)
+    return {**read_metrics(deploy_dir(model_id) / DEPLOY_METRICS), MAP_AT_R: scores[MAP_AT_R],
             "recall@1": scores["recall@1"]}
 
 

@@ -47,6 +47,7 @@ class Bench:
     teacher_model: Any  # the frozen EmbeddingModel or Classifier every trial learns from
     notes: tuple[str, ...]  # what the bench changed in the recipe, in words (the search report shows them)
     teacher_score: float  # the teacher's own validation score: what its students could inherit at best
+    teacher_start: Any = None  # the backbone weights the teacher started from (its pretraining's), if any
 
     @property
     def teacher_path(self) -> Path:
@@ -91,12 +92,15 @@ def prepare_bench(params: Params, setting: Setting) -> Bench:
 
         model, _ = load_classifier(teacher_folder / MODEL)
         model.eval().requires_grad_(False)
+        start = None
     else:
+        from pipeline.models.embedding_model import load_initial_backbone
         from pipeline.models.loading import load_teacher
 
         model, _ = load_teacher(teacher_folder / MODEL, fitted.teachers[teacher])
+        start = load_initial_backbone(teacher_folder / MODEL)
     score = _score(model, split.validation, fitted, objective_metric(setting))
-    return Bench(params, fitted, setting, teacher, split, folder, model, notes, score)
+    return Bench(params, fitted, setting, teacher, split, folder, model, notes, score, start)
 
 
 def _train_teacher(params: Params, teacher: str, split: ValidationSplit, out: Path, setting: Setting) -> None:
@@ -118,15 +122,9 @@ def _train_teacher(params: Params, teacher: str, split: ValidationSplit, out: Pa
             train_and_save(objective, split.fit, params.classification.teachers[teacher].train, out, section, run,
                            stage, lambda path: save_classifier(objective.model, spec, path), seed=params.seed)
         else:
-            from pipeline.models.embedding_model import save_model
-            from pipeline.train.pretraining import pretrained_backbone
-            from pipeline.train.recipes import teacher_objective, teacher_sampler
+            from pipeline.train.pretraining import train_teacher
 
-            start = pretrained_backbone(params, teacher, split.fit, out, section, run, stage)
-            objective, spec = teacher_objective(params, teacher, split.fit, start)
-            train_and_save(objective, split.fit, params.teachers[teacher].train, out, section, run, stage,
-                           lambda path: save_model(objective.model, spec, path, start), seed=params.seed,
-                           samples_per_class=teacher_sampler(params, teacher))
+            train_teacher(params, teacher, split.fit, out, section, run, stage)
 
 
 def with_values(params: Params, setting: Setting, method: str, values: dict[str, float]) -> Params:
@@ -195,11 +193,10 @@ def _student(params: Params, replica: Replica, bench: Bench):
 
         objective, spec = classifier_student_objective(params, replica, bench.teacher_model, bench.split.fit)
         return objective, lambda path: save_classifier(objective.model, spec, path), None
-    from pipeline.models.embedding_model import load_initial_backbone, save_model
+    from pipeline.models.embedding_model import save_model
     from pipeline.train.recipes import transfer_objective
 
-    objective, spec = transfer_objective(params, replica, bench.teacher_model, bench.split.fit,
-                                         load_initial_backbone(bench.teacher_path))
+    objective, spec = transfer_objective(params, replica, bench.teacher_model, bench.split.fit, bench.teacher_start)
     sampler = getattr(params.transfer.of(replica.setting), "sampler", None)  # the self-supervised section has none
     return (objective, lambda path: save_model(objective.model, spec, path),
             sampler.samples_per_class if sampler else None)

@@ -33,6 +33,21 @@ class _Prefixed:
         self.logger.log_metrics({f"{PRETRAIN_PREFIX}{key}": value for key, value in metrics.items()}, step)
 
 
+def train_teacher(params: Params, name: str, images: ImageSet, out: Path, settings: dict[str, Any],
+                  logger: MetricLogger, description: str) -> dict[str, float]:
+    """Train embedding teacher `name` on `images` into `out` (resuming): its pretraining where declared, then
+    its own objective from that start, saved with the start (`save_model(initial_backbone=...)`); the summary.
+    The teacher stage and the search's bench both train a teacher so."""
+    from pipeline.models.embedding_model import save_model
+    from pipeline.train.recipes import teacher_objective, teacher_sampler
+
+    start = pretrained_backbone(params, name, images, out, settings, logger, description)
+    objective, spec = teacher_objective(params, name, images, start)
+    return train_and_save(objective, images, params.teachers[name].train, out, settings, logger, description,
+                          lambda path: save_model(objective.model, spec, path, start), seed=params.seed,
+                          samples_per_class=teacher_sampler(params, name))
+
+
 def pretrained_backbone(params: Params, name: str, images: ImageSet, out: Path, settings: dict[str, Any],
                         logger: MetricLogger, description: str) -> Backbone:
     """Train (or resume, or find finished) teacher `name`'s pretraining on `images` into `out/pretrain`, and

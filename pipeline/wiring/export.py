@@ -69,7 +69,7 @@ def export(params: Params, checkpoint: Path, model_id: str, teacher: str, stage:
     with infra.start_run(stage_name(stage), experiment=params.mlflow.experiment, params=flatten(logged),
                          tags={**tags, KIND_TAG: EXPORT_KIND}) as run:
         check = export_onnx(deployable, test, out / ONNX, source, distance)
-        quantize_int8(out / ONNX, out / ONNX_INT8, calibration)
+        quantize_int8(out / ONNX, out / ONNX_INT8, calibration, source)
         with torch.inference_mode():
             one = deployable.preprocess(test.images[:1])
         record: dict[str, float] = {

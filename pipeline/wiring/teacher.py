@@ -58,18 +58,10 @@ def teacher(params: Params, name: str, argv: list[str]) -> None:
 def train(params: Params, name: str, section: dict, run: infra.RunLogger, stage: str) -> dict[str, float]:
     """Train teacher `name` into its output folder (resuming its checkpoint); the training summary."""
     from pipeline.data.loading import load_images
-    from pipeline.models.embedding_model import save_model
-    from pipeline.train.pretraining import pretrained_backbone
-    from pipeline.train.recipes import teacher_objective, teacher_sampler
-    from pipeline.train.session import train_and_save
+    from pipeline.train.pretraining import train_teacher
 
-    config = params.teachers[name]
-    images = load_images(params.data, "train", config.train_classes)
-    start = pretrained_backbone(params, name, images, teacher_dir(name), section, run, stage)
-    objective, spec = teacher_objective(params, name, images, start)
-    return train_and_save(objective, images, config.train, teacher_dir(name), section, run, stage,
-                          lambda path: save_model(objective.model, spec, path, start), seed=params.seed,
-                          samples_per_class=teacher_sampler(params, name))
+    images = load_images(params.data, "train", params.teachers[name].train_classes)
+    return train_teacher(params, name, images, teacher_dir(name), section, run, stage)
 
 
 def label_gap(params: Params, name: str) -> dict[str, float]:
