@@ -222,7 +222,11 @@ def test_mlflow_models_serve_answers_with_the_embeddings_of_the_registered_model
     model, test = tiny
     path, deployable, _ = exported
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
+    # The server execs `uvicorn` by name: the environment's bin on PATH, as `.venv/bin/python -m pytest` on a
+    # fresh machine does not put it (CI found this).
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": f"{bin_dir}:{__import__('os').environ.get('PATH', '')}"}
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)

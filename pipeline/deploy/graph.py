@@ -99,7 +99,7 @@ def compare_with_torch(path: Path, deployable: Deployable, test: ImageSet, dista
     torch_nn, onnx_nn = nearest(torch_x), nearest(onnx_x)
 
     def recall(found: torch.Tensor) -> float:  # Recall@1, leave-one-out: the evaluation's, from its neighbours
-        return float((test.labels[found] == test.labels).float().mean())
+        return float((test.labels[found] == test.labels).double().mean())
 
     differ = (torch_nn != onnx_nn).nonzero().flatten()
     reference = torch_x.double()
