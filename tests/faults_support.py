@@ -100,6 +100,7 @@ def make_repo(root: Path, params: dict, with_dvc: bool = True) -> dict:
     if with_dvc:
         run_checked([str(BIN / "dvc"), "init", "-q"], root, env)
         run_checked([str(BIN / "dvc"), "config", "core.analytics", "false"], root, env)
+        shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")  # bytecode caches are not the code stage's deps
         shutil.copytree(ROOT / ".dvc" / "plots", root / ".dvc" / "plots")  # the plot templates, the offline page
         run_checked([str(BIN / "dvc"), "config", "plots.html_template", "plots/offline.html"], root, env)
     git(root, env, "add", "-A")
