@@ -47,15 +47,18 @@ class Model:
 def models(params) -> list[Model]:
     """Every model the report covers, in grid order."""
     found: list[Model] = []
+    listed: set[str] = set()  # a teacher in two grids (self-supervised and self-taught) is one model
     for setting in TRANSFER_SETTINGS:
         grid = params.transfer.of(setting).grid
         for teacher in grid.teachers_with_models():
-            found.append(Model(pixels_id(teacher), setting, teacher, "pixels", "pixels", params.seed,
-                               eval_dir(pixels_id(teacher))))
-            found.append(Model(teacher_id(teacher), setting, teacher, params.teachers[teacher].method, "teacher",
-                               params.seed, eval_dir(teacher_id(teacher))))
-            found.append(Model(transferred_id(teacher), setting, teacher, params.teachers[teacher].method,
-                               "teacher_transferred", params.seed, eval_dir(transferred_id(teacher))))
+            if teacher not in listed:
+                listed.add(teacher)
+                found.append(Model(pixels_id(teacher), setting, teacher, "pixels", "pixels", params.seed,
+                                   eval_dir(pixels_id(teacher))))
+                found.append(Model(teacher_id(teacher), setting, teacher, params.teachers[teacher].method, "teacher",
+                                   params.seed, eval_dir(teacher_id(teacher))))
+                found.append(Model(transferred_id(teacher), setting, teacher, params.teachers[teacher].method,
+                                   "teacher_transferred", params.seed, eval_dir(transferred_id(teacher))))
             found += [Model(r.name, setting, teacher, r.method, "student", r.seed, eval_dir(r.name), r.folder)
                       for r in replicas(grid, setting, teacher, params.seeds)]
     grid = params.classification.grid

@@ -39,6 +39,14 @@ TEACHER_OBJECTIVE = "teacher_objective"
 # The paper's loss, which every other method of a grid is compared with (paired by seed) and whose soft labels
 # the teachers' label gap measures: named here, below the report and the teacher stage that both read it.
 RELAXED = "relaxed_contrastive"
+# Self-Taught Metric Learning (Kim et al., CVPR 2022): the method the self-taught grid's others are compared with.
+STML = "stml"
+
+
+def reference_loss(setting: Setting) -> str:
+    """The loss every other method of `setting`'s grid is compared with: STML in the self-taught setting,
+    the paper's relaxed contrastive loss elsewhere."""
+    return STML if setting is Setting.SELF_TAUGHT else RELAXED
 
 
 def check_name(key: str, name: str) -> None:
@@ -510,14 +518,30 @@ class MetricLearningTransferConfig(SettingTransferConfig):
         return self
 
 
+class SelfTaughtTransferConfig(SettingTransferConfig):
+    """Self-taught metric learning (STML) on a metric-learning split without its labels: the grid's teachers
+    are self-supervised models of the same unlabelled images; STML (and the SimCLR / MoCo control) start from
+    them, the transfer losses learn from them frozen. No labels reach any loss, sampler or choice here: no
+    sampler key, and pipeline.contracts refuses a loss that reads labels in the grid."""
+
+    @model_validator(mode="after")
+    def _one_process(self) -> "SelfTaughtTransferConfig":
+        if self.train is not None and (self.train.processes != 1 or self.train.nodes != 1):
+            raise ValueError(f"{FIELD_MARK}train.processes: self-taught students train in one process for now (each "
+                             "process would find its own nearest-neighbour batches); set train.processes and "
+                             "train.nodes to 1")
+        return self
+
+
 class TransferConfig(Strict):
     """One section per setting, so each has its own augmentation, sampler and budget, and DVC re-runs
     only the students of the section that changed."""
 
     self_supervised: SelfSupervisedTransferConfig
     metric_learning: MetricLearningTransferConfig
+    self_taught: SelfTaughtTransferConfig
 
-    def of(self, setting: Setting) -> SelfSupervisedTransferConfig | MetricLearningTransferConfig:
+    def of(self, setting: Setting) -> SettingTransferConfig:
         """The section of a transfer setting (a teacher's `TeacherConfig.setting`)."""
         return getattr(self, _choice(setting, TRANSFER_SETTINGS, "setting"))
 
@@ -751,6 +775,11 @@ class Params(Strict):
         for key, declared, name in sections:
             if name not in declared:
                 raise KeyError(f"{key}.{name} is not in params.yaml (declared: {', '.join(declared) or 'none'})")
+        if replica.setting is not Setting.CLASSIFICATION:
+            found = self.teachers[replica.teacher].setting
+            if found is not replica.setting.teacher_setting:
+                raise ConfigError(f"teachers.{replica.teacher}: a {found} teacher has no students in the "
+                                  f"{replica.setting} setting (the stage's --setting and --teacher disagree)")
         return replica
 
     @model_validator(mode="after")
@@ -769,7 +798,7 @@ class Params(Strict):
                         )
             for teacher in grid.teacher:
                 found = self.teachers[teacher]
-                if found.setting != setting:
+                if found.setting != setting.teacher_setting:
                     expected = "proxy_anchor" if setting is Setting.METRIC_LEARNING else "simclr or moco"
                     raise ValueError(f"transfer.{setting}.grid.teacher: {teacher!r} is a {found.method} teacher "
                                      f"({found.setting} setting: its students go in transfer.{found.setting}.grid); "
@@ -789,7 +818,8 @@ class Params(Strict):
         if self.search.student is not None and self.search.student not in self.students:
             raise ValueError(f"search.student: {self.search.student!r} is not in students "
                              f"(declared: {', '.join(self.students) or 'none'})")
-        for teacher in self.transfer.metric_learning.grid.teacher if self.validation.classes else ():
+        unseen = [t for setting in TRANSFER_SETTINGS if setting.unseen_classes for t in self.transfer.of(setting).grid.teacher]
+        for teacher in unseen if self.validation.classes else ():
             # A teacher without train_classes trains on every class of the train split (CUB, Cars, SOP: the
             # class-disjoint half), which only the dataset knows: pipeline.search.split checks those.
             declared, held = self.teachers[teacher].train_classes, set(self.validation.classes)
@@ -829,6 +859,10 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 REFUSED_KEYS = {
     ("transfer", "self_supervised", "sampler"): "the self-supervised setting has no class labels to balance "
     "batches by (a class-balanced sampler belongs in transfer.metric_learning)",
+    ("transfer", "self_taught", "sampler"): "self-taught metric learning has no class labels to balance batches "
+    "by: STML builds its batches from nearest neighbours in its own embedding",
+    ("transfer", "self_taught", "labels"): "self-taught metric learning trains without labels; the class ids of "
+    "its teacher's train_classes only pick the split, as the test protocol does",
 }
 
 

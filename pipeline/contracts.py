@@ -1,6 +1,6 @@
 """params.yaml's loss entries held to the contracts their losses declare (`pipeline.losses.contract`):
-a registered name usable in its section, typed and in-range params, no label-reading loss in the
-self-supervised grid.
+a registered name usable in its section, typed and in-range params, no label-reading loss in a grid
+without labels (self-supervised, self-taught), a self-taught method in the self-taught grid only.
 
 Separate from the schema (`pipeline.config`) on purpose: checking a loss imports its module, and a stage
 must import only the losses it trains with. The `prepare` stage, which DVC re-runs on any change to
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pipeline.config import TEACHER_OBJECTIVE, ConfigError, DistillationMethodConfig, LossConfig, Params, load_params
 from pipeline.losses.contract import Loss, describe_error
 from pipeline.losses.registry import loss_class, names
-from pipeline.setting import Setting
+from pipeline.setting import TRANSFER_SETTINGS, Setting
 
 
 def _registered(name: str, where: str) -> type[Loss]:
@@ -65,7 +65,7 @@ def check_loss(loss: LossConfig, where: str) -> None:
     if loss.name == TEACHER_OBJECTIVE:
         return
     cls = _registered(loss.name, f"{where}.name")
-    if cls.role not in ("transfer", "supervised") or cls.features not in ("embedding", "pooled", "stage_maps"):
+    if cls.role not in ("transfer", "supervised", "self_taught") or cls.features not in ("embedding", "pooled", "stage_maps"):
         raise ConfigError(f"{where}.name: {loss.name!r} is not a transfer loss (a teacher's objective or a "
                           "classifier term)")
     _check_params(where, cls, loss.params)
@@ -94,13 +94,21 @@ def check_contracts(params: Params, losses: Iterable[str] | None = None, methods
     try:
         for key in params.losses if losses is None else [k for k in losses if k in params.losses]:
             check_loss(params.losses[key], f"losses.{key}")
-            if (key in params.transfer.self_supervised.grid.loss
-                    and uses_labels(params.losses[key].in_setting(Setting.SELF_SUPERVISED))):
-                raise ConfigError(
-                    f"transfer.self_supervised.grid.loss: {key!r} reads class labels (a Proxy-Anchor, triplet "
-                    "or label term), which the self-supervised setting does not have; set its "
-                    "proxy_anchor_weight: 0 (or darkrank params.triplet_weight: 0), or move it to "
-                    "transfer.metric_learning.grid")
+            for setting in TRANSFER_SETTINGS:
+                if key not in params.transfer.of(setting).grid.loss:
+                    continue
+                entry = params.losses[key].in_setting(setting)
+                if not setting.labels and uses_labels(entry):
+                    raise ConfigError(
+                        f"transfer.{setting}.grid.loss: {key!r} reads class labels (a Proxy-Anchor, triplet "
+                        f"or label term), which the {setting.title} setting does not have; set its "
+                        "proxy_anchor_weight: 0 (or darkrank params.triplet_weight: 0), or move it to "
+                        "transfer.metric_learning.grid")
+                if (setting is not Setting.SELF_TAUGHT and entry.name != TEACHER_OBJECTIVE
+                        and loss_class(entry.name).role == "self_taught"):
+                    raise ConfigError(
+                        f"transfer.{setting}.grid.loss: {key!r} ({entry.name}) trains a student against its own "
+                        "momentum teacher, not from a frozen one: it goes in transfer.self_taught.grid")
         chosen = params.classification.methods
         for key in chosen if methods is None else [k for k in methods if k in chosen]:
             check_method(chosen[key], f"classification.methods.{key}")

@@ -58,9 +58,12 @@ class Replica:
                 "method": self.method, "seed": self.seed}
 
     def command_args(self) -> str:
-        """The stage command's arguments that name this replica (`parse` reads them back)."""
+        """The stage command's arguments that name this replica (`parse` reads them back). `--setting` only
+        where the teacher's own setting is not the replica's (a self-taught student's teacher is a
+        self-supervised model)."""
+        named = "" if self.setting.teacher_setting is self.setting else f" --setting {self.setting.value}"
         return (f"--teacher {self.teacher} --student {self.student} --{self.setting.method_key} {self.method} "
-                f"--seed {self.seed}")
+                f"--seed {self.seed}{named}")
 
     @classmethod
     def placeholder(cls, setting: Setting) -> "Replica":
@@ -71,15 +74,19 @@ class Replica:
     @classmethod
     def parse(cls, argv: list[str], description: str, method_key: str,
               setting_of: Callable[[str], Setting]) -> "Replica":
-        """The replica a stage command names; `setting_of(teacher)` gives its setting (a transfer stage's
-        teacher decides it: the schema holds every grid to teachers of its own setting)."""
+        """The replica a stage command names; `--setting`, else `setting_of(teacher)`, gives its setting (a
+        transfer stage's teacher decides it, but for the self-taught setting, whose teachers are self-supervised
+        models: `command_args`)."""
         parser = argparse.ArgumentParser(description=description)
         parser.add_argument("--teacher", required=True)
         parser.add_argument("--student", required=True)
         parser.add_argument(f"--{method_key}", dest="method", required=True)
         parser.add_argument("--seed", type=int, required=True, help="the replica's seed, one of params.yaml's seeds")
+        parser.add_argument("--setting", choices=[s.value for s in Setting if s.teacher_setting is not s],
+                            help="the replica's setting, where its teacher's setting is not it")
         args = parser.parse_args(argv)
-        return cls(setting_of(args.teacher), args.teacher, args.student, args.method, args.seed)
+        setting = Setting(args.setting) if args.setting else setting_of(args.teacher)
+        return cls(setting, args.teacher, args.student, args.method, args.seed)
 
 
 def replicas(grid, setting: Setting, teacher: str, seeds: tuple[int, ...]) -> Iterator[Replica]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline import metrics as registry
-from pipeline.config import RELAXED, Params
+from pipeline.config import RELAXED, TEACHER_OBJECTIVE, Params, reference_loss
 from pipeline.deploy.report import deploy_section
 from pipeline.eval.curves import recall_at_k_plot
 from pipeline.metrics import Metric
@@ -84,13 +84,14 @@ def _replica(label: str, seed: int) -> str:
 
 
 
-def _compared(methods: Sequence[str], loss_of: dict[str, str | None]) -> tuple[str, list[str]]:
-    """The reference method (the grid's first relaxed-contrastive entry) and its baselines (every other
-    method of the grid); no baselines where the grid has no relaxed entry."""
-    relaxed = [m for m in methods if loss_of.get(m) == RELAXED]
-    if not relaxed:
-        return RELAXED, []
-    return relaxed[0], [m for m in methods if m != relaxed[0]]
+def _compared(methods: Sequence[str], loss_of: dict[str, str | None], reference: str = RELAXED) -> tuple[str, list[str]]:
+    """The reference method (the grid's first entry of loss `reference`: the relaxed contrastive loss, STML in
+    the self-taught setting) and its baselines (every other method of the grid); no baselines where the grid
+    has no such entry."""
+    found = [m for m in methods if loss_of.get(m) == reference]
+    if not found:
+        return reference, []
+    return found[0], [m for m in methods if m != found[0]]
 
 
 def _scores(replica: Replica) -> dict[str, Any]:
@@ -136,13 +137,40 @@ def reference_rows(params: Params, teacher: str) -> list[tuple[str, str, dict[st
     return rows
 
 
+def labelled_reference_teachers(params: Params, setting: Setting, teacher: str) -> list[str]:
+    """The teachers that show what labels buy next to a self-taught grid's `teacher`: every metric-learning
+    (Proxy-Anchor) teacher trained on the same classes, scored on the same unseen ones."""
+    if setting is not Setting.SELF_TAUGHT:
+        return []
+    classes = params.teachers[teacher].train_classes
+    return [name for name, t in params.teachers.items()
+            if t.setting is Setting.METRIC_LEARNING and t.train_classes == classes]
+
+
+def labelled_references(params: Params, setting: Setting, teacher: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, model id, metrics) of each `labelled_reference_teachers` model."""
+    return [(f"labelled reference: {name} teacher ({params.teachers[name].method}, trained with labels)",
+             teacher_id(name), read_metrics(eval_dir(teacher_id(name)) / METRICS))
+            for name in labelled_reference_teachers(params, setting, teacher)]
+
+
+SECTION_NAMES = {Setting.SELF_SUPERVISED: "Self-supervised", Setting.METRIC_LEARNING: "Table 1",
+                 Setting.SELF_TAUGHT: "Self-taught metric learning"}
+SELF_TAUGHT_NOTE = (
+    "STML (Kim et al., CVPR 2022) and the SimCLR / MoCo control (`{control}`) start from the teacher's backbone, "
+    "the self-supervised model of the same unlabelled images (STML's ImageNet start, here on the training classes "
+    "themselves), and train the section's budget on; the transfer losses learn from that teacher frozen, from a "
+    "random start (the 2021 recipe). No labels reach any of them; the labelled reference is trained with its "
+    "classes' labels.\n")
+
+
 def transfer_seed_rows(params: Params, setting: Setting, teacher: str) -> list[SeedRow]:
     """Raw pixels and the teacher both ways (`reference_rows`; single runs under `seed`), then every
     (student, loss) of the setting's grid over `seeds`, each student's rows a group of their own (methods
     are compared within a student)."""
     loss_names = {name: loss.name for name, loss in params.losses.items()}
     rows = [SeedRow(label, None, {params.seed: metrics}, key=key)
-            for label, key, metrics in reference_rows(params, teacher)]
+            for label, key, metrics in [*reference_rows(params, teacher), *labelled_references(params, setting, teacher)]]
     for (student, loss), per_seed in _cells(params, setting, teacher).items():
         label = _label(student, loss, loss_names)
         if setting is Setting.METRIC_LEARNING:
@@ -189,18 +217,21 @@ def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, f
     summary: dict[str, float | int] = {}
     for setting in TRANSFER_SETTINGS:
         grid = params.transfer.of(setting).grid
-        reference, baselines = _compared(grid.loss, loss_of)
+        reference, baselines = _compared(grid.loss, loss_of, reference_loss(setting))
         for teacher in grid.teachers_with_models():
             t = params.teachers[teacher]
             classes = ("all classes" if t.train_classes is None
                        else f"trained on classes {list(t.train_classes)}, evaluated on the others")
-            name = "Table 1" if setting is Setting.METRIC_LEARNING else "Self-supervised"
-            title = f"{name} over seeds: {teacher} teacher ({t.method}), {classes}"
+            title = f"{SECTION_NAMES[setting]} over seeds: {teacher} teacher ({t.method}), {classes}"
             figure = out_dir / f"seeds_{teacher}.png"
             text, numbers = seed_section(setting, title, transfer_seed_rows(params, setting, teacher),
                                          reference=reference, baselines=baselines, figure_path=figure,
                                          figure_link=str(figure.relative_to(out_dir.parent)))
-            parts.append(text + hyperparameters_line(params, setting) + "\n")
+            note = ""
+            if setting is Setting.SELF_TAUGHT:
+                control = [m for m in grid.loss if loss_of.get(m) == TEACHER_OBJECTIVE]
+                note = SELF_TAUGHT_NOTE.format(control=", ".join(control) or "own_objective")
+            parts.append(text + note + hyperparameters_line(params, setting) + "\n")
             summary.update(numbers)
     section = params.classification
     reference, baselines = _compared(section.grid.method, {m: c.loss for m, c in section.methods.items()})
@@ -261,7 +292,8 @@ def build_report(params: Params, out_dir: Path) -> tuple[str, dict[str, float | 
                 title = f"{teacher} teacher ({t.method}), all classes"
             else:
                 title = f"{teacher} teacher ({t.method}), trained on classes {list(t.train_classes)}, evaluated on the others"
-            curves = {label: metrics for label, _, metrics in reference_rows(params, teacher)}
+            curves = {label: metrics for label, _, metrics in [*reference_rows(params, teacher),
+                                                                *labelled_references(params, setting, teacher)]}
             rows = [ResultRow(title, label, metrics) for label, metrics in curves.items()]
             for (student, loss), per_seed in _cells(params, setting, teacher).items():
                 label = _label(student, loss, loss_names)

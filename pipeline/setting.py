@@ -2,7 +2,9 @@
 
 A *setting* (Kim et al., CVPR 2021, Sec. 4) is what a teacher and its students are trained in: self-supervised
 transfer (SimCLR / MoCo teachers, no labels), metric-learning transfer (a Proxy-Anchor teacher on labelled
-classes, retrieval on unseen ones: Table 1), or classifier distillation (Sec. 4.4). Each setting owns how its
+classes, retrieval on unseen ones: Table 1), or classifier distillation (Sec. 4.4); and the follow-up's
+self-taught metric learning (STML, Kim et al., CVPR 2022): Table 1's split without its labels, where the grid's
+teacher is a self-supervised model of the same unlabelled images. Each setting owns how its
 models pool, whether its training data has labels, its params section and grid, and the DVC stage family
 that trains its students; everything else asks it.
 
@@ -23,6 +25,8 @@ class Setting(StrEnum):
     METRIC_LEARNING = ("metric_learning", "metric_transfer", "avg+max", True, "loss",
                        "metric-learning transfer (Table 1)")
     CLASSIFICATION = ("classification", "classifier_student", None, True, "method", "classification")
+    SELF_TAUGHT = ("self_taught", "self_taught", "avg+max", False, "loss",
+                   "self-taught metric learning (no labels, unseen classes)")
 
     def __new__(cls, value: str, stage: str, pooling: str | None, labels: bool, method_key: str, title: str):
         member = str.__new__(cls, value)
@@ -47,8 +51,21 @@ class Setting(StrEnum):
         """The setting of a teacher trained by `method`: Proxy-Anchor is labelled metric learning."""
         return cls.METRIC_LEARNING if method == "proxy_anchor" else cls.SELF_SUPERVISED
 
+    @property
+    def unseen_classes(self) -> bool:
+        """Whether its students are scored on classes their training never saw (Table 1's protocol), so its
+        validation split is class-disjoint too."""
+        return self in (Setting.METRIC_LEARNING, Setting.SELF_TAUGHT)
 
-TRANSFER_SETTINGS = (Setting.SELF_SUPERVISED, Setting.METRIC_LEARNING)  # one `transfer` section each
+    @property
+    def teacher_setting(self) -> "Setting":
+        """The setting of the teachers this setting's grid takes: a self-taught grid's teacher is a
+        self-supervised model of its unlabelled images (its start, and the 2021 transfer's teacher)."""
+        return Setting.SELF_SUPERVISED if self is Setting.SELF_TAUGHT else self
+
+
+# One `transfer` section each; their students all train by `stages.transfer`.
+TRANSFER_SETTINGS = (Setting.SELF_SUPERVISED, Setting.METRIC_LEARNING, Setting.SELF_TAUGHT)
 
 
 class Role(StrEnum):

@@ -1,6 +1,8 @@
 """Print the params.yaml of one part of the multi-seed study: the `cpu_study` profile (profiles/cpu_study.yaml
 composed over the default params.yaml, as `python -m pipeline.profiles cpu_study` composes it) with only one
-setting's teachers and grid (`self_supervised`, `metric_learning` or `classification`), or all of it.
+setting's teachers and grid (`self_supervised`, `metric_learning`, `self_taught` or `classification`), or all
+of it. The self-taught part also trains the labelled reference its report shows (`pipeline.report.
+labelled_references`: the Proxy-Anchor teacher of the same classes), which the metric-learning part trains too.
 The default is this checkout's params.yaml, or git's HEAD:params.yaml when params.yaml has been composed
 from a profile (the study runs in its own clone of HEAD, so it never stacks on the profile in use here).
 
@@ -21,9 +23,11 @@ import yaml
 
 from pipeline.config import ConfigError, validate_params
 from pipeline.profiles import compose, composed_profile, read_default
+from pipeline.report import labelled_reference_teachers
+from pipeline.setting import TRANSFER_SETTINGS, Setting
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("all", "self_supervised", "metric_learning", "classification")
+PARTS = ("all", "self_supervised", "metric_learning", "self_taught", "classification")
 USAGE = f"usage: python scripts/study_profile.py PART [PROFILE]  (PART: {', '.join(PARTS)})"
 
 
@@ -35,9 +39,14 @@ def part_profile(raw: dict, part: str) -> dict:
     if part == "all":
         return raw
     raw = {**raw, "transfer": dict(raw["transfer"])}
-    raw["teachers"] = {name: section for name, section in raw["teachers"].items()
-                       if params.teachers[name].setting == part}
-    for setting in ("self_supervised", "metric_learning"):
+    kept = set()
+    if part != "classification":
+        setting = Setting(part)
+        kept = {*params.transfer.of(setting).grid.teacher,
+                *(name for teacher in params.transfer.of(setting).grid.teacher
+                  for name in labelled_reference_teachers(params, setting, teacher))}
+    raw["teachers"] = {name: section for name, section in raw["teachers"].items() if name in kept}
+    for setting in (s.value for s in TRANSFER_SETTINGS):
         if setting != part:
             raw["transfer"][setting] = {"grid": {"teacher": [], "student": [], "loss": []}}
     if part != "classification":

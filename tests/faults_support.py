@@ -66,6 +66,7 @@ def fault_params(*teacher_names: str, metric_grid: bool = True, **overrides: dic
     params["transfer"]["self_supervised"]["grid"] = {"teacher": [teacher_names[0]], "student": ["small"], "loss": ["relaxed"]}
     if not metric_grid:
         params["transfer"]["metric_learning"]["grid"] = {"teacher": [], "student": [], "loss": []}
+    params["transfer"]["self_taught"]["grid"] = {"teacher": [], "student": [], "loss": []}
     params["losses"] = {"relaxed": params["losses"]["relaxed"]}
     return params
 

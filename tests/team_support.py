@@ -56,7 +56,12 @@ class Database:
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+    """As root, `cmd` run as the postgres user; runuser lives in /usr/sbin, which a PATH without the sbin
+    folders (a bare `env -i` shell) leaves out."""
+    if os.geteuid() != 0:
+        return cmd
+    runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin") or "runuser"
+    return [runuser, "-u", "postgres", "--", *cmd]
 
 
 @contextlib.contextmanager

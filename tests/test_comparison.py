@@ -105,7 +105,8 @@ def test_headline_and_plot_tables_hold_every_model_of_the_grids(tmp_path, monkey
     assert recall[0]["seed"] == 0
     assert recall[0]["method"] == "relaxed" and recall[0]["setting"] == "metric_learning"
     assert {r["model"] for r in tables["train_loss.json"]} == {
-        "simclr-small-relaxed-seed0", "simclr-small-own_objective-seed0", "proxy_anchor-small-relaxed-seed0"}
+        "simclr-small-relaxed-seed0", "simclr-small-own_objective-seed0", "proxy_anchor-small-relaxed-seed0",
+        "simclr-small-stml-seed0"}
     assert {(r["model"], r["step"]) for r in tables["classifier_loss.json"]} == {("wide-small-kd-seed0", 1),
                                                                                 ("wide-small-kd-seed0", 2)}
     written = write_comparison(params, tmp_path / "reports/headline.json", tmp_path / "reports/plots")
@@ -124,7 +125,7 @@ def test_each_seed_of_a_student_is_a_model_of_its_own():
     assert {m.model_id for m in students if m.method == "kd"} == {"wide-small-kd-seed0", "wide-small-kd-seed3"}
     assert {str(m.folder) for m in students if m.model_id == "simclr-small-relaxed-seed3"} == {
         "outputs/eval/simclr-small-relaxed-seed3"}
-    assert len(students) == 2 * 4 and [m.seed for m in found if m.kind == "teacher"] == [0, 0]
+    assert len(students) == 2 * 5 and [m.seed for m in found if m.kind == "teacher"] == [0, 0]
 
 
 def test_a_missing_loss_curve_is_named(tmp_path, monkeypatch):

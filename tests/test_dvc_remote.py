@@ -27,6 +27,7 @@ def team_params() -> dict:
     params["teachers"] = {"simclr": params["teachers"]["simclr"]}
     params["transfer"]["self_supervised"]["grid"] = {"teacher": ["simclr"], "student": ["small"], "loss": ["relaxed"]}
     params["transfer"]["metric_learning"]["grid"] = {"teacher": [], "student": [], "loss": []}
+    params["transfer"]["self_taught"]["grid"] = {"teacher": [], "student": [], "loss": []}
     params["losses"] = {"relaxed": params["losses"]["relaxed"]}
     return params
 

@@ -114,6 +114,7 @@ def test_plain_names_are_accepted():
     params = tiny_params()
     params["teachers"]["simclr_2"] = params["teachers"].pop("simclr")
     params["transfer"]["self_supervised"]["grid"]["teacher"] = ["simclr_2"]
+    params["transfer"]["self_taught"]["grid"]["teacher"] = ["simclr_2"]
     assert "simclr_2" in validate_params(params).teachers
 
 

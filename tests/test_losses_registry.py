@@ -19,7 +19,7 @@ REQUIRED = {
 def test_names_are_the_published_set():
     assert set(names()) == {
         "relaxed_contrastive", "contrastive", "rkd", "pkt", "darkrank", "fitnet", "attention", "crd",
-        "hinton_kd", "proxy_anchor", "ntxent", "moco",
+        "hinton_kd", "proxy_anchor", "ntxent", "moco", "stml",
     }
     # The paper trains FitNet, Attention and CRD with a Proxy-Anchor term (Kim et al. 2021, Sec. 4.1).
     assert {name for name in names() if loss_class(name).proxy_anchor} == {"fitnet", "attention", "crd"}

@@ -39,6 +39,7 @@ def test_a_registered_metric_reaches_metrics_report_summary_and_mlflow(tmp_path,
     raw = yaml.safe_load((ROOT / "tests/assets/tiny_params.yaml").read_text())
     raw["seeds"] = [0, 1]
     raw["transfer"]["metric_learning"]["grid"]["teacher"] = []
+    raw["transfer"]["self_taught"]["grid"]["teacher"] = []
     raw["classification"]["grid"]["method"] = []
     raw["evaluation"].update(tsne_points=0, probe={"enabled": False}, knn={"enabled": False})
     params = validate_params(raw)

@@ -186,7 +186,8 @@ def test_dvc_plots_show_draws_every_method_offline(repro, tmp_path):
         assert plot in specs, sorted(specs)
     def models_in(plot: str) -> set[str]:
         return {row["model"] for rendered in specs[plot] for row in rendered["content"]["data"]["values"]}
-    students = {"simclr-small-relaxed-seed0", "simclr-small-own_objective-seed0", "proxy_anchor-small-relaxed-seed0"}
+    students = {"simclr-small-relaxed-seed0", "simclr-small-own_objective-seed0", "proxy_anchor-small-relaxed-seed0",
+                "simclr-small-stml-seed0"}
     teachers = {"teacher-simclr", "teacher-proxy_anchor", "teacher-simclr-transferred",
                 "teacher-proxy_anchor-transferred"}
     assert models_in("recall_at_k") == {"pixels-simclr", "pixels-proxy_anchor"} | teachers | students
@@ -241,7 +242,7 @@ def test_changing_one_loss_parameter_invalidates_only_its_branch(repro):
 # report alone draws the report, every stage that scores a model runs kNN, the classifiers alone their recipes.
 EDITS = {
     "pipeline/report.py": {"report"},
-    "pipeline/eval/knn.py": {"teacher", "transfer", "metric_transfer", "evaluate_pixels"},
+    "pipeline/eval/knn.py": {"teacher", "transfer", "metric_transfer", "self_taught", "evaluate_pixels"},
     "pipeline/train/classifier_recipes.py": {"classifier_teacher", "classifier_student"},
 }
 

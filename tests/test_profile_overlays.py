@@ -71,7 +71,8 @@ def test_an_overlay_of_one_key_changes_exactly_that_key(checkout):
 
 
 SMALL = "  small: {model: {backbone: small_resnet, widths: [16, 32, 64], embedding_dim: 64}, role: compression}\n"
-REST = "transfer: {metric_learning: {grid: {student: [small]}}}\nclassification: {grid: {method: [alone]}}\n"
+REST = ("transfer: {metric_learning: {grid: {student: [small]}}, self_taught: {grid: {student: [small]}}}\n"
+        "classification: {grid: {method: [alone]}}\n")
 
 
 def test_lists_replace_and_the_replace_and_delete_tags_act_on_their_node_only(checkout):
@@ -79,6 +80,7 @@ def test_lists_replace_and_the_replace_and_delete_tags_act_on_their_node_only(ch
     composed = compose(tagged, DEFAULT, checkout)
     gone = {key for key in leaves(DEFAULT) if key.startswith(("students.same.", "students.dim32."))}
     assert changed(DEFAULT, composed).keys() == gone | {"transfer.metric_learning.grid.student",
+                                                        "transfer.self_taught.grid.student",
                                                         "classification.grid.method", "mlflow.experiment"}
     assert composed["classification"]["grid"]["method"] == ["alone"] and "mlflow" not in composed
     merged = overlay(checkout, "merged", "students:\n" + SMALL + REST)  # untagged: merges, keeps the others

@@ -35,6 +35,7 @@ def released_params() -> dict:
                                "role": "compression"}},
         "losses": {"relaxed": {"name": "relaxed_contrastive"}},
         "transfer": {"self_supervised": {"grid": {"teacher": [], "student": [], "loss": []}},
+                     "self_taught": {"grid": {"teacher": [], "student": [], "loss": []}},
                      "metric_learning": {"augmentation": "metric", "views": 2, "sampler": None, "train": train,
                                          "grid": {"teacher": [NAME], "student": ["small"], "loss": ["relaxed"]}}},
         "classification": {"teachers": {}, "grid": {"teacher": [], "student": [], "method": []}},

@@ -99,7 +99,7 @@ def test_table1_groups_the_metric_students_into_the_papers_three_settings(tmp_pa
     _write_metrics("pixels-simclr", _retrieval(0.5, 0.2, 64, 0))
     _write_metrics("teacher-simclr", _retrieval(0.6, 0.3, 16, 2000))
     _write_metrics("teacher-simclr-transferred", _retrieval(0.58, 0.31, 8, 2000))
-    for loss in ("relaxed", "own_objective"):
+    for loss in ("relaxed", "own_objective", "stml"):
         _write_metrics(f"simclr-small-{loss}-seed0", _retrieval(0.55, 0.25, 8, 300))
     _write_metrics("pixels-proxy_anchor", _retrieval(0.9, 0.4, 64, 0))
     _write_metrics("teacher-proxy_anchor", _retrieval(0.8, 0.3, 16, 2000))
@@ -182,6 +182,7 @@ def _seeded_outputs(params) -> dict[str, dict[int, dict]]:
         shared = 0.05 * seed  # what a seed does to every method alike
         for loss in ("relaxed", "own_objective"):
             written.setdefault(f"simclr-small-{loss}", {})[seed] = _retrieval(0.5 + shared, 0.2 + shared, 8, 300)
+        written.setdefault("simclr-small-stml", {})[seed] = _retrieval(0.45 + shared, 0.25 + shared, 8, 300)
         for student in ("small", "dim8", "same"):
             for loss, offset in (("relaxed", 0.02 + 0.001 * seed), ("pkt", 0.0), ("own_objective", 0.01 * (seed % 2))):
                 value = 0.3 + shared + offset
@@ -217,7 +218,7 @@ def test_the_report_aggregates_every_student_over_its_seeds(tmp_path, monkeypatc
     markdown, summary = build_report(params, tmp_path / "reports" / "figures")
     settings = {"simclr": "self_supervised", "proxy_anchor": "metric_learning", "wide": "classification"}
     for model, per_seed in written.items():
-        setting = settings[model.split("-")[0]]
+        setting = "self_taught" if model.endswith("-stml") else settings[model.split("-")[0]]
         for metric in ("top1",) if setting == "classification" else ("map@r", "recall@1"):
             values = [per_seed[s][metric] for s in params.seeds]
             prefix = f"{setting}.{model}.{metric}"
@@ -260,7 +261,7 @@ def test_one_seed_is_reported_without_an_interval(tmp_path, monkeypatch):
     line = next(l for l in markdown.splitlines() if l.startswith("| same student (self-transfer), relaxed"))
     assert "| same student (self-transfer), relaxed (relaxed_contrastive) | 90.0 | 32.0 | 32.0 | 37.0 | 16 | 2.0k | - |" == line
     assert "(1 seed, no interval)" not in markdown and "±" not in markdown
-    assert markdown.count("(one seed)") == 3  # once per section over seeds, in its heading
+    assert markdown.count("(one seed)") == 4  # once per section over seeds, in its heading
     assert not [k for k in summary if k.endswith((".sd", ".ci_low", ".ci_high"))]
     assert summary["metric_learning.proxy_anchor-same.relaxed_vs_pkt.map@r.n"] == 1
     assert summary["metric_learning.proxy_anchor-same.relaxed_vs_pkt.map@r.verdict"] == 0  # one seed never separates
@@ -301,8 +302,10 @@ def test_a_setting_with_an_empty_grid_is_left_out_and_named_once(tmp_path, monke
     setting = "classification" if emptied[0] == "classification" else emptied[1]
     prefix = {"self_supervised": "simclr-", "metric_learning": "proxy_anchor-", "classification": "wide-"}[setting]
     for folder in OUTPUTS.rglob(f"{prefix}*"):  # the emptied setting's students were never trained
-        shutil.rmtree(folder)
+        if not folder.name.startswith("simclr-small-stml"):  # the self-taught student, of another setting
+            shutil.rmtree(folder)
     markdown, summary = build_report(params, tmp_path / "reports" / "figures")
     assert markdown.count("Not in this run:") == 1
     assert f"`{'.'.join(emptied)}` is empty" in markdown.split("Not in this run:")[1].split("\n")[0]
-    assert {key.split(".")[0] for key in summary} == {"self_supervised", "metric_learning", "classification"} - {setting}
+    assert {key.split(".")[0] for key in summary} == {"self_supervised", "metric_learning", "self_taught",
+                                                      "classification"} - {setting}

@@ -186,7 +186,9 @@ def test_the_search_chooses_every_value_without_reading_the_test_split(tmp_path,
     record = json.loads((tmp_path / "reports/search/default/trials.json").read_text())
     studies = {(s["setting"], s["method"]): s for s in record["studies"]}
     assert set(studies) == {("self_supervised", "relaxed"), ("self_supervised", "own_objective"),
-                            ("metric_learning", "relaxed"), ("metric_learning", "rkd"), ("classification", "kd")}
+                            ("metric_learning", "relaxed"), ("metric_learning", "rkd"), ("classification", "kd"),
+                            ("self_taught", "stml")}
+    assert studies[("self_taught", "stml")]["validated_on"].startswith("class-disjoint")  # Table 1's protocol
     assert studies[("classification", "kd")]["score"] == "top1"
     assert studies[("metric_learning", "rkd")]["validated_on"].startswith("class-disjoint")
     assert studies[("metric_learning", "rkd")]["notes"] == ["students draw 3 classes x 16 images per batch (the "
@@ -215,7 +217,7 @@ def test_the_search_chooses_every_value_without_reading_the_test_split(tmp_path,
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("pipeline-test")
     runs = client.search_runs([experiment.experiment_id], "tags.`search.trial` != ''", max_results=100)
-    assert len(runs) == 15
+    assert len(runs) == 18  # six studies x three trials
     assert all(r.data.tags.get("mlflow.parentRunId") for r in runs)
     assert {r.data.tags["search.state"] for r in runs} <= {"complete", "pruned"}
 

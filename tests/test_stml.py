@@ -161,19 +161,16 @@ def test_the_momentum_teacher_moves_its_whole_state_and_copies_the_batch_counter
 
 
 def test_nearest_neighbour_batches_hold_each_query_with_its_neighbours():
-    from pipeline.data.samplers import NearestNeighbourBatchSampler, nearest_neighbours
+    from pipeline.data.samplers import NearestNeighbourBatchSampler
 
-    points = torch.tensor([[0.0], [1.0], [2.5], [10.0], [11.0], [13.0], [30.0], [31.5]])
-    assert nearest_neighbours(points, 3).tolist() == [[0, 1, 2], [1, 0, 2], [2, 1, 0], [3, 4, 5], [4, 3, 5],
-                                                      [5, 4, 3], [6, 7, 5], [7, 6, 5]]
-    sampler = NearestNeighbourBatchSampler(points, batch_size=6, per_image=3, seed=1)
+    table = torch.tensor([[0, 1, 2], [1, 0, 2], [2, 1, 0], [3, 4, 5], [4, 3, 5], [5, 4, 3], [6, 7, 5], [7, 6, 5]])
+    sampler = NearestNeighbourBatchSampler(table, batch_size=6, seed=1)
     first = list(sampler)
     assert len(first) == len(sampler) == 1 and len(first[0]) == 6
     groups = [first[0][:3], first[0][3:]]
-    table = nearest_neighbours(points, 3).tolist()
-    assert all(group in table for group in groups) and groups[0][0] != groups[1][0]
+    assert all(group in table.tolist() for group in groups) and groups[0][0] != groups[1][0]
     assert list(sampler) == first  # the same epoch replays
     sampler.set_epoch(1)
     assert [list(sampler) for _ in range(2)][0] == list(sampler)
-    with pytest.raises(ValueError, match="per_image must be in 1..8"):
-        NearestNeighbourBatchSampler(points, batch_size=6, per_image=9)
+    with pytest.raises(ValueError, match="holds no query with its 3 neighbours"):
+        NearestNeighbourBatchSampler(table, batch_size=2)

@@ -45,6 +45,11 @@ class ImageSet:
         """The images at `indices`, labels and statistics kept (the statistics stay the whole set's)."""
         return replace(self, images=self.images[indices], labels=self.labels[indices])
 
+    def unlabelled(self) -> "ImageSet":
+        """The same images with every label 0 and one class: what a setting without labels trains on, so no
+        loss, sampler or choice can read a class (`Setting.labels`)."""
+        return replace(self, labels=torch.zeros_like(self.labels), num_classes=1)
+
     def subsample(self, count: int | None, seed: int) -> "ImageSet":
         """A seeded random subset in the set's order, all of it when `count` is None or not smaller (the probe
         on 10k of 60k train images costs seconds instead of a minute)."""
@@ -72,6 +77,10 @@ class FileImageSet:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def unlabelled(self) -> "FileImageSet":
+        """As `ImageSet.unlabelled`."""
+        return replace(self, labels=torch.zeros_like(self.labels), num_classes=1)
 
 
 def subset_classes(dataset: ImageSet | FileImageSet, classes: Sequence[int], relabel: bool = True) -> ImageSet | FileImageSet:

@@ -67,36 +67,21 @@ class ClassBalancedBatchSampler(SeededBatchSampler):
 
 class NearestNeighbourBatchSampler(SeededBatchSampler):
     """STML's `NNBatchSampler` (Kim et al., CVPR 2022, code/dataset/sampler.py): each batch is
-    batch_size // `per_image` random query images, each followed by its `per_image` nearest images in
-    `embeddings` (squared Euclidean, the query itself first), so every batch holds neighbourhoods the
-    contextual similarity can find. The embeddings are the model's of the whole train set, recomputed
-    by the caller each epoch."""
+    batch_size // per_image random query images, each followed by its per_image nearest images (the query
+    itself first), so every batch holds neighbourhoods the contextual similarity can find. `neighbours` is
+    that (n, per_image) table, from the model's embedding of the whole train set, which the caller
+    recomputes each epoch (`pipeline.train.stml_objective`)."""
 
-    def __init__(self, embeddings: torch.Tensor, batch_size: int, per_image: int, seed: int = 0):
-        n = len(embeddings)
-        if not 1 <= per_image <= n:
-            raise ValueError(f"per_image must be in 1..{n} (the images there are), got {per_image}")
+    def __init__(self, neighbours: torch.Tensor, batch_size: int, seed: int = 0):
+        n, per_image = neighbours.shape
         if batch_size < per_image:
             raise ValueError(f"batch_size {batch_size} holds no query with its {per_image} neighbours")
         super().__init__(n // batch_size, seed)
         self.queries = min(batch_size // per_image, n)
-        self.neighbours = nearest_neighbours(embeddings, per_image)
+        self.neighbours = neighbours.cpu()
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = self.generator()
         for _ in range(self.num_batches):
             queries = torch.randperm(len(self.neighbours), generator=generator)[: self.queries]
             yield self.neighbours[queries].flatten().tolist()
-
-
-def nearest_neighbours(embeddings: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
-    """(n, k) indices of each row's k nearest rows by squared Euclidean distance, itself included (first,
-    unless duplicates tie with it); in chunks of `chunk` query rows, so memory stays n x chunk."""
-    x = embeddings.float()
-    norms = x.pow(2).sum(dim=1)
-    found = []
-    for start in range(0, len(x), chunk):
-        block = norms[start: start + chunk, None] - 2 * x[start: start + chunk] @ x.T + norms[None, :]
-        block[torch.arange(len(block)), torch.arange(start, start + len(block))] = -1.0  # itself first
-        found.append(block.topk(k, dim=1, largest=False).indices)
-    return torch.cat(found)

@@ -21,9 +21,9 @@ INPUTS = ("student", "teacher", "labels", "indices")
 # applies it), the backbone's stage maps, or classifier logits.
 FEATURES = ("embedding", "pooled", "stage_maps", "logits")
 # Constructor arguments only the stage knows (model shapes, dataset size, the class of every training
-# item where the setting has labels, else None); never set in params.yaml.
+# item where the setting has labels, else None, the section's views per image); never set in params.yaml.
 RUNTIME_ARGS = ("student_channels", "teacher_channels", "student_dim", "teacher_dim", "n_data",
-                "num_classes", "embedding_dim", "dataset_labels")
+                "num_classes", "embedding_dim", "dataset_labels", "views")
 Role = Literal["transfer", "teacher", "supervised", "self_taught"]
 
 

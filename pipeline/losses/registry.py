@@ -26,6 +26,7 @@ _REGISTRY: dict[str, str | type[Loss]] = {
     "proxy_anchor": "pipeline.losses.proxy_anchor:ProxyAnchorLoss",
     "ntxent": "pipeline.losses.ntxent:NTXentLoss",
     "moco": "pipeline.losses.moco:MoCoLoss",
+    "stml": "pipeline.losses.stml:STMLLoss",
 }
 
 

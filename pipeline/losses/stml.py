@@ -14,8 +14,11 @@ Read from the official code (tjddus9597/STML-CVPR22, `code/loss.py`), not copied
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from pipeline.losses.contract import Loss, LossParams, Range
@@ -66,28 +69,35 @@ class STMLLoss(Loss):
 
     role = "self_taught"
     inputs = ("student", "teacher", "indices")
+    runtime_args = ("views",)  # the setting section's `views` (k = neighbours x views)
 
     class Params(LossParams):
         sigma: PositiveFloat = 1.0
         delta: PositiveFloat = 1.0
-        neighbours: PositiveInt = 5  # the official --num_neighbors: k = neighbours x views
-        views: PositiveInt = 2
+        # the official --num_neighbors: images per query in a nearest-neighbour batch, and k = neighbours x views
+        neighbours: PositiveInt = 5
+        momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.999  # the EMA teacher's (--momentum; 0.9 for SOP)
+        wide_dim: PositiveInt = 1024  # the g head's width (--bg_embedding_size)
         student_l2: bool = False  # the official --student_norm (0)
 
-    search_space = {"sigma": Range(0.1, 10.0), "delta": Range(0.5, 2.0)}
+    # the relaxed loss's two, and the teacher's momentum (the official runs use 0.999 and, on SOP, 0.9)
+    search_space = {"sigma": Range(0.1, 10.0), "delta": Range(0.5, 2.0), "momentum": Range(0.9, 0.999, log=False)}
 
-    def __init__(self, sigma: float = 1.0, delta: float = 1.0, neighbours: int = 5, views: int = 2,
-                 student_l2: bool = False):
+    def __init__(self, sigma: float = 1.0, delta: float = 1.0, neighbours: int = 5, momentum: float = 0.999,
+                 wide_dim: int = 1024, student_l2: bool = False, views: int = 2):
         super().__init__()
-        self.params = self.checked_params(sigma=sigma, delta=delta, neighbours=neighbours, views=views,
-                                          student_l2=student_l2)
+        self.params = self.checked_params(sigma=sigma, delta=delta, neighbours=neighbours, momentum=momentum,
+                                          wide_dim=wide_dim, student_l2=student_l2)
+        if views < 1:
+            raise ValueError(f"STMLLoss: views must be >= 1, got {views}")
+        self.views = views
         self.parts: dict[str, float] = {}
 
     def targets(self, teacher_g: Tensor, indices: Tensor) -> Tensor:
         """W = (W_P + W_C) / 2, the relaxed pair labels."""
         similarity = pairwise_similarity(teacher_g, self.params.sigma)
         same_image = indices[:, None] == indices[None, :]
-        k = self.params.neighbours * self.params.views
+        k = self.params.neighbours * self.views
         return (similarity + contextual_similarity(similarity, same_image, k)) / 2
 
     def relaxed(self, student: Tensor, weights: Tensor) -> Tensor:

@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"--method {args.method}: no such method in the grids of {[s.value for s in settings]}")
         from pipeline.search.split import validation_split
 
-        if Setting.METRIC_LEARNING in settings and not params.validation.classes:
-            validation_split(params, Setting.METRIC_LEARNING, "")  # its one-line refusal, before any training
+        for setting in settings:
+            if setting.unseen_classes and not params.validation.classes:
+                validation_split(params, setting, "")  # its one-line refusal, before any training
     except (ConfigError, KeyError, ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     import sqlalchemy.exc

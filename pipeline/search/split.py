@@ -2,11 +2,11 @@
 only: nothing here loads the test split, so no choice can see it (tests/test_search.py replaces the test split
 by a file that raises when read, and the search still completes).
 
-Metric learning (Table 1): class-disjoint, as its test is (Musgrave et al., A Metric Learning Reality Check,
-ECCV 2020, Sec. 3.3): `validation.classes` are held out of the teacher's train classes; the search trains on
-the rest and scores on the held-out classes' images. Self-supervised and classification: a seeded
-`validation.fraction` of the train images is held out of every training (the self-supervised setting's labels
-serve only the score).
+Metric learning (Table 1) and self-taught metric learning: class-disjoint, as their test is (Musgrave et al.,
+A Metric Learning Reality Check, ECCV 2020, Sec. 3.3): `validation.classes` are held out of the teacher's
+train classes; the search trains on the rest and scores on the held-out classes' images. Self-supervised and
+classification: a seeded `validation.fraction` of the train images is held out of every training. In a
+setting without labels the fit part is unlabelled (`ImageSet.unlabelled`): labels serve only the score.
 """
 from __future__ import annotations
 
@@ -31,11 +31,18 @@ class ValidationSplit:
 
 def validation_split(params: Params, setting: Setting, teacher: str) -> ValidationSplit:
     """The split of `setting` for the students of `teacher` (whose train classes a metric split divides)."""
+    split = _split(params, setting, teacher)
+    if setting.labels:
+        return split
+    return ValidationSplit(split.fit.unlabelled(), split.validation, split.description)
+
+
+def _split(params: Params, setting: Setting, teacher: str) -> ValidationSplit:
     data, validation = params.data, params.validation
-    if setting is Setting.METRIC_LEARNING:
+    if setting.unseen_classes:
         held_out = set(validation.classes)
         if not held_out:
-            raise ValueError("validation.classes: none declared, so the metric-learning grid has no class-disjoint "
+            raise ValueError(f"validation.classes: none declared, so the {setting.value} grid has no class-disjoint "
                              "validation split to search on; hold out two or more of the teacher's train classes")
         train = load_images(data, "train")  # once: CUB-like sets are decoded here
         train_classes = params.teachers[teacher].train_classes

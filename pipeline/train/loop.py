@@ -217,6 +217,9 @@ def fit(
         with SignalFlag() as signals:
             for epoch in range(start_step // plan.steps_per_epoch, epochs):
                 objective.on_epoch_start(epoch)
+                own = objective.epoch_sampler(epoch, images, config.batch_size, seed)
+                if own is not None:
+                    plan.sampler = own
                 skip = step - epoch * plan.steps_per_epoch
                 for indices in plan.local_batches(epoch, skip):
                     if step >= total_steps:
@@ -231,6 +234,7 @@ def fit(
                     if config.grad_clip_norm is not None:
                         scaler.unscale_(optimizer)
                         nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip_norm)
+                    objective.before_optimizer_step()
                     scaler.step(optimizer)
                     scaler.update()
                     scheduler.step()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.utils.data import Sampler
 
 from pipeline import losses
 from pipeline.distributed import gather_batch
@@ -57,6 +58,14 @@ class Objective(nn.Module):
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Hook for state updated outside autograd (MoCo's momentum encoder)."""
+
+    def before_optimizer_step(self) -> None:
+        """Hook between the backward pass and the optimiser step (STML's momentum teacher moves there)."""
+
+    def epoch_sampler(self, epoch: int, images: torch.Tensor, batch_size: int, seed: int) -> Sampler | None:
+        """Batches this objective draws itself for `epoch` from the training `images` (STML: nearest
+        neighbours in its own embedding); None: the loop's random or class-balanced ones."""
+        return None
 
     def setup(self, device: torch.device) -> None:
         """Move state the module tree does not own (the frozen teacher) to ``device``."""

@@ -104,6 +104,16 @@ def student_backbone(teacher: cfg.TeacherConfig, student: cfg.ModelConfig, backb
     return backbone
 
 
+def self_taught_start(teacher: cfg.TeacherConfig, student: cfg.ModelConfig, model: EmbeddingModel) -> Backbone:
+    """Where a self-taught student (STML, or the SimCLR / MoCo control) starts: the backbone of its grid's
+    teacher, the self-supervised model of the same unlabelled images (STML starts from ImageNet weights; this
+    is the CPU analogue, as `teachers.NAME.pretrain` is Table 1's), when the two are the same network; else a
+    random start."""
+    if student.backbone_fields() != teacher.model.backbone_fields():
+        return None
+    return {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+
+
 def teacher_sampler(params: cfg.Params, name: str) -> int | None:
     """Images per class in a Proxy-Anchor teacher's class-balanced batches; None means random batches."""
     teacher = params.teachers[name]
@@ -129,12 +139,16 @@ def _transfer_objective(params: cfg.Params, replica: Replica, teacher: Embedding
     section = params.transfer.of(setting)
     loss_cfg = params.losses[replica.method].in_setting(setting)
     student_model = params.students[replica.student].model
-    backbone = student_backbone(teacher_cfg, student_model, teacher_start)
+    trains_itself = loss_cfg.name == cfg.TEACHER_OBJECTIVE or losses.loss_class(loss_cfg.name).role == "self_taught"
+    if setting is Setting.SELF_TAUGHT and trains_itself:
+        backbone = self_taught_start(teacher_cfg, student_model, teacher)
+    else:
+        backbone = student_backbone(teacher_cfg, student_model, teacher_start)
     if loss_cfg.name == cfg.TEACHER_OBJECTIVE:
         augment = augment_for(teacher_cfg.augmentation, params.data, images)
         spec = model_spec(student_model, images.channels, PROJECTION_KIND.get(teacher_cfg.method),
                           teacher_cfg.projection_dim)
-        if setting is Setting.SELF_SUPERVISED:
+        if teacher_cfg.method != "proxy_anchor":
             # An SSL objective never trains an embedding head: like the SSL teacher, the control student
             # is evaluated on its pooled backbone features.
             spec.embedding_dim = None
@@ -157,8 +171,18 @@ def _transfer_objective(params: cfg.Params, replica: Replica, teacher: Embedding
         "n_data": len(images),
         "num_classes": images.num_classes,
         "dataset_labels": images.labels if setting.labels else None,
+        "views": section.views,
     }
     criterion = losses.build_with(loss_cfg.name, loss_cfg.params, context)
+    if criterion.role == "self_taught":
+        from pipeline.train.stml_objective import STMLObjective
+
+        if section.train.batch_size % criterion.neighbours:
+            raise ValueError(f"transfer.{setting}.train.batch_size: {section.train.batch_size} images are not whole "
+                             f"nearest-neighbour groups of losses.{replica.method}.params.neighbours = "
+                             f"{criterion.neighbours}")
+        plain = augment_for("none", params.data, images)
+        return STMLObjective(student, augment, plain, criterion, len(images), section.views), spec
     auxiliary = None
     weight = effective_proxy_anchor_weight(loss_cfg)
     if weight > 0:
