@@ -21,7 +21,7 @@ from pipeline.profiles import names, profile_params, render
 from pipeline.eval.protocol import evaluate
 from pipeline.train import classifier_recipes, recipes
 from pipeline.train.loop import fit
-from pipeline.setting import Setting
+from pipeline.setting import TRANSFER_SETTINGS, Setting
 from recipe_support import replica
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def one_step_of_every_recipe(params, tmp_path: Path, every_loss: bool = False) -
     every loss of the grid when `every_loss` (the others, whose code path only their widths change, and
     every student otherwise, with the first loss)."""
     results = {}
-    for setting in ("self_supervised", "metric_learning"):
+    for setting in TRANSFER_SETTINGS:
         section = params.transfer.of(setting)
         grid = section.grid
         if not grid.teacher:
@@ -138,8 +138,10 @@ def one_step_of_every_recipe(params, tmp_path: Path, every_loss: bool = False) -
         sampler = getattr(section, "sampler", None)
         for student in grid.student:
             for loss in grid.loss if every_loss and student == grid.student[0] else grid.loss[:1]:
-                student_objective, _ = recipes.transfer_objective(params, replica(params, teacher_name, student, loss), teacher, images)
-                result = fit(student_objective, images, section.train, seed=params.seed, device="cpu",
+                trained_on = images if setting.labels else images.unlabelled()  # as the stage hands them over
+                student_objective, _ = recipes.transfer_objective(
+                    params, replica(params, teacher_name, student, loss, setting), teacher, trained_on)
+                result = fit(student_objective, trained_on, section.train, seed=params.seed, device="cpu",
                              samples_per_class=sampler.samples_per_class if sampler else None,
                              checkpoint_dir=tmp_path / f"{teacher_name}-{student}-{loss}")
                 results[f"{teacher_name}-{student}-{loss}"] = result.losses
@@ -169,6 +171,21 @@ def test_metric_learning_profile_runs_one_step_on_a_fake_archive(name, tmp_path)
     assert len(students) == len(grid["student"]) + (len(grid["loss"]) - 1 if every else 0)
     assert all(len(losses) == 1 and torch.isfinite(torch.tensor(losses[0][1])) for losses in
                (results[k] for k in students))
+    assert 0.0 <= results["metrics"]["recall@1"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["cub200_stml", "cars196_stml", "sop_stml"])
+def test_self_taught_profile_runs_one_step_on_a_fake_archive(name, tmp_path):
+    """The paper-scale STML profiles: the SimCLR model of the unlabelled images and one step of every method of
+    the self-taught grid (STML with its wide head, momentum teacher and nearest-neighbour batches)."""
+    BUILDERS[name.removesuffix("_stml")](tmp_path / "data")
+    raw = shrink(profile(name), tmp_path / "data")
+    raw["transfer"]["self_taught"]["train"]["batch_size"] = 10  # whole groups of 5 (CUB, Cars) or 2 (SOP)
+    params = validate_params(raw)
+    results = one_step_of_every_recipe(params, tmp_path, every_loss=True)
+    assert {k for k in results if k != "metrics"} == {f"simclr_unlabelled-same-{loss}" for loss in
+                                                      ("stml", "own_objective", "relaxed")}
+    assert all(len(results[k]) == 1 and torch.isfinite(torch.tensor(results[k][0][1])) for k in results if k != "metrics")
     assert 0.0 <= results["metrics"]["recall@1"] <= 1.0
 
 

@@ -105,11 +105,11 @@ def student_backbone(teacher: cfg.TeacherConfig, student: cfg.ModelConfig, backb
 
 
 def self_taught_start(teacher: cfg.TeacherConfig, student: cfg.ModelConfig, model: EmbeddingModel) -> Backbone:
-    """Where a self-taught student (STML, or the SimCLR / MoCo control) starts: the backbone of its grid's
-    teacher, the self-supervised model of the same unlabelled images (STML starts from ImageNet weights; this
-    is the CPU analogue, as `teachers.NAME.pretrain` is Table 1's), when the two are the same network; else a
-    random start."""
-    if student.backbone_fields() != teacher.model.backbone_fields():
+    """Where a self-taught student (STML, or the SimCLR / MoCo control) starts: its own declared weights
+    (`model.weights_path`: ImageNet, the official STML start, at paper scale), else the backbone of its grid's
+    teacher, the self-supervised model of the same unlabelled images (the CPU analogue of that start, as
+    `teachers.NAME.pretrain` is Table 1's), when the two are the same network; else a random start."""
+    if student.weights_path is not None or student.backbone_fields() != teacher.model.backbone_fields():
         return None
     return {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
 
