@@ -230,7 +230,7 @@ def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, f
             note = ""
             if setting is Setting.SELF_TAUGHT:
                 control = [m for m in grid.loss if loss_of.get(m) == TEACHER_OBJECTIVE]
-                note = SELF_TAUGHT_NOTE.format(control=", ".join(control) or "own_objective")
+                note = "\n" + SELF_TAUGHT_NOTE.format(control=", ".join(control) or "own_objective")
             parts.append(text + note + hyperparameters_line(params, setting) + "\n")
             summary.update(numbers)
     section = params.classification

@@ -2,7 +2,8 @@
 # The multi-seed CPU study (issue 14): `dvc repro` of the cpu_study profile, whole or one setting at a
 # time, in its own clone of this checkout's HEAD (.study/PART/), so the default run's params.yaml and
 # dvc.lock stay as they are. Its report, summary.json, dvc.lock and wall time land in reports/study/PART/.
-#   bash scripts/study.sh [PART] [PROFILE]   PART: all (default), self_supervised, metric_learning, classification
+#   bash scripts/study.sh [PART] [PROFILE]   PART: all (default), self_supervised, metric_learning, self_taught,
+#   classification
 #   PROFILE: cpu_study (default; report in reports/study/PART/) or another, e.g. cpu_study_tuned, the values
 #   `bash scripts/search.sh` chose on validation (report in reports/PROFILE/PART/, clone in .study/PROFILE-PART/)
 # A part is one setting with every seed (scripts/study_profile.py composes profiles/cpu_study.yaml over the
