@@ -401,6 +401,7 @@ def test_a_loss_code_change_retrains_its_students_from_step_zero(repro):
 SETTING_GRIDS = {
     "self_supervised": (("transfer", "self_supervised", "grid"), "## Self-supervised over seeds: simclr"),
     "metric_learning": (("transfer", "metric_learning", "grid"), "## Table 1 over seeds: proxy_anchor"),
+    "self_taught": (("transfer", "self_taught", "grid"), "## Self-taught metric learning over seeds: simclr_start"),
     "classification": (("classification", "grid"), "## Classification over seeds: wide"),
 }
 
@@ -408,10 +409,12 @@ SETTING_GRIDS = {
 @pytest.mark.slow  # about a minute per setting on 2 cores (7 stages each); run with -m slow
 @pytest.mark.parametrize("removed", list(SETTING_GRIDS))
 def test_a_params_file_without_one_setting_reproduces_to_a_report_of_what_ran(tmp_path, removed):
-    """Issue 26: a user who drops one setting (its grid emptied) gets a report of the other two, which says
+    """Issue 26: a user who drops one setting (its grid emptied) gets a report of the others, which says
     once that the dropped one is not in this run, and never a failed `dvc repro` after the training."""
     params = tiny_params()
     params["transfer"]["self_supervised"]["grid"]["loss"] = ["relaxed"]  # one student per setting
+    params["teachers"]["simclr_start"] = params["teachers"]["simclr"]  # the self-taught grid's own teacher
+    params["transfer"]["self_taught"]["grid"]["teacher"] = ["simclr_start"]
     params["evaluation"]["tsne_points"] = 0
     path, _ = SETTING_GRIDS[removed]
     section = params
@@ -420,6 +423,8 @@ def test_a_params_file_without_one_setting_reproduces_to_a_report_of_what_ran(tm
     section[path[-1]] = {field: [] for field in section[path[-1]]}
     if removed == "self_supervised":
         del params["teachers"]["simclr"]
+    elif removed == "self_taught":
+        del params["teachers"]["simclr_start"]
     elif removed == "metric_learning":
         del params["teachers"]["proxy_anchor"]
     else:
