@@ -157,7 +157,7 @@ def labelled_references(params: Params, setting: Setting, teacher: str) -> list[
 SECTION_NAMES = {Setting.SELF_SUPERVISED: "Self-supervised", Setting.METRIC_LEARNING: "Table 1",
                  Setting.SELF_TAUGHT: "Self-taught metric learning"}
 SELF_TAUGHT_NOTE = (
-    "STML (Kim et al., CVPR 2022) and the SimCLR / MoCo control (`{control}`) start from the teacher's backbone, "
+    "{who} from the teacher's backbone, "
     "the self-supervised model of the same unlabelled images (STML's ImageNet start, here on the training classes "
     "themselves), and train the section's budget on; the transfer losses learn from that teacher frozen, from a "
     "random start (the 2021 recipe). No labels reach any of them; the labelled reference is trained with its "
@@ -230,7 +230,9 @@ def seed_sections(params: Params, out_dir: Path) -> tuple[list[str], dict[str, f
             note = ""
             if setting is Setting.SELF_TAUGHT:
                 control = [m for m in grid.loss if loss_of.get(m) == TEACHER_OBJECTIVE]
-                note = "\n" + SELF_TAUGHT_NOTE.format(control=", ".join(control) or "own_objective")
+                who = "STML (Kim et al., CVPR 2022)" + (
+                    f" and the SimCLR / MoCo control (`{', '.join(control)}`) start" if control else " starts")
+                note = "\n" + SELF_TAUGHT_NOTE.format(who=who)
             parts.append(text + note + hyperparameters_line(params, setting) + "\n")
             summary.update(numbers)
     section = params.classification

@@ -51,6 +51,12 @@ class Setting(StrEnum):
         """The setting of a teacher trained by `method`: Proxy-Anchor is labelled metric learning."""
         return cls.METRIC_LEARNING if method == "proxy_anchor" else cls.SELF_SUPERVISED
 
+    def trained_on(self, images):
+        """`images` (an `ImageSet` or `FileImageSet`) as this setting's students train on them: unlabelled where
+        the setting has no labels (the class ids only picked the split), so no loss, sampler or choice can read
+        a class. The transfer stage and the search's split both hand their images over through here."""
+        return images if self.labels else images.unlabelled()
+
     @property
     def unseen_classes(self) -> bool:
         """Whether its students are scored on classes their training never saw (Table 1's protocol), so its

@@ -138,7 +138,7 @@ def one_step_of_every_recipe(params, tmp_path: Path, every_loss: bool = False) -
         sampler = getattr(section, "sampler", None)
         for student in grid.student:
             for loss in grid.loss if every_loss and student == grid.student[0] else grid.loss[:1]:
-                trained_on = images if setting.labels else images.unlabelled()  # as the stage hands them over
+                trained_on = setting.trained_on(images)  # as the stage hands them over
                 student_objective, _ = recipes.transfer_objective(
                     params, replica(params, teacher_name, student, loss, setting), teacher, trained_on)
                 result = fit(student_objective, trained_on, section.train, seed=params.seed, device="cpu",

@@ -32,7 +32,7 @@ def objective_for(data, seed: int = 0) -> STMLObjective:
         student = EmbeddingModel(build_backbone("small_resnet", 1, widths=(8, 16), stem_stride=1), embedding_dim=8)
         loss = STMLLoss(sigma=3.0, neighbours=4, momentum=MOMENTUM, wide_dim=12, views=2)
         return STMLObjective(student, build_augmentation("metric", 8, 1, data.mean, data.std),
-                             build_augmentation("none", 8, 1, data.mean, data.std), loss, len(data), views=2)
+                             build_augmentation("none", 8, 1, data.mean, data.std), loss, len(data))
 
 
 def test_the_neighbour_table_is_the_brute_force_one_on_the_students_wide_head(digits):
@@ -101,3 +101,13 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(digits, tmp_path):
     assert result.resumed_from_step == 3 and int(resumed.neighbours_epoch) == 1
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_a_sampler_that_makes_other_epochs_than_the_plan_is_refused(digits):
+    """The loop counts steps by its plan; an objective's sampler must make the same number of batches."""
+    from pipeline.train.batches import BatchPlan
+
+    plan = BatchPlan(digits.labels, 32, seed=0)  # 128 images: 4 batches per epoch
+    sampler = objective_for(digits).epoch_sampler(0, digits.images, 64, seed=0)  # 2 batches of 64
+    with pytest.raises(ValueError, match="makes 2 batches per epoch, the plan 4"):
+        plan.draw_from(sampler)

@@ -6,7 +6,7 @@ Metric learning (Table 1) and self-taught metric learning: class-disjoint, as th
 A Metric Learning Reality Check, ECCV 2020, Sec. 3.3): `validation.classes` are held out of the teacher's
 train classes; the search trains on the rest and scores on the held-out classes' images. Self-supervised and
 classification: a seeded `validation.fraction` of the train images is held out of every training. In a
-setting without labels the fit part is unlabelled (`ImageSet.unlabelled`): labels serve only the score.
+setting without labels the fit part is unlabelled (`Setting.trained_on`): labels serve only the score.
 """
 from __future__ import annotations
 
@@ -32,9 +32,7 @@ class ValidationSplit:
 def validation_split(params: Params, setting: Setting, teacher: str) -> ValidationSplit:
     """The split of `setting` for the students of `teacher` (whose train classes a metric split divides)."""
     split = _split(params, setting, teacher)
-    if setting.labels:
-        return split
-    return ValidationSplit(split.fit.unlabelled(), split.validation, split.description)
+    return ValidationSplit(setting.trained_on(split.fit), split.validation, split.description)
 
 
 def _split(params: Params, setting: Setting, teacher: str) -> ValidationSplit:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.data.samplers import ClassBalancedBatchSampler
+from pipeline.data.samplers import ClassBalancedBatchSampler, SeededBatchSampler
 
 
 class BatchPlan:
@@ -39,6 +39,14 @@ class BatchPlan:
                 labels, batch_size // samples_per_class, samples_per_class, seed=seed
             )
         self.steps_per_epoch = len(self.sampler) if self.sampler is not None else num_items // batch_size
+
+    def draw_from(self, sampler: SeededBatchSampler) -> None:
+        """Draw the coming epochs' batches from `sampler` (an objective's own: STML's nearest neighbours),
+        which must make the epochs this plan counts."""
+        if len(sampler) != self.steps_per_epoch:
+            raise ValueError(f"the objective's sampler makes {len(sampler)} batches per epoch, the plan "
+                             f"{self.steps_per_epoch}")
+        self.sampler = sampler
 
     def global_batches(self, epoch: int) -> list[torch.Tensor]:
         if self.sampler is not None:

@@ -219,7 +219,7 @@ def fit(
                 objective.on_epoch_start(epoch)
                 own = objective.epoch_sampler(epoch, images, config.batch_size, seed)
                 if own is not None:
-                    plan.sampler = own
+                    plan.draw_from(own)
                 skip = step - epoch * plan.steps_per_epoch
                 for indices in plan.local_batches(epoch, skip):
                     if step >= total_steps:

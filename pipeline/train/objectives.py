@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.utils.data import Sampler
 
 from pipeline import losses
+from pipeline.data.samplers import SeededBatchSampler
 from pipeline.distributed import gather_batch
 from pipeline.losses.contract import Loss
 from pipeline.models.embedding_model import TEACHER_EMBEDDINGS, EmbeddingModel, teacher_embedding
@@ -62,7 +62,7 @@ class Objective(nn.Module):
     def before_optimizer_step(self) -> None:
         """Hook between the backward pass and the optimiser step (STML's momentum teacher moves there)."""
 
-    def epoch_sampler(self, epoch: int, images: torch.Tensor, batch_size: int, seed: int) -> Sampler | None:
+    def epoch_sampler(self, epoch: int, images: torch.Tensor, batch_size: int, seed: int) -> SeededBatchSampler | None:
         """Batches this objective draws itself for `epoch` from the training `images` (STML: nearest
         neighbours in its own embedding); None: the loop's random or class-balanced ones."""
         return None

@@ -111,7 +111,7 @@ def self_taught_start(teacher: cfg.TeacherConfig, student: cfg.ModelConfig, mode
     `teachers.NAME.pretrain` is Table 1's), when the two are the same network; else a random start."""
     if student.weights_path is not None or student.backbone_fields() != teacher.model.backbone_fields():
         return None
-    return {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+    return model.backbone.state_dict()  # `_start_from` copies it into the student
 
 
 def teacher_sampler(params: cfg.Params, name: str) -> int | None:
@@ -182,7 +182,7 @@ def _transfer_objective(params: cfg.Params, replica: Replica, teacher: Embedding
                              f"nearest-neighbour groups of losses.{replica.method}.params.neighbours = "
                              f"{criterion.neighbours}")
         plain = augment_for("none", params.data, images)
-        return STMLObjective(student, augment, plain, criterion, len(images), section.views), spec
+        return STMLObjective(student, augment, plain, criterion, len(images)), spec
     auxiliary = None
     weight = effective_proxy_anchor_weight(loss_cfg)
     if weight > 0:

@@ -38,17 +38,16 @@ class _Wide(nn.Module):
 
 
 class STMLObjective(Objective):
-    """`student` (f: its embedding) with a wide head g of `loss.wide_dim`, its momentum teacher, `views`
+    """`student` (f: its embedding) with a wide head g of `loss.wide_dim`, its momentum teacher, `loss.views`
     augmented views per image and nearest-neighbour batches of `loss.neighbours` images per query over the
     `n_data` training images. `plain` is the evaluation transform the neighbours are found under."""
 
     def __init__(self, student: EmbeddingModel, augment: nn.Module, plain: nn.Module, loss: STMLLoss,
-                 n_data: int, views: int = 2) -> None:
+                 n_data: int) -> None:
         super().__init__(augment)
         self.student = student
         self.wide = EmbeddingHead(student.backbone.num_features, loss.wide_dim)
         self.criterion = loss
-        self.views = views
         self.teacher = copy.deepcopy(student).requires_grad_(False)
         self.teacher_wide = copy.deepcopy(self.wide).requires_grad_(False)
         self.__dict__["plain"] = plain  # a transform, not state
@@ -90,10 +89,10 @@ class STMLObjective(Objective):
         momentum_update(self.wide, self.teacher_wide, self.criterion.momentum)
 
     def forward(self, images: Tensor, labels: Tensor, indices: Tensor) -> Tensor:
-        views = torch.cat([self.view(images) for _ in range(self.views)])
+        views = torch.cat([self.view(images) for _ in range(self.criterion.views)])
         pooled = self.student.pooled_features(views)
         f, g = self.student.embed_pooled(pooled), self.wide(pooled)
         with torch.no_grad():
             teacher_g = self.teacher_wide(self.teacher.pooled_features(views))
         with full_precision(images.device):
-            return self.criterion(f.float(), g.float(), teacher_g.float(), indices.repeat(self.views))
+            return self.criterion(f.float(), g.float(), teacher_g.float(), indices.repeat(self.criterion.views))

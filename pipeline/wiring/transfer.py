@@ -41,9 +41,7 @@ def train_student(params: Params, replica: Replica, argv: list[str]) -> None:
                             tags=replica.tags) as run:
         teacher_path = teacher_dir(replica.teacher) / MODEL
         teacher, _ = load_teacher(teacher_path, teacher_cfg)
-        images = load_images(params.data, "train", teacher_cfg.train_classes)
-        if not replica.setting.labels:  # the class ids picked the split; nothing past here reads one
-            images = images.unlabelled()
+        images = replica.setting.trained_on(load_images(params.data, "train", teacher_cfg.train_classes))
         objective, spec = transfer_objective(params, replica, teacher, images, load_initial_backbone(teacher_path))
         sampler = getattr(transfer, "sampler", None)  # the self-supervised section has none
         out = replica.folder
